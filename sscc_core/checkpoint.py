@@ -1,0 +1,143 @@
+"""The SSCC checkpoint: model weights, optimiser, epoch, pre-processing stats and config in one file.
+
+A checkpoint holds only tensors and plain Python values, so it loads with
+``torch.load(weights_only=True)``: no pickled code is ever executed, and a foreign or corrupt file
+fails with a clear :class:`CheckpointError` instead of running someone else's objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sscc_core import __version__
+from sscc_core.config import SSCCConfig, from_dict, to_dict
+
+FORMAT = "sscc-checkpoint/1"
+FILENAME = "model.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, foreign, or incompatible with the input."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Everything needed to resume training or to label new data.
+
+    Attributes:
+        config: The run's configuration.
+        in_channels: Network input channels (PCA components).
+        n_bands: Bands of the cube the pre-processing was fitted on.
+        model_state: ``state_dict`` of :class:`sscc_core.model.SSCCNet`.
+        preprocess_state: Tensors of the fitted pre-processing (band stats, PCA basis).
+        epoch: Epochs completed.
+        optimizer_state: Optimiser ``state_dict`` (``None`` for an inference-only export).
+        scheduler_state: LR scheduler ``state_dict`` (or ``None``).
+        wavelength: Band centres in nm the model was fitted on (empty when unknown).
+        extra: Free-form JSON-serialisable provenance (input store, metrics, timings).
+    """
+
+    config: SSCCConfig
+    in_channels: int
+    n_bands: int
+    model_state: dict[str, torch.Tensor]
+    preprocess_state: dict[str, torch.Tensor]
+    epoch: int = 0
+    optimizer_state: dict[str, Any] | None = None
+    scheduler_state: dict[str, Any] | None = None
+    wavelength: tuple[float, ...] = ()
+    extra: dict[str, Any] | None = None
+
+    @property
+    def model_version(self) -> str:
+        """Content hash of the weights and pre-processing: same weights, same version."""
+        h = hashlib.sha256()
+        for state in (self.model_state, self.preprocess_state):
+            for name in sorted(state):
+                h.update(name.encode())
+                h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:12]
+
+
+def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
+    """Write ``ckpt`` atomically (temp file then rename) to ``path`` (a file or a directory).
+
+    Returns:
+        The file written (``path/model.pt`` when ``path`` is a directory).
+    """
+    path = Path(path)
+    if path.is_dir() or path.suffix == "":
+        path.mkdir(parents=True, exist_ok=True)
+        path = path / FILENAME
+    payload = {
+        "format": FORMAT,
+        "sscc_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(),
+        "model_version": ckpt.model_version,
+        "config_json": json.dumps(to_dict(ckpt.config)),
+        "in_channels": ckpt.in_channels,
+        "n_bands": ckpt.n_bands,
+        "epoch": ckpt.epoch,
+        "model_state": ckpt.model_state,
+        "preprocess_state": ckpt.preprocess_state,
+        "optimizer_state": ckpt.optimizer_state,
+        "scheduler_state": ckpt.scheduler_state,
+        "wavelength": list(ckpt.wavelength),
+        "extra_json": json.dumps(ckpt.extra or {}),
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a checkpoint safely (``weights_only=True``).
+
+    Args:
+        path: The ``model.pt`` file or the directory holding it.
+
+    Raises:
+        CheckpointError: Missing, unreadable, not an SSCC checkpoint, or with a malformed config.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / FILENAME
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt/unsafe files
+        raise CheckpointError(
+            f"{path}: not a loadable SSCC checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path}: not an SSCC checkpoint (format {found!r}, expected {FORMAT!r})")
+    try:
+        config = from_dict(SSCCConfig, json.loads(payload["config_json"]))
+        return Checkpoint(
+            config=config,
+            in_channels=int(payload["in_channels"]),
+            n_bands=int(payload["n_bands"]),
+            model_state=payload["model_state"],
+            preprocess_state=payload["preprocess_state"],
+            epoch=int(payload["epoch"]),
+            optimizer_state=payload["optimizer_state"],
+            scheduler_state=payload["scheduler_state"],
+            wavelength=tuple(float(w) for w in payload["wavelength"]),
+            extra=json.loads(payload["extra_json"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: malformed SSCC checkpoint ({exc})") from exc
