@@ -16,6 +16,7 @@ STAGES = {
     "evaluate": "pipelines.evaluate",
     "export": "pipelines.export",
     "demo": "pipelines.demo",
+    "reproduce": "pipelines.reproduce",
 }
 
 

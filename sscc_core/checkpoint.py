@@ -64,7 +64,11 @@ class Checkpoint:
         for state in (self.model_state, self.preprocess_state):
             for name in sorted(state):
                 h.update(name.encode())
-                h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+                value = state[name]
+                if isinstance(value, torch.Tensor):
+                    h.update(value.detach().cpu().contiguous().numpy().tobytes())
+                else:
+                    h.update(repr(value).encode())
         return h.hexdigest()[:12]
 
 

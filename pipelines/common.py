@@ -1,0 +1,138 @@
+"""Helpers shared by the stage entry points: Ray start-up, JSON-lines logs, user-error exits.
+
+Conventions of every stage:
+
+- ``ray.init()`` only when Ray is not initialised yet, with no resource arguments, so the same
+  module runs on a laptop (local Ray), under ``ray job submit`` (joins the job's cluster) and in
+  tests (the session's Ray).
+- Human-readable progress goes to stdout; structured events go to a JSON-lines log (stderr, or
+  ``--log-file``), one object per line with ``time``, ``level``, ``stage``, ``event`` and fields.
+- A user error (bad path, bad argument, incompatible input) prints ``sscc <stage>: error: ...``
+  to stderr and exits with status 2, like argparse; anything else is a bug and raises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sscc_core.labelstore import LabelStore
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+
+
+def ensure_ray() -> None:
+    """Connect to (or start) Ray unless this process already did."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+
+
+class JsonLinesFormatter(logging.Formatter):
+    """One JSON object per record: ``time``, ``level``, ``stage``, ``event`` plus the fields
+    passed as ``extra={"fields": {...}}``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+            "level": record.levelname.lower(),
+            "stage": record.name.removeprefix("sscc."),
+            "event": record.getMessage(),
+            **getattr(record, "fields", {}),
+        }
+        return json.dumps(doc, default=str)
+
+
+def add_logging_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--log-file`` (JSON-lines structured log; default stderr)."""
+    parser.add_argument("--log-file", default=None,
+                        help="append JSON-lines structured logs to this file (default: stderr)")
+
+
+def setup_logging(stage: str, log_file: str | None = None) -> logging.Logger:
+    """The stage's logger ``sscc.<stage>``, writing JSON lines to ``log_file`` or stderr.
+
+    Calling it again replaces the handler (tests run several stages in one process).
+    """
+    logger = logging.getLogger(f"sscc.{stage}")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    handler: logging.Handler = (
+        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(JsonLinesFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
+
+
+def log_event(logger: logging.Logger, event: str, **fields: Any) -> None:
+    """Log one structured event at INFO level."""
+    logger.info(event, extra={"fields": fields})
+
+
+def label_provenance(store: "LabelStore", cube_path: str | Path) -> dict[str, str]:
+    """Provenance of products derived from a label store: model version, config hash, input
+    cube, label store and its creation time, tiles done (see
+    :func:`sscc_core.export.build_provenance`)."""
+    from sscc_core.config import SSCCConfig, from_dict
+    from sscc_core.export import build_provenance
+
+    attrs = store.attrs
+    return build_provenance(
+        model_version=attrs["model_version"], inputs=[str(cube_path)],
+        cfg=from_dict(SSCCConfig, attrs.get("config") or {}), label_store=str(store.path),
+        labels_created=attrs.get("created", ""), tiles_done=len(store.done_tiles()),
+    )
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The user-facing error behind ``exc`` (following Ray's wrapping and ``__cause__``), or
+    ``None`` when it is not one of :data:`USER_ERRORS`."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        wrapped = getattr(exc, "cause", None)  # RayTaskError also subclasses its cause's type
+        if isinstance(wrapped, BaseException):
+            exc = wrapped
+            continue
+        if isinstance(exc, USER_ERRORS):
+            return exc
+        exc = exc.__cause__
+    return None
+
+
+def run_stage(
+    stage: str,
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], Any],
+    argv: list[str] | None,
+) -> int:
+    """Parse ``argv``, call ``run(args)`` and turn user errors into ``sscc <stage>: error``.
+
+    Returns:
+        0 on success, 2 on a usage or user error (argparse's own status otherwise).
+    """
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed usage and its message
+        return int(exc.code or 0)
+    try:
+        run(args)
+    except Exception as exc:
+        error = user_error(exc)
+        if error is None:
+            raise
+        print(f"sscc {stage}: error: {error}", file=sys.stderr)
+        return 2
+    return 0

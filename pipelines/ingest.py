@@ -1,0 +1,173 @@
+"""``sscc ingest``: input files (or a benchmark scene) -> canonical Zarr cube store(s).
+
+Usage::
+
+    sscc ingest --benchmark indian_pines --out runs/ip.zarr
+    sscc ingest scene.hdr --out runs/scene.zarr [--chunk 256] [--shard 1024] [--overwrite]
+    sscc ingest line1.hdr line2.hdr --out runs/lines/            # one store per line
+    sscc ingest line1.hdr line2.hdr --out runs/mosaic.zarr --mosaic
+
+One input is ingested in this process. Several inputs are ingested in parallel as Ray tasks, each
+into ``OUT/<stem>.zarr``; with ``--mosaic`` the lines go to ``<OUT>.lines/<stem>.zarr`` and are
+then mosaicked onto their union grid (first valid line wins where they overlap) into ``OUT``,
+window by window in Ray tasks that each write whole chunk- (shard-) aligned regions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from pipelines.common import ensure_ray, run_stage
+from sscc_core.io import matlab, mosaic, store
+from sscc_core.io.readers import read_any
+
+WINDOWS_PER_TASK = 16
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface of the ingest stage."""
+    p = argparse.ArgumentParser(
+        prog="sscc ingest",
+        description="Ingest hyperspectral files (.mat, ENVI, GeoTIFF, NEON HDF5, NetCDF) or a "
+        "benchmark scene into Zarr v3 cube stores.",
+    )
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="input files (flight lines)")
+    p.add_argument("--out", required=True, help="output store (a directory of stores for "
+                   "several inputs without --mosaic)")
+    p.add_argument("--benchmark", choices=sorted(matlab.BENCHMARKS),
+                   help="ingest a benchmark scene from data/")
+    p.add_argument("--chunk", type=int, default=256, help="chunk side in pixels (default 256)")
+    p.add_argument("--shard", type=int, default=None, help="shard side in pixels (multiple of "
+                   "--chunk; default: no sharding)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing stores")
+    p.add_argument("--mosaic", action="store_true", help="mosaic several lines onto one grid")
+    return p
+
+
+def summarize(ds: Any) -> dict[str, Any]:
+    """Shape, band count, valid-pixel and nonfinite-pixel counts of a (lazy) cube."""
+    refl = ds["reflectance"]
+    return {
+        "shape": tuple(int(s) for s in refl.shape),
+        "bands": int(refl.sizes["band"]),
+        "valid": int(ds["valid"].sum().compute()),
+        "nonfinite": int(ds.attrs.get("n_nonfinite", 0)),
+        "dtype": str(refl.dtype),
+    }
+
+
+def _line(label: str, s: dict[str, Any]) -> str:
+    b, h, w = s["shape"]
+    return (f"{label}: {b} bands x {h} x {w} {s['dtype']}, {s['valid']} valid pixels, "
+            f"{s['nonfinite']} with NaN/inf")
+
+
+def ingest_file(path: str, out: str, chunk: int, shard: int | None, overwrite: bool) -> dict:
+    """Read one input, write its store, and return its :func:`summarize` (plus ``store``)."""
+    ds = read_any(path)
+    written = store.write_cube(ds, out, chunk=chunk, shard=shard, overwrite=overwrite)
+    return {"store": str(written), **summarize(store.open_cube(written))}
+
+
+def fill_windows(lines: list[str], plan: mosaic.MosaicPlan, target: str,
+                 windows: list[tuple[int, int, int, int]]) -> int:
+    """Assemble and write mosaic windows into the store at ``target``; returns the count."""
+    cubes = [store.open_cube(p) for p in lines]
+    for y0, y1, x0, x1 in windows:
+        store.write_region(mosaic.mosaic_window(cubes, plan, y0, y1, x0, x1), Path(target), y0, x0)
+    return len(windows)
+
+
+def _gather(refs: list[Any], on_done: Callable[[int, Any], None]) -> None:
+    """Wait for Ray tasks, calling ``on_done(index, result)`` as each finishes."""
+    index = {ref: i for i, ref in enumerate(refs)}
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        on_done(index[done[0]], ray.get(done[0]))
+
+
+def _stores_for(inputs: list[str], out: Path, use_mosaic: bool) -> list[Path]:
+    """One store path per input: ``OUT/<stem>.zarr`` (or ``<OUT>.lines/`` with --mosaic)."""
+    root = out.with_name(out.name + ".lines") if use_mosaic else out
+    names = [Path(p).name.split(".")[0] or Path(p).name for p in inputs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"inputs share a file stem, their stores would collide: {names}")
+    return [root / f"{n}.zarr" for n in names]
+
+
+def _ingest_lines(inputs: list[str], targets: list[Path], args: argparse.Namespace) -> None:
+    """Ingest several inputs in parallel Ray tasks, printing one line per finished input."""
+    task = ray.remote(ingest_file)
+    refs = [task.remote(i, str(t), args.chunk, args.shard, args.overwrite)
+            for i, t in zip(inputs, targets)]
+    _gather(refs, lambda i, s: print(_line(f"ingested {inputs[i]} -> {s['store']}", s), flush=True))
+
+
+def _mosaic(lines: list[Path], args: argparse.Namespace) -> dict[str, Any]:
+    """Mosaic line stores into ``args.out`` with Ray tasks over aligned windows."""
+    cubes = [store.open_cube(p) for p in lines]
+    plan = mosaic.plan_mosaic(cubes)
+    template = mosaic.mosaic_template(cubes, plan, name=Path(args.out).stem)
+    windows = list(plan.windows(args.shard or args.chunk))
+    task = ray.remote(fill_windows)
+    with store.atomic_store(args.out, args.overwrite) as tmp:
+        store.create_store(template, tmp, args.chunk, args.shard)
+        groups = [windows[i : i + WINDOWS_PER_TASK]
+                  for i in range(0, len(windows), WINDOWS_PER_TASK)]
+        refs = [task.remote([str(p) for p in lines], plan, str(tmp), g) for g in groups]
+        _gather(refs, lambda i, n: None)
+    print(f"mosaicked {len(lines)} lines onto a {plan.height} x {plan.width} grid "
+          f"({len(windows)} windows)", flush=True)
+    return {"store": args.out, **summarize(store.open_cube(args.out))}
+
+
+def ingest(args: argparse.Namespace) -> dict[str, Any]:
+    """Execute a parsed command line; returns the summary of the final store(s)."""
+    if bool(args.inputs) == bool(args.benchmark):
+        raise ValueError("give INPUT files or --benchmark NAME (exactly one of them)")
+    if args.benchmark:
+        ds = matlab.read_benchmark(args.benchmark)
+        out = store.write_cube(ds, args.out, chunk=args.chunk, shard=args.shard,
+                               overwrite=args.overwrite)
+        return {"store": str(out), **summarize(store.open_cube(out))}
+    for path in args.inputs:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no such file")
+    if len(args.inputs) == 1 and not args.mosaic:
+        return ingest_file(args.inputs[0], args.out, args.chunk, args.shard, args.overwrite)
+    ensure_ray()
+    targets = _stores_for(args.inputs, Path(args.out), args.mosaic)
+    _ingest_lines(args.inputs, targets, args)
+    if args.mosaic:
+        return _mosaic(targets, args)
+    summaries = [summarize(store.open_cube(t)) for t in targets]
+    return {
+        "store": args.out,
+        "shape": f"{len(targets)} stores",
+        "bands": sorted({s["bands"] for s in summaries}),
+        "valid": sum(s["valid"] for s in summaries),
+        "nonfinite": sum(s["nonfinite"] for s in summaries),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Ingest, then print the summary line; returns the summary."""
+    summary = ingest(args)
+    print(f"summary: store {summary['store']}: shape {summary['shape']}, bands {summary['bands']}, "
+          f"valid pixels {summary['valid']}, nonfinite pixels {summary['nonfinite']}", flush=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``sscc ingest``; returns the process exit code (2 on user errors)."""
+    return run_stage("ingest", build_parser(), run, argv)
+
+if __name__ == "__main__":
+    sys.exit(main())

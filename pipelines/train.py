@@ -1,0 +1,323 @@
+"""Ray entry point: data-parallel SSCC training with Ray Data tiles and Ray Train (DDP).
+
+Driver: fit the pre-processing (streaming pass over the store), list the tiles holding training
+pixels, and build a Ray Dataset of tile descriptors whose ``map_batches`` workers reopen the store,
+read each tile with its halo, and extract standardised PCA patches of its training pixels.
+Workers: a ``TorchTrainer`` whose loop takes its shard with ``get_dataset_shard``, draws two views
+per patch with the augmentation pool (seeded by run seed, epoch and rank), and steps the SSCC
+loss; rank 0 writes an SSCC checkpoint every epoch, and a relaunch with the same run name and
+storage path resumes from the latest one.
+
+    sscc train --store cube.zarr --run-name ip --storage-path runs/ --epochs 20
+    ray job submit --working-dir . -- python -m pipelines.train --store ... --run-name ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.common import add_logging_args, ensure_ray, log_event, run_stage, setup_logging
+from pipelines.options import add_config_args, load_cli_config
+from sscc_core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from sscc_core.config import SSCCConfig, from_dict, to_dict
+from sscc_core.io.store import open_cube
+from sscc_core.preprocess import Preprocessor, fit_preprocessor
+from sscc_core.tiling import Tile, extract_patches_at, tile_grid, tile_valid
+from sscc_core.trainer import build_training, epoch_generator, mean_parts, tile_features, train_step, training_mask
+
+log = logging.getLogger("sscc.train")
+
+
+class TilePatches:
+    """Ray Data UDF: tile descriptors -> standardised PCA patches of their training pixels.
+
+    Each worker reopens the Zarr store itself (nothing large crosses the object store) and keeps
+    it open across batches.
+    """
+
+    def __init__(self, store: str, pre_state: dict[str, Any], patch_size: int, protocol: str) -> None:
+        import zarr
+
+        group = zarr.open_group(store, mode="r")
+        self.cube = group["reflectance"]
+        self.valid = group["valid"]
+        self.labels = group["labels"] if "labels" in group else None
+        self.pre = Preprocessor.from_state(pre_state)
+        self.patch_size = patch_size
+        self.protocol = protocol
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Map a batch of tile descriptors (columns row, col, y0, y1, x0, x1) to patch rows."""
+        patches = []
+        for i in range(len(batch["row"])):
+            tile = Tile(*(int(batch[k][i]) for k in ("row", "col", "y0", "y1", "x0", "x1")))
+            labels = None if self.labels is None else self.labels[tile.y0 : tile.y1, tile.x0 : tile.x1]
+            mask = training_mask(tile_valid(self.valid, tile), labels, self.protocol, allow_empty=True)
+            coords = np.argwhere(mask)
+            if len(coords):
+                feats = tile_features(self.cube, self.valid, tile, self.pre, self.patch_size // 2)
+                patches.append(extract_patches_at(feats, coords, self.patch_size))
+        c, p = self.pre.n_components, self.patch_size
+        out = np.concatenate(patches) if patches else np.zeros((0, c, p, p), np.float32)
+        return {"patch": out}
+
+
+def training_tiles(store: str, protocol: str, tile_size: int) -> list[dict[str, int]]:
+    """Descriptors of the tiles holding at least one training pixel (driver side, mask reads only)."""
+    import zarr
+
+    group = zarr.open_group(store, mode="r")
+    valid = group["valid"]
+    labels = group["labels"] if "labels" in group else None
+    if protocol == "labelled" and labels is None:
+        raise ValueError(f"{store}: protocol 'labelled' needs a 'labels' variable; use train.protocol=all")
+    tiles = []
+    for t in tile_grid(*valid.shape, tile_size):
+        lab = None if labels is None else labels[t.y0 : t.y1, t.x0 : t.x1]
+        if training_mask(tile_valid(valid, t), lab, protocol, allow_empty=True).any():
+            tiles.append({"row": t.row, "col": t.col, "y0": t.y0, "y1": t.y1, "x0": t.x0, "x1": t.x1})
+    if not tiles:
+        raise ValueError(f"{store}: no training pixel under protocol {protocol!r}")
+    return tiles
+
+
+def inject_failure(config: dict[str, Any], epoch: int, rank: int) -> None:
+    """Fault injection for tests and drills: kill this worker process once, mid-epoch.
+
+    Called after the first step of every epoch; acts at epoch index ``fail_at_epoch``.
+
+    A marker file in the run directory makes the failure happen only once, so the restarted
+    worker group carries on from the last checkpoint.
+    """
+    marker = config.get("fail_marker")
+    if marker and rank == 0 and epoch == config.get("fail_at_epoch") and not Path(marker).exists():
+        Path(marker).write_text(f"worker killed during epoch {epoch}\n")
+        log.warning("injected failure: killing worker rank %d at epoch %d", rank, epoch)
+        os._exit(1)
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """The per-worker training loop (runs inside Ray Train workers)."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from sscc_core.augment import two_views
+    from sscc_core.model import TwinForward
+
+    torch.set_num_threads(config["threads"])
+    cfg = from_dict(SSCCConfig, config["cfg"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    resume = None
+    reported = ray.train.get_checkpoint()
+    if reported is not None:
+        with reported.as_directory() as d:
+            resume = load_checkpoint(d)
+    training = build_training(cfg, config["in_channels"], resume)
+    twin = ray.train.torch.prepare_model(TwinForward(training.model))
+    shard = ray.train.get_dataset_shard("train")
+    while training.epoch < cfg.train.epochs:
+        start = time.perf_counter()
+        gen = epoch_generator(cfg.train.seed, training.epoch, rank)
+        training.model.train()
+        parts, n = [], 0
+        for batch in shard.iter_torch_batches(
+            batch_size=cfg.train.batch_size,
+            drop_last=True,
+            local_shuffle_buffer_size=config["shuffle_buffer"],
+            local_shuffle_seed=cfg.train.seed * 100_003 + training.epoch,
+        ):
+            xa, xb = two_views(batch["patch"], cfg.augment, gen)
+            parts.append(train_step(twin, training.optimizer, xa, xb, cfg))
+            n += len(xa)
+            if len(parts) == 1:
+                inject_failure(config, training.epoch, rank)
+        if not parts:
+            raise RuntimeError(
+                f"rank {rank}: no full batch of {cfg.train.batch_size} patches in epoch "
+                f"{training.epoch}; lower train.batch_size or use more data"
+            )
+        lr = training.optimizer.param_groups[0]["lr"]
+        training.scheduler.step()
+        training.epoch += 1
+        seconds = time.perf_counter() - start
+        summary = {"epoch": training.epoch, **mean_parts(parts), "lr": lr, "seconds": seconds,
+                   "samples_per_s": n / seconds, "rank": rank}
+        training.history.append(summary)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                save_checkpoint(
+                    Checkpoint(
+                        config=cfg,
+                        in_channels=config["in_channels"],
+                        n_bands=config["n_bands"],
+                        model_state=training.model.state_dict(),
+                        preprocess_state=config["pre_state"],
+                        epoch=training.epoch,
+                        optimizer_state=training.optimizer.state_dict(),
+                        scheduler_state=training.scheduler.state_dict(),
+                        wavelength=tuple(config["wavelength"]),
+                        extra={"history": training.history, "store": config["store"]},
+                    ),
+                    tmp,
+                )
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(summary, checkpoint=checkpoint)
+
+
+def fit_or_reuse_preprocessor(store: str, cfg: SSCCConfig, run_dir: Path) -> Preprocessor:
+    """Fit the pre-processing once per run and keep it beside the run (a relaunch reuses it)."""
+    import torch
+
+    path = run_dir / "preprocess.pt"
+    if path.is_file():
+        return Preprocessor.from_state(torch.load(path, weights_only=True))
+    import zarr
+
+    group = zarr.open_group(store, mode="r")
+    n_valid = int(np.count_nonzero(group["valid"][:]))
+    method = "exact" if n_valid <= cfg.preprocess.sample_pixels else "sample"
+    log_event(log, "fit preprocessing", method=method, n_valid=n_valid)
+    pre = fit_preprocessor(group["reflectance"], group["valid"], cfg.preprocess, cfg.tile.tile_size, method)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(pre.to_state(), path)
+    return pre
+
+
+def run_training(
+    store: str,
+    cfg: SSCCConfig,
+    run_name: str,
+    storage_path: str,
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    cpus_per_worker: float = 1.0,
+    max_failures: int = 2,
+    threads: int = 1,
+    shuffle_buffer: int = 4096,
+    fail_at_epoch: int | None = None,
+) -> Path:
+    """Train on a store with Ray Train; returns the final SSCC checkpoint file.
+
+    Args:
+        store: Canonical cube store (local path).
+        cfg: Run configuration.
+        run_name: Ray Train run name; relaunching with the same name and storage path resumes.
+        storage_path: Directory (local or object storage URI) for checkpoints.
+        num_workers: Data-parallel workers (0 = Ray Train local mode, no DDP).
+        use_gpu: One GPU per worker.
+        cpus_per_worker: Logical CPUs per worker (fractional works on small machines).
+        max_failures: Worker-group restarts from the last checkpoint before giving up.
+        threads: torch intra-op threads per worker.
+        shuffle_buffer: Rows in the local shuffle buffer of each worker.
+        fail_at_epoch: Fault drill: kill worker rank 0 once, mid-way through this epoch (0-based).
+    """
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    ensure_ray()
+    ds_cube = open_cube(store)
+    n_bands = int(ds_cube.sizes["band"])
+    wavelength = [float(w) for w in ds_cube["wavelength"].values] if "wavelength" in ds_cube.coords else []
+    run_dir = Path(storage_path) / run_name
+    pre = fit_or_reuse_preprocessor(store, cfg, run_dir)
+    tiles = training_tiles(store, cfg.train.protocol, cfg.tile.tile_size)
+    log_event(log, "training tiles", n_tiles=len(tiles), protocol=cfg.train.protocol)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    dataset = ray.data.from_items(tiles).map_batches(
+        TilePatches,
+        fn_constructor_kwargs={
+            "store": str(Path(store).resolve()),
+            "pre_state": pre.to_state(),
+            "patch_size": cfg.preprocess.patch_size,
+            "protocol": cfg.train.protocol,
+        },
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=0.25,
+    )
+    resources = {"CPU": cpus_per_worker}
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "cfg": to_dict(cfg),
+            "in_channels": pre.n_components,
+            "n_bands": n_bands,
+            "pre_state": pre.to_state(),
+            "wavelength": wavelength,
+            "store": str(store),
+            "threads": threads,
+            "shuffle_buffer": shuffle_buffer,
+            "fail_at_epoch": fail_at_epoch,
+            "fail_marker": str(run_dir.resolve() / "injected_failure") if fail_at_epoch is not None else None,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=None if use_gpu else resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=str(Path(storage_path).resolve()) if "://" not in storage_path else storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": dataset},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {run_name}: finished without a checkpoint")
+    final = run_dir / "final"
+    with result.checkpoint.as_directory() as d:
+        ckpt = load_checkpoint(d)
+    path = save_checkpoint(ckpt, final)
+    log_event(log, "final checkpoint", path=str(path), model_version=ckpt.model_version, epoch=ckpt.epoch)
+    (run_dir / "history.json").write_text(json.dumps((ckpt.extra or {}).get("history", []), indent=1))
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface of ``sscc train``."""
+    p = argparse.ArgumentParser(prog="sscc train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--store", required=True, help="canonical cube store (from sscc ingest)")
+    p.add_argument("--run-name", required=True, help="run name; relaunching with it resumes")
+    p.add_argument("--storage-path", default="runs", help="checkpoint storage (default: runs)")
+    p.add_argument("--num-workers", type=int, default=1, help="data-parallel workers (0 = local mode)")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="logical CPUs per worker")
+    p.add_argument("--max-failures", type=int, default=2, help="restarts from the last checkpoint")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    add_config_args(p)
+    add_logging_args(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``sscc train``."""
+
+    def run(args: argparse.Namespace) -> None:
+        setup_logging("train", args.log_file)
+        cfg = load_cli_config(args)
+        path = run_training(
+            args.store, cfg, args.run_name, args.storage_path, args.num_workers, args.use_gpu,
+            args.cpus_per_worker, args.max_failures, args.threads,
+        )
+        print(f"checkpoint: {path}")
+
+    return run_stage("train", build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""The Zarr v3 cube store: atomic writes, chunk layout, lazy opening.
+
+Layout (docs/ARCHITECTURE.md): ``reflectance`` chunked (all bands, chunk, chunk), ``valid`` and
+``labels`` chunked (chunk, chunk), optionally grouped into shards of (shard, shard) pixels. A store
+is written into a temporary sibling directory and renamed into place only when complete, so a
+failed write never leaves a half-written store at the target path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import dask
+import rioxarray  # noqa: F401  (registers the .rio accessor on opened cubes)
+import xarray as xr
+
+REQUIRED_VARS = ("reflectance", "valid")
+
+
+def _check_layout(chunk: int, shard: int | None) -> None:
+    """Reject chunk/shard sizes Zarr cannot honour."""
+    if chunk < 1:
+        raise ValueError(f"chunk: must be >= 1 pixel, got {chunk}")
+    if shard is not None and (shard < chunk or shard % chunk):
+        raise ValueError(f"shard: must be a multiple of chunk ({chunk}), got {shard}")
+
+
+def encoding_for(ds: xr.Dataset, chunk: int, shard: int | None) -> dict[str, dict]:
+    """Zarr encoding of the gridded variables of ``ds``.
+
+    Args:
+        ds: Canonical cube.
+        chunk: Chunk side in pixels (y and x); all bands share one chunk.
+        shard: Shard side in pixels (a multiple of ``chunk``), or ``None`` for no sharding.
+
+    Returns:
+        ``{var: {"chunks": ..., ["shards": ...], ["grid_mapping": ...]}}`` for every variable
+        with dims ending (y, x).
+    """
+    _check_layout(chunk, shard)
+    encoding: dict[str, dict] = {}
+    for name, var in ds.data_vars.items():
+        if var.dims[-2:] != ("y", "x"):
+            continue
+        lead = tuple(var.sizes[d] for d in var.dims[:-2])
+        enc: dict = {"chunks": lead + (chunk, chunk)}
+        if "grid_mapping" in var.encoding:  # an explicit encoding would otherwise drop it
+            enc["grid_mapping"] = var.encoding["grid_mapping"]
+        if shard is not None:
+            enc["shards"] = lead + (shard, shard)
+        encoding[str(name)] = enc
+    return encoding
+
+
+def _is_store(path: Path) -> bool:
+    return (path / "zarr.json").is_file()
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    """Refuse an existing target unless ``overwrite``; never replace something that is no store."""
+    if not path.exists():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{path}: output already exists (pass overwrite=True / --overwrite)")
+    if not _is_store(path):
+        raise FileExistsError(f"{path}: exists and is not a Zarr store; refusing to replace it")
+
+
+@contextlib.contextmanager
+def atomic_store(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling path to write a store into; rename it to ``path`` on success.
+
+    On an exception the temporary directory is removed and ``path`` is left as it was.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is false, or it is not a Zarr store.
+    """
+    target = Path(path)
+    _check_target(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        yield tmp
+        _check_target(target, overwrite)
+        if target.exists():
+            trash = target.with_name(f"{target.name}.tmp-old-{uuid.uuid4().hex[:12]}")
+            target.rename(trash)
+            tmp.rename(target)
+            shutil.rmtree(trash)
+        else:
+            tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+@contextlib.contextmanager
+def _drained_threads() -> Iterator[None]:
+    """Run dask computations on a private thread pool that is drained on exit.
+
+    When one task of a write fails, dask raises at once while sibling tasks keep writing; without
+    draining they would recreate chunk files after the temporary store has been removed.
+    """
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+    try:
+        with dask.config.set(scheduler="threads", pool=pool):
+            yield
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _clean_encoding(ds: xr.Dataset) -> xr.Dataset:
+    """Copy of ``ds`` without encodings inherited from a previous store (keeps grid_mapping)."""
+    ds = ds.copy()
+    for var in ds.variables.values():
+        var.encoding = {k: v for k, v in var.encoding.items() if k == "grid_mapping"}
+    return ds
+
+
+def write_cube(
+    ds: xr.Dataset,
+    path: str | Path,
+    chunk: int = 256,
+    shard: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a canonical cube as a Zarr v3 store, atomically.
+
+    Args:
+        ds: Canonical cube (numpy-, memmap- or dask-backed).
+        path: Target store directory.
+        chunk: Chunk side in pixels (y and x); all bands in one chunk.
+        shard: Optional shard side in pixels, a multiple of ``chunk``.
+        overwrite: Replace an existing store at ``path``.
+
+    Returns:
+        The store path.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is false.
+        ValueError: Invalid chunk/shard sizes.
+    """
+    encoding = encoding_for(ds, chunk, shard)
+    step = shard or chunk
+    ds = _clean_encoding(ds).chunk({"band": -1, "y": step, "x": step})
+    with atomic_store(path, overwrite) as tmp, _drained_threads():
+        ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding)
+    return Path(path)
+
+
+def create_store(template: xr.Dataset, path: Path, chunk: int, shard: int | None) -> None:
+    """Write the metadata and coordinates of a cube whose data will arrive region by region.
+
+    Args:
+        template: Dask-backed canonical cube of the final shape (its data is not computed).
+        path: Store directory (normally the temporary path from :func:`atomic_store`).
+        chunk: Chunk side in pixels.
+        shard: Optional shard side in pixels.
+    """
+    encoding = encoding_for(template, chunk, shard)
+    step = shard or chunk
+    template = _clean_encoding(template).chunk({"band": -1, "y": step, "x": step})
+    template.to_zarr(
+        path, mode="w-", zarr_format=3, consolidated=False, encoding=encoding, compute=False
+    )
+
+
+def write_region(window: xr.Dataset, path: Path, y0: int, x0: int) -> None:
+    """Write a (y, x) window of gridded variables into an existing store.
+
+    The window must be chunk-aligned (shard-aligned when sharded) unless it reaches the array
+    edge; concurrent writers of disjoint aligned windows are then safe.
+
+    Args:
+        window: Dataset with the store's gridded variables over the window.
+        path: Existing store.
+        y0: First row of the window in the store.
+        x0: First column of the window in the store.
+    """
+    gridded = [n for n, v in window.data_vars.items() if v.dims[-2:] == ("y", "x")]
+    window = window[gridded].drop_vars([c for c in window.coords if c not in ("y", "x")])
+    region = {
+        "y": slice(y0, y0 + window.sizes["y"]),
+        "x": slice(x0, x0 + window.sizes["x"]),
+    }
+    _clean_encoding(window).to_zarr(path, region=region, zarr_format=3, consolidated=False)
+
+
+def open_cube(path: str | Path) -> xr.Dataset:
+    """Open a cube store lazily (dask-backed), with its CRS/transform decoded.
+
+    Raises:
+        FileNotFoundError: No store at ``path``.
+        ValueError: ``path`` is a Zarr store without the cube variables.
+    """
+    p = Path(path)
+    if not _is_store(p):
+        raise FileNotFoundError(f"{p}: no Zarr cube store here")
+    ds = xr.open_zarr(p, consolidated=False, decode_coords="all", zarr_format=3)
+    missing = [v for v in REQUIRED_VARS if v not in ds]
+    if missing:
+        raise ValueError(f"{p}: not a cube store (missing variables {missing})")
+    return ds

@@ -1,0 +1,242 @@
+"""The single-process reference trainer: a plain PyTorch loop of the authors' protocol.
+
+The Ray Train loop in :mod:`pipelines.train` calls the same :func:`train_step`,
+:func:`build_training`, and :func:`epoch_generator`, so the two trainers differ only in how
+batches reach the step (an in-memory tensor here, a Ray Data shard there).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from sscc_core.augment import two_views
+from sscc_core.checkpoint import Checkpoint
+from sscc_core.config import SSCCConfig
+from sscc_core.loss import sscc_loss
+from sscc_core.model import SSCCNet, TwinForward
+from sscc_core.preprocess import Preprocessor
+from sscc_core.tiling import extract_patches_at, read_with_halo, tile_grid, tile_valid
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """A torch generator for one epoch of one data stream (worker rank, tile, ...).
+
+    Mixing the epoch into the seed gives new augmentations every epoch, and the same ones for a
+    rerun with the same seed (a resumed run reproduces an uninterrupted one).
+    """
+    mixed = np.random.SeedSequence([seed, epoch, stream]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(mixed) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+@dataclass
+class Training:
+    """The mutable state of a training run.
+
+    Attributes:
+        model: The twin network.
+        optimizer: Adam.
+        scheduler: StepLR, stepped once per epoch.
+        epoch: Epochs completed so far.
+        history: One dict of mean loss parts (and seconds) per completed epoch.
+    """
+
+    model: SSCCNet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def build_training(cfg: SSCCConfig, in_channels: int, resume: Checkpoint | None = None) -> Training:
+    """Model, Adam and StepLR of the recipe, seeded; restored from ``resume`` when given.
+
+    Args:
+        cfg: Run configuration (model, train).
+        in_channels: Input channels (PCA components).
+        resume: A checkpoint to continue from (weights, optimiser, scheduler, epoch).
+    """
+    torch.manual_seed(cfg.train.seed)
+    model = SSCCNet(cfg.model, in_channels, cfg.preprocess.patch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.train.step_size, cfg.train.gamma)
+    training = Training(model, optimizer, scheduler)
+    if resume is not None:
+        model.load_state_dict(resume.model_state)
+        if resume.optimizer_state is not None:
+            optimizer.load_state_dict(resume.optimizer_state)
+        if resume.scheduler_state is not None:
+            scheduler.load_state_dict(resume.scheduler_state)
+        training.epoch = resume.epoch
+        training.history = list((resume.extra or {}).get("history", []))
+    return training
+
+
+def train_step(
+    twin: nn.Module, optimizer: torch.optim.Optimizer, xa: Tensor, xb: Tensor, cfg: SSCCConfig
+) -> dict[str, float]:
+    """One optimisation step on a batch of view pairs.
+
+    Args:
+        twin: A :class:`sscc_core.model.TwinForward` (or its DDP wrapper), in train mode.
+        optimizer: Its optimiser.
+        xa: View a, (N, C, P, P).
+        xb: View b, (N, C, P, P).
+        cfg: Loss weights come from ``cfg.loss``.
+
+    Returns:
+        The loss parts as floats.
+    """
+    parts = sscc_loss(*twin(xa, xb), cfg.loss)
+    optimizer.zero_grad(set_to_none=True)
+    parts.total.backward()
+    optimizer.step()
+    return parts.as_floats()
+
+
+def mean_parts(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Average a list of loss-part dicts key by key (empty list -> empty dict)."""
+    return {k: float(np.mean([p[k] for p in parts])) for k in parts[0]} if parts else {}
+
+
+def train_epoch(training: Training, patches: Tensor, cfg: SSCCConfig) -> dict[str, float]:
+    """One epoch over in-memory patches: shuffle, drop_last batches, two views each, step.
+
+    Args:
+        training: State to advance (``epoch`` is incremented, the scheduler stepped).
+        patches: (N, C, P, P) float32 training patches.
+        cfg: Run configuration.
+
+    Returns:
+        Mean loss parts of the epoch plus ``seconds`` and ``lr``.
+    """
+    start = time.perf_counter()
+    gen = epoch_generator(cfg.train.seed, training.epoch)
+    order = torch.randperm(len(patches), generator=gen)
+    bs = cfg.train.batch_size
+    n_batches = len(patches) // bs
+    if n_batches == 0:
+        raise ValueError(f"{len(patches)} training patches are fewer than one batch of {bs}")
+    training.model.train()
+    twin = TwinForward(training.model)
+    parts = []
+    for i in range(n_batches):
+        batch = patches[order[i * bs : (i + 1) * bs]]
+        xa, xb = two_views(batch, cfg.augment, gen)
+        parts.append(train_step(twin, training.optimizer, xa, xb, cfg))
+    lr = training.optimizer.param_groups[0]["lr"]
+    training.scheduler.step()
+    training.epoch += 1
+    summary = {"epoch": training.epoch, **mean_parts(parts), "lr": lr, "seconds": time.perf_counter() - start}
+    training.history.append(summary)
+    return summary
+
+
+def train_reference(
+    patches: Tensor,
+    cfg: SSCCConfig,
+    resume: Checkpoint | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> Training:
+    """Train SSCC on in-memory patches for ``cfg.train.epochs`` epochs (the plain loop).
+
+    Args:
+        patches: (N, C, P, P) float32 training patches.
+        cfg: Run configuration.
+        resume: Continue from this checkpoint's epoch.
+        on_epoch: Called after every epoch with ``(epoch, summary)`` (logging, checkpoints).
+    """
+    training = build_training(cfg, patches.shape[1], resume)
+    while training.epoch < cfg.train.epochs:
+        summary = train_epoch(training, patches, cfg)
+        if on_epoch is not None:
+            on_epoch(training.epoch, summary)
+    return training
+
+
+def training_mask(
+    valid: np.ndarray, labels: np.ndarray | None, protocol: str, allow_empty: bool = False
+) -> np.ndarray:
+    """Pixels that become training samples: labelled ones (authors) or every valid one.
+
+    Nodata pixels never become samples.
+
+    Args:
+        valid: (H, W) bool, True where the pixel has data.
+        labels: (H, W) int ground truth (0 = unlabelled), needed for ``protocol="labelled"``.
+        protocol: ``"labelled"`` or ``"all"``.
+        allow_empty: Return an all-False mask instead of raising (one tile of many).
+
+    Raises:
+        ValueError: ``"labelled"`` without ground truth, or no training pixel at all.
+    """
+    valid = np.asarray(valid, dtype=bool)
+    if protocol == "labelled":
+        if labels is None:
+            raise ValueError("protocol 'labelled' needs ground-truth labels; use protocol 'all'")
+        mask = valid & (np.asarray(labels) > 0)
+    elif protocol == "all":
+        mask = valid
+    else:
+        raise ValueError(f"unknown protocol {protocol!r}; expected 'labelled' or 'all'")
+    if not allow_empty and not mask.any():
+        raise ValueError(f"no training pixel under protocol {protocol!r}")
+    return mask
+
+
+def tile_features(cube: Any, valid: Any, tile: Any, pre: Preprocessor, halo: int) -> np.ndarray:
+    """Standardised PCA features of one tile read with its halo.
+
+    Args:
+        cube: (B, H, W) array-like (numpy or zarr).
+        valid: (H, W) bool array-like.
+        tile: A :class:`sscc_core.tiling.Tile`.
+        pre: Fitted pre-processing.
+        halo: Pixels of context on each side (``patch_size // 2``).
+
+    Returns:
+        (n_components, h + 2 halo, w + 2 halo) float32; nodata pixels are 0.
+    """
+    block = read_with_halo(cube, tile, halo)
+    mask = read_with_halo(valid, tile, halo).astype(bool)
+    return pre.transform(block, mask)
+
+
+def gather_patches(
+    cube: Any, valid: Any, mask: np.ndarray, pre: Preprocessor, patch_size: int, tile_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """Patches of the pixels in ``mask``, read tile by tile with a halo.
+
+    Args:
+        cube: (B, H, W) array-like.
+        valid: (H, W) bool array-like.
+        mask: (H, W) bool, the pixels wanted (e.g. :func:`training_mask`).
+        pre: Fitted pre-processing.
+        patch_size: Odd patch side P.
+        tile_size: Tile side used to read the cube.
+
+    Returns:
+        ``(patches, coords)``: (N, C, P, P) float32 and (N, 2) int scene (row, col), row-major
+        within tiles, tiles row-major.
+    """
+    halo = patch_size // 2
+    patches, coords = [], []
+    for tile in tile_grid(mask.shape[0], mask.shape[1], tile_size):
+        local = np.argwhere(tile_valid(mask, tile))
+        if not len(local):
+            continue
+        feats = tile_features(cube, valid, tile, pre, halo)
+        patches.append(extract_patches_at(feats, local, patch_size))
+        coords.append(local + [tile.y0, tile.x0])
+    n_channels = pre.n_components
+    if not patches:
+        return np.zeros((0, n_channels, patch_size, patch_size), np.float32), np.zeros((0, 2), int)
+    return np.concatenate(patches), np.concatenate(coords)
