@@ -27,6 +27,7 @@ def ray_session():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # always a fresh local instance, never a cluster found on the machine
             num_cpus=2,
             include_dashboard=False,
             object_store_memory=512 * 1024 * 1024,

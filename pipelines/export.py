@@ -1,0 +1,99 @@
+"""``sscc export``: user products of a finished label store.
+
+Usage::
+
+    sscc export --labels runs/ip_labels.zarr --store runs/ip.zarr --out runs/ip_products \\
+        [--metrics runs/ip_metrics.json]
+
+Writes (:func:`sscc_core.export.export_all`) ``labels.tif`` (Cloud-Optimized GeoTIFF with a colour
+table and provenance tags), ``quicklook.png``, ``spectra.csv`` / ``spectra_std.csv`` /
+``spectra.png`` (per-cluster mean spectra of the cube), ``cluster_class_counts.csv`` when the
+cube has ground truth, and ``metrics.json`` when ``--metrics`` (an ``sscc evaluate --out`` file)
+is given. Provenance comes from the label store's attributes. Refuses an incomplete label store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipelines.common import (
+    add_logging_args, label_provenance, log_event, run_stage, setup_logging,
+)
+from sscc_core.export import export_all
+from sscc_core.io.store import open_cube
+from sscc_core.labelstore import open_label_store
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface of the export stage."""
+    p = argparse.ArgumentParser(
+        prog="sscc export",
+        description="Export a label store as COG, PNG quicklook, cluster spectra and metrics JSON.",
+    )
+    p.add_argument("--labels", required=True, help="label store written by `sscc predict`")
+    p.add_argument("--store", required=True, help="the cube store the labels were computed from")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--metrics", default=None, help="metrics JSON written by `sscc evaluate --out`")
+    add_logging_args(p)
+    return p
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """The ``metrics`` mapping of an ``sscc evaluate --out`` file.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: Not JSON, or no ``metrics`` mapping in it.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: metrics file not found")
+    try:
+        doc = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{p}: not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("metrics"), dict):
+        raise ValueError(f"{p}: expected an `sscc evaluate` file with a 'metrics' mapping")
+    return doc["metrics"]
+
+
+def run(args: argparse.Namespace) -> dict[str, Path]:
+    """Execute a parsed command line; returns ``{product: path}``.
+
+    Raises:
+        ValueError: Incomplete label store, grids that differ, or a malformed metrics file.
+        FileNotFoundError: A store or the metrics file is missing.
+    """
+    log = setup_logging("export", args.log_file)
+    store = open_label_store(args.labels)
+    store.require_complete()
+    metrics = read_metrics(args.metrics) if args.metrics else None
+    cube = open_cube(args.store)
+    labels = store.labels()
+    if labels.shape != (cube.sizes["y"], cube.sizes["x"]):
+        raise ValueError(f"{args.labels}: label grid {labels.shape} != cube grid "
+                         f"{(cube.sizes['y'], cube.sizes['x'])} of {args.store}")
+    paths = export_all(
+        labels, args.out, provenance=label_provenance(store, args.store), cube=cube,
+        ground_truth=cube["labels"] if "labels" in cube else None, metrics=metrics,
+        k=store.n_clusters, title=f"{cube.attrs.get('name') or Path(args.store).stem}: "
+        f"model {store.model_version}",
+    )
+    for name, path in paths.items():
+        print(f"export: {name:<16} {path}")
+    log_event(log, "exported", labels=args.labels, out=args.out,
+              products={k: str(v) for k, v in paths.items()})
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``sscc export``; returns the process exit code (2 on user errors)."""
+    return run_stage("export", build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,421 @@
+"""The output label store of a labelling run: a Zarr v3 store on the input's grid, plus a
+per-tile completion record so that a rerun after a crash labels only the tiles still missing.
+
+Layout of ``LABELS.zarr``:
+
+- ``labels`` (y, x) uint8/uint16 (:func:`sscc_core.inference.label_dtype`): cluster ids
+  ``0..K-1``, fill value and attr ``nodata`` = the dtype's max where no label was produced.
+  Chunked exactly by the tile size, so every tile is one whole chunk and concurrent tile writers
+  never share a chunk.
+- ``confidence`` (y, x) float32, optional: max softmax probability, 0 at nodata; same chunks.
+- coords ``y``, ``x`` and (when the input is georeferenced) ``spatial_ref``, copied from the
+  input cube, so the labels lie on the input's grid.
+- group attrs: ``format``, ``model_version``, ``config``, ``input_store``, ``created``,
+  ``sscc_version``, ``n_clusters``, ``nodata``, ``tile_size``, ``confidence`` and ``complete``.
+- ``_sscc_done/r{row}_c{col}.json``: one marker per finished tile (``seconds``, ``n_valid``),
+  written atomically *after* the tile's chunk, so a marker always means the chunk is complete.
+  ``_sscc_done`` is an empty Zarr group, so Zarr and xarray skip it when listing the store.
+
+The store is created once (on the driver) before any tile is written; ``complete`` becomes true
+only when every non-empty tile has a marker. A store is bound to one model version: reopening it
+for a different version raises, so a new model's labels always go to a new path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from sscc_core import __version__
+from sscc_core.inference import label_dtype
+from sscc_core.io.store import atomic_store
+from sscc_core.tiling import Tile, nonempty_tiles, tile_grid
+
+FORMAT = "sscc-labels/1"
+DONE_GROUP = "_sscc_done"
+_MARKER = re.compile(r"^r(\d+)_c(\d+)\.json$")
+
+
+class LabelStoreError(ValueError):
+    """A label store is missing, foreign, incomplete, or incompatible with the requested run."""
+
+
+@dataclass(frozen=True)
+class LabelStoreSpec:
+    """What a labelling run writes; fixed when the store is created.
+
+    Attributes:
+        model_version: :attr:`sscc_core.checkpoint.Checkpoint.model_version` of the model.
+        n_clusters: K; the label dtype and nodata value follow from it.
+        tile_size: Tile side in pixels; also the chunk side of every array.
+        confidence: Whether a ``confidence`` array is written beside ``labels``.
+        config: The run's configuration as a plain dict (:func:`sscc_core.config.to_dict`).
+        input_store: Path of the input cube store.
+    """
+
+    model_version: str
+    n_clusters: int
+    tile_size: int
+    confidence: bool = False
+    config: dict[str, Any] | None = None
+    input_store: str = ""
+
+
+def encode_labels(labels: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Cluster ids with ``-1`` at nodata -> the store's unsigned dtype with its nodata value.
+
+    Args:
+        labels: (h, w) int cluster ids in ``0..K-1``, ``-1`` where no label was produced.
+        n_clusters: K.
+
+    Returns:
+        (h, w) uint8/uint16 array.
+
+    Raises:
+        ValueError: A label outside ``-1..K-1``.
+    """
+    dtype, nodata = label_dtype(n_clusters)
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < -1 or labels.max() >= n_clusters):
+        raise ValueError(f"labels outside -1..{n_clusters - 1}: [{labels.min()}, {labels.max()}]")
+    return np.where(labels < 0, nodata, labels).astype(dtype)
+
+
+def _grid_coords(cube: xr.Dataset) -> dict[str, xr.Variable]:
+    """The ``y``/``x`` (and ``spatial_ref``) coordinate variables of a cube, encodings dropped."""
+    names = ["y", "x"] + (["spatial_ref"] if "spatial_ref" in cube.coords else [])
+    coords = {}
+    for name in names:
+        var = cube[name].variable.copy(deep=True)
+        var.encoding = {}
+        coords[name] = var
+    return coords
+
+
+def create_label_store(path: str | Path, cube: xr.Dataset, spec: LabelStoreSpec) -> "LabelStore":
+    """Create an empty label store on the grid of ``cube`` (atomically: temp dir, then rename).
+
+    Args:
+        path: Target store directory; must not exist.
+        cube: Input cube (from :func:`sscc_core.io.store.open_cube`); only its coords are read.
+        spec: What the run writes.
+
+    Returns:
+        The opened store.
+
+    Raises:
+        FileExistsError: ``path`` exists.
+        ValueError: Non-positive tile size or K out of range.
+    """
+    if spec.tile_size < 1:
+        raise ValueError(f"tile_size must be >= 1, got {spec.tile_size}")
+    dtype, nodata = label_dtype(spec.n_clusters)
+    height, width = int(cube.sizes["y"]), int(cube.sizes["x"])
+    coords = _grid_coords(cube)
+    attrs = {
+        "format": FORMAT,
+        "model_version": spec.model_version,
+        "config": spec.config or {},
+        "input_store": str(spec.input_store),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "sscc_version": __version__,
+        "n_clusters": spec.n_clusters,
+        "nodata": nodata,
+        "tile_size": spec.tile_size,
+        "confidence": spec.confidence,
+        "complete": False,
+    }
+    var_attrs = {"grid_mapping": "spatial_ref"} if "spatial_ref" in coords else {}
+    chunks = (spec.tile_size, spec.tile_size)
+    with atomic_store(path) as tmp:
+        xr.Dataset(coords=coords, attrs=attrs).to_zarr(
+            tmp, mode="w-", zarr_format=3, consolidated=False
+        )
+        group = zarr.open_group(tmp, mode="r+", zarr_format=3)
+        group.create_array(
+            "labels", shape=(height, width), chunks=chunks, dtype=dtype, fill_value=nodata,
+            dimension_names=("y", "x"),
+            attributes={"nodata": nodata, "n_clusters": spec.n_clusters,
+                        "long_name": "cluster label", **var_attrs},
+        )
+        if spec.confidence:
+            group.create_array(
+                "confidence", shape=(height, width), chunks=chunks, dtype=np.float32,
+                fill_value=0.0, dimension_names=("y", "x"),
+                attributes={"long_name": "max cluster probability", **var_attrs},
+            )
+        group.create_group(DONE_GROUP, attributes={
+            "description": "one r{row}_c{col}.json marker per finished tile"})
+    return LabelStore(path)
+
+
+def prepare_label_store(path: str | Path, cube: xr.Dataset, spec: LabelStoreSpec) -> "LabelStore":
+    """Open the label store at ``path`` for ``spec``, creating it when it does not exist.
+
+    Reopening (to resume or to label tiles added since) requires the same model version, the
+    same grid, tile size and confidence setting.
+
+    Raises:
+        LabelStoreError: The existing store was made by another model version or differs in
+            grid, tile size or confidence.
+    """
+    if not Path(path).exists():
+        return create_label_store(path, cube, spec)
+    store = open_label_store(path, model_version=spec.model_version)
+    problems = []
+    if (store.height, store.width) != (int(cube.sizes["y"]), int(cube.sizes["x"])):
+        problems.append(f"grid {store.height} x {store.width} != input "
+                        f"{cube.sizes['y']} x {cube.sizes['x']}")
+    else:
+        ds = store.dataset()
+        if not (np.array_equal(ds["y"].values, cube["y"].values)
+                and np.array_equal(ds["x"].values, cube["x"].values)):
+            problems.append("y/x coordinates differ from the input's")
+    if store.tile_size != spec.tile_size:
+        problems.append(f"tile_size {store.tile_size} != requested {spec.tile_size}")
+    if store.has_confidence != spec.confidence:
+        problems.append(f"confidence {store.has_confidence} != requested {spec.confidence}")
+    if problems:
+        raise LabelStoreError(f"{path}: existing label store does not match this run: "
+                              + "; ".join(problems) + " (write to a new path)")
+    return store
+
+
+def open_label_store(path: str | Path, model_version: str | None = None) -> "LabelStore":
+    """Open an existing label store, optionally checking the model version that made it.
+
+    Raises:
+        FileNotFoundError: No store at ``path``.
+        LabelStoreError: Not a label store, or made by a different model version.
+    """
+    store = LabelStore(path)
+    if model_version is not None and store.model_version != model_version:
+        raise LabelStoreError(
+            f"{path}: holds labels of model version {store.model_version}, not {model_version}; "
+            "refusing to overwrite another model's labels (write to a new path)"
+        )
+    return store
+
+
+class LabelStore:
+    """An opened label store (see the module docstring for the layout).
+
+    Cheap to construct, so each Ray worker opens its own.
+
+    Raises:
+        FileNotFoundError: No Zarr store at ``path``.
+        LabelStoreError: The store is not an SSCC label store.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not (self.path / "zarr.json").is_file():
+            raise FileNotFoundError(f"{self.path}: no label store here")
+        self.group = zarr.open_group(self.path, mode="r+", zarr_format=3)
+        if self.group.attrs.get("format") != FORMAT:
+            raise LabelStoreError(f"{self.path}: not an SSCC label store (format "
+                                  f"{self.group.attrs.get('format')!r}, expected {FORMAT!r})")
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The group attributes (a fresh copy read from disk)."""
+        return dict(zarr.open_group(self.path, mode="r", zarr_format=3).attrs)
+
+    @property
+    def model_version(self) -> str:
+        """Version of the model that produced the labels."""
+        return str(self.group.attrs["model_version"])
+
+    @property
+    def tile_size(self) -> int:
+        """Tile (= chunk) side in pixels."""
+        return int(self.group.attrs["tile_size"])
+
+    @property
+    def nodata(self) -> int:
+        """Label value where no label was produced."""
+        return int(self.group.attrs["nodata"])
+
+    @property
+    def n_clusters(self) -> int:
+        """K."""
+        return int(self.group.attrs["n_clusters"])
+
+    @property
+    def has_confidence(self) -> bool:
+        """Whether the store holds a ``confidence`` array."""
+        return "confidence" in self.group
+
+    @property
+    def height(self) -> int:
+        """Rows of the grid."""
+        return int(self.group["labels"].shape[0])
+
+    @property
+    def width(self) -> int:
+        """Columns of the grid."""
+        return int(self.group["labels"].shape[1])
+
+    @property
+    def complete(self) -> bool:
+        """Whether every non-empty tile was labelled (set by :meth:`mark_complete`)."""
+        return bool(self.attrs.get("complete", False))
+
+    def tiles(self) -> list[Tile]:
+        """The store's tile grid (one tile per chunk), row-major."""
+        return tile_grid(self.height, self.width, self.tile_size)
+
+    # ---- writing -----------------------------------------------------------------------------
+
+    def write_region(
+        self, y0: int, x0: int, labels: np.ndarray, confidence: np.ndarray | None = None
+    ) -> None:
+        """Write a chunk-aligned (y, x) region.
+
+        Args:
+            y0: First row, a multiple of the tile size.
+            x0: First column, a multiple of the tile size.
+            labels: (h, w) encoded labels (:func:`encode_labels`); the region must end on a
+                chunk boundary or at the grid edge.
+            confidence: (h, w) float32; required exactly when the store has ``confidence``.
+
+        Raises:
+            ValueError: The region is not chunk-aligned, leaves the grid, has the wrong dtype,
+                or the confidence array is missing/unexpected/misshaped.
+        """
+        arr = self.group["labels"]
+        labels = np.asarray(labels)
+        h, w = labels.shape
+        y1, x1 = y0 + h, x0 + w
+        ts = self.tile_size
+        aligned = (
+            y0 % ts == 0 and x0 % ts == 0
+            and (y1 % ts == 0 or y1 == self.height) and (x1 % ts == 0 or x1 == self.width)
+        )
+        if not (0 <= y0 < y1 <= self.height and 0 <= x0 < x1 <= self.width):
+            raise ValueError(f"{self.path}: region rows {y0}:{y1}, cols {x0}:{x1} leaves the "
+                             f"{self.height} x {self.width} grid")
+        if not aligned:
+            raise ValueError(f"{self.path}: region rows {y0}:{y1}, cols {x0}:{x1} is not aligned "
+                             f"to the {ts} x {ts} chunks (concurrent misaligned writes lose data)")
+        if labels.dtype != arr.dtype:
+            raise ValueError(f"{self.path}: labels dtype {labels.dtype} != store dtype {arr.dtype}")
+        if (confidence is not None) != self.has_confidence:
+            given = "given" if confidence is not None else "missing"
+            has = "has" if self.has_confidence else "has no"
+            raise ValueError(f"{self.path}: confidence {given} but the store {has} confidence array")
+        arr[y0:y1, x0:x1] = labels
+        if confidence is not None:
+            confidence = np.asarray(confidence, dtype=np.float32)
+            if confidence.shape != labels.shape:
+                raise ValueError(f"confidence shape {confidence.shape} != labels {labels.shape}")
+            self.group["confidence"][y0:y1, x0:x1] = confidence
+
+    def mark_tile_done(self, tile: Tile, seconds: float, n_valid: int) -> None:
+        """Write the tile's completion marker atomically (temp file, then rename)."""
+        done = self.path / DONE_GROUP
+        record = {"row": tile.row, "col": tile.col, "seconds": float(seconds),
+                  "n_valid": int(n_valid), "model_version": self.model_version,
+                  "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        tmp = done / f".tmp-{uuid.uuid4().hex}"
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, done / f"r{tile.row}_c{tile.col}.json")
+
+    def write_tile(
+        self, tile: Tile, labels: np.ndarray, confidence: np.ndarray | None, seconds: float
+    ) -> int:
+        """Write a tile's labels (and confidence), then its marker.
+
+        Args:
+            tile: A tile of :meth:`tiles` (one whole chunk).
+            labels: (h, w) int cluster ids, ``-1`` at nodata.
+            confidence: (h, w) float32 or ``None`` (see :meth:`write_region`).
+            seconds: Time spent labelling the tile, recorded in the marker.
+
+        Returns:
+            Number of labelled (non-nodata) pixels.
+        """
+        n_valid = int((np.asarray(labels) >= 0).sum())
+        self.write_region(tile.y0, tile.x0, encode_labels(labels, self.n_clusters), confidence)
+        self.mark_tile_done(tile, seconds, n_valid)
+        return n_valid
+
+    # ---- completion --------------------------------------------------------------------------
+
+    def done_tiles(self) -> set[tuple[int, int]]:
+        """``(row, col)`` of every tile with a completion marker."""
+        done = self.path / DONE_GROUP
+        found = set()
+        for entry in os.listdir(done) if done.is_dir() else []:
+            m = _MARKER.match(entry)
+            if m:
+                found.add((int(m.group(1)), int(m.group(2))))
+        return found
+
+    def tile_records(self) -> list[dict[str, Any]]:
+        """The marker contents (``row``, ``col``, ``seconds``, ``n_valid``, ...) of done tiles."""
+        done = self.path / DONE_GROUP
+        return [json.loads((done / f"r{r}_c{c}.json").read_text())
+                for r, c in sorted(self.done_tiles())]
+
+    def missing_tiles(self, valid: Any) -> list[Tile]:
+        """Non-empty tiles of the grid without a marker.
+
+        Args:
+            valid: (H, W) bool array-like of the input cube (read tile by tile).
+        """
+        if tuple(valid.shape) != (self.height, self.width):
+            raise ValueError(f"valid mask {tuple(valid.shape)} does not match the "
+                             f"{self.height} x {self.width} label grid")
+        done = self.done_tiles()
+        return [t for t in nonempty_tiles(valid, self.tiles()) if (t.row, t.col) not in done]
+
+    def mark_complete(self, valid: Any) -> None:
+        """Set ``complete: true``, after checking that every non-empty tile has a marker.
+
+        Raises:
+            LabelStoreError: Some non-empty tile is not done (the message counts them).
+        """
+        missing = self.missing_tiles(valid)
+        if missing:
+            first = ", ".join(f"r{t.row}_c{t.col}" for t in missing[:5])
+            raise LabelStoreError(f"{self.path}: {len(missing)} non-empty tiles are not labelled "
+                                  f"yet ({first}{', ...' if len(missing) > 5 else ''})")
+        self.group.attrs["complete"] = True
+
+    def mark_incomplete(self) -> None:
+        """Set ``complete: false`` (before labelling tiles added to a completed store)."""
+        self.group.attrs["complete"] = False
+
+    def require_complete(self) -> None:
+        """Raise unless the store is marked complete.
+
+        Raises:
+            LabelStoreError: The labelling run has not finished.
+        """
+        if not self.complete:
+            raise LabelStoreError(
+                f"{self.path}: label store is incomplete ({len(self.done_tiles())} tiles done); "
+                "rerun `sscc predict` with the same arguments to finish it"
+            )
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    def dataset(self) -> xr.Dataset:
+        """The store as a lazy xarray Dataset (raw label values, CRS decoded)."""
+        return xr.open_zarr(self.path, consolidated=False, zarr_format=3,
+                            decode_coords="all", mask_and_scale=False)
+
+    def labels(self) -> xr.DataArray:
+        """The ``labels`` map (lazy), with attrs ``nodata``/``n_clusters`` and the grid coords."""
+        return self.dataset()["labels"]
