@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -29,11 +30,15 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 
 
 def ensure_ray() -> None:
-    """Connect to (or start) Ray unless this process already did."""
+    """Connect to Ray unless this process already did.
+
+    With ``RAY_ADDRESS`` set (``ray job submit`` sets it for the job's driver) this joins that
+    cluster; without it, it starts an embedded local Ray, never a stale cluster found on disk.
+    """
     import ray
 
     if not ray.is_initialized():
-        ray.init()
+        ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local")
 
 
 class JsonLinesFormatter(logging.Formatter):
