@@ -7,6 +7,7 @@ The test cluster runs in its own temp dir and ports beside the session's Ray, wi
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,12 +47,17 @@ def kill_tree(marker: str) -> None:
 def head() -> Iterator[dict[str, str]]:
     temp = tempfile.mkdtemp(prefix="/tmp/rj")  # short: Ray's unix sockets live under it
     port, dash = free_port(), free_port()
+    # Every fixed default port gets a free one: the session's Ray already holds the defaults.
+    ports = [f"--{name}={free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+        "ray-client-server-port", "runtime-env-agent-port", "node-manager-port", "object-manager-port")]
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
            "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
-         "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
+         "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats",
+         *ports],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     env["RAY_ADDRESS"] = f"http://127.0.0.1:{dash}"
@@ -65,13 +71,20 @@ def head() -> Iterator[dict[str, str]]:
     finally:
         proc.terminate()
         kill_tree(temp)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def submit(env: dict[str, str], *entrypoint: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--working-dir", str(REPO), "--", *entrypoint],
-        env=env, capture_output=True, text=True, timeout=400,
-    )
+    """``ray job submit``, retried while the head's job agent is still starting (HTTP 500)."""
+    deadline = time.time() + 120
+    while True:
+        done = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--working-dir", str(REPO), "--", *entrypoint],
+            env=env, capture_output=True, text=True, timeout=400,
+        )
+        if "No available agent to submit job" not in done.stderr + done.stdout or time.time() > deadline:
+            return done
+        time.sleep(3)
 
 
 def test_ray_job_submit_ingest_and_train(head: dict[str, str], tmp_path: Path) -> None:
