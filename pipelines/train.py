@@ -1,12 +1,13 @@
 """Ray entry point: data-parallel SSCC training with Ray Data tiles and Ray Train (DDP).
 
 Driver: fit the pre-processing (streaming pass over the store), list the tiles holding training
-pixels, and build a Ray Dataset of tile descriptors whose ``map_batches`` workers reopen the store,
-read each tile with its halo, and extract standardised PCA patches of its training pixels.
-Workers: a ``TorchTrainer`` whose loop takes its shard with ``get_dataset_shard``, draws two views
-per patch with the augmentation pool (seeded by run seed, epoch and rank), and steps the SSCC
-loss; rank 0 writes an SSCC checkpoint every epoch, and a relaunch with the same run name and
-storage path resumes from the latest one.
+pixels, and build a Ray Dataset of tile descriptors whose ``map_batches`` actors reopen the store,
+read each tile with its halo, extract standardised PCA patches of its training pixels and draw two
+augmented views of each (seeded by run seed, epoch and tile; the epoch comes from a small clock
+actor, since Ray Data re-executes the dataset every epoch).
+Workers: a ``TorchTrainer`` whose loop takes its shard with ``get_dataset_shard`` and steps the
+SSCC loss (DDP across workers); rank 0 writes an SSCC checkpoint every epoch, and a relaunch with
+the same run name and storage path resumes from the latest one.
 
     sscc train --store cube.zarr --run-name ip --storage-path runs/ --epochs 20
     ray job submit --working-dir . -- python -m pipelines.train --store ... --run-name ...
@@ -25,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from pipelines.common import add_logging_args, ensure_ray, log_event, run_stage, setup_logging
 from pipelines.options import add_config_args, load_cli_config
+from sscc_core.augment import two_views
 from sscc_core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from sscc_core.config import SSCCConfig, from_dict, to_dict
 from sscc_core.io.store import open_cube
@@ -38,14 +41,36 @@ from sscc_core.trainer import build_training, epoch_generator, mean_parts, tile_
 log = logging.getLogger("sscc.train")
 
 
-class TilePatches:
-    """Ray Data UDF: tile descriptors -> standardised PCA patches of their training pixels.
+class EpochClock:
+    """A tiny Ray actor holding the current epoch, read by the data workers.
 
-    Each worker reopens the Zarr store itself (nothing large crosses the object store) and keeps
-    it open across batches.
+    Ray Data re-executes the dataset every epoch; the augmenting workers ask the clock which
+    epoch they are producing, so views are new every epoch and identical for a rerun with the
+    same seed. Rank 0 advances it only after every rank has drained the previous epoch.
     """
 
-    def __init__(self, store: str, pre_state: dict[str, Any], patch_size: int, protocol: str) -> None:
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set(self, epoch: int) -> None:
+        """Start producing ``epoch``."""
+        self.epoch = epoch
+
+    def get(self) -> int:
+        """The epoch being produced."""
+        return self.epoch
+
+
+class TilePatches:
+    """Ray Data UDF: tile descriptors -> two augmented views of each training pixel's patch.
+
+    Each worker reopens the Zarr store itself (nothing large crosses the object store), reads the
+    tile with its halo, extracts the standardised PCA patches of the tile's training pixels and
+    applies the augmentation pool, seeded by (run seed, epoch, tile): the views of a tile depend
+    on nothing else, whichever worker draws them.
+    """
+
+    def __init__(self, store: str, pre_state: dict[str, Any], cfg: dict[str, Any], clock: Any = None) -> None:
         import zarr
 
         group = zarr.open_group(store, mode="r")
@@ -53,27 +78,47 @@ class TilePatches:
         self.valid = group["valid"]
         self.labels = group["labels"] if "labels" in group else None
         self.pre = Preprocessor.from_state(pre_state)
-        self.patch_size = patch_size
-        self.protocol = protocol
+        self.cfg = from_dict(SSCCConfig, cfg)
+        self.clock = clock
+
+    def epoch(self) -> int:
+        """The epoch being produced (0 without a clock)."""
+        import ray
+
+        return 0 if self.clock is None else int(ray.get(self.clock.get.remote()))
+
+    def patches(self, tile: Tile) -> np.ndarray:
+        """(N, C, P, P) standardised PCA patches of the tile's training pixels (row-major)."""
+        p = self.cfg.preprocess.patch_size
+        labels = None if self.labels is None else self.labels[tile.y0 : tile.y1, tile.x0 : tile.x1]
+        mask = training_mask(tile_valid(self.valid, tile), labels, self.cfg.train.protocol, allow_empty=True)
+        coords = np.argwhere(mask)
+        if not len(coords):
+            return np.zeros((0, self.pre.n_components, p, p), np.float32)
+        return extract_patches_at(tile_features(self.cube, self.valid, tile, self.pre, p // 2), coords, p)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Map a batch of tile descriptors (columns row, col, y0, y1, x0, x1) to patch rows."""
-        patches = []
+        """Map tile descriptors (columns row, col, y0, y1, x0, x1) to rows ``view_a``, ``view_b``."""
+        epoch = self.epoch()
+        views_a, views_b = [], []
         for i in range(len(batch["row"])):
             tile = Tile(*(int(batch[k][i]) for k in ("row", "col", "y0", "y1", "x0", "x1")))
-            labels = None if self.labels is None else self.labels[tile.y0 : tile.y1, tile.x0 : tile.x1]
-            mask = training_mask(tile_valid(self.valid, tile), labels, self.protocol, allow_empty=True)
-            coords = np.argwhere(mask)
-            if len(coords):
-                feats = tile_features(self.cube, self.valid, tile, self.pre, self.patch_size // 2)
-                patches.append(extract_patches_at(feats, coords, self.patch_size))
-        c, p = self.pre.n_components, self.patch_size
-        out = np.concatenate(patches) if patches else np.zeros((0, c, p, p), np.float32)
-        return {"patch": out}
+            patches = torch.from_numpy(self.patches(tile))
+            gen = epoch_generator(self.cfg.train.seed, epoch, tile_stream(tile))
+            va, vb = two_views(patches, self.cfg.augment, gen)
+            views_a.append(va.numpy())
+            views_b.append(vb.numpy())
+        return {"view_a": np.concatenate(views_a), "view_b": np.concatenate(views_b)}
+
+
+def tile_stream(tile: Tile) -> int:
+    """The random stream id of a tile (distinct for every tile of a grid up to 2**20 wide)."""
+    return 1 + (tile.row << 20) + tile.col
 
 
 def training_tiles(store: str, protocol: str, tile_size: int) -> list[dict[str, int]]:
-    """Descriptors of the tiles holding at least one training pixel (driver side, mask reads only)."""
+    """Descriptors of the tiles holding at least one training pixel (driver side, mask reads only),
+    each with its count of training pixels (``n_pixels``)."""
     import zarr
 
     group = zarr.open_group(store, mode="r")
@@ -84,8 +129,10 @@ def training_tiles(store: str, protocol: str, tile_size: int) -> list[dict[str, 
     tiles = []
     for t in tile_grid(*valid.shape, tile_size):
         lab = None if labels is None else labels[t.y0 : t.y1, t.x0 : t.x1]
-        if training_mask(tile_valid(valid, t), lab, protocol, allow_empty=True).any():
-            tiles.append({"row": t.row, "col": t.col, "y0": t.y0, "y1": t.y1, "x0": t.x0, "x1": t.x1})
+        n_pixels = int(training_mask(tile_valid(valid, t), lab, protocol, allow_empty=True).sum())
+        if n_pixels:
+            tiles.append({"row": t.row, "col": t.col, "y0": t.y0, "y1": t.y1, "x0": t.x0, "x1": t.x1,
+                          "n_pixels": n_pixels})
     if not tiles:
         raise ValueError(f"{store}: no training pixel under protocol {protocol!r}")
     return tiles
@@ -106,13 +153,26 @@ def inject_failure(config: dict[str, Any], epoch: int, rank: int) -> None:
         os._exit(1)
 
 
+def advance_clock(clock: Any, epoch: int, rank: int, world_size: int) -> None:
+    """Tell the data workers which epoch to produce, once every rank has drained the last one."""
+    import ray
+    import torch.distributed as dist
+
+    distributed = world_size > 1 and dist.is_initialized()
+    if distributed:
+        dist.barrier()
+    if rank == 0:
+        ray.get(clock.set.remote(epoch))
+    if distributed:
+        dist.barrier()
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """The per-worker training loop (runs inside Ray Train workers)."""
     import ray.train
     import ray.train.torch
     import torch
 
-    from sscc_core.augment import two_views
     from sscc_core.model import TwinForward
 
     torch.set_num_threads(config["threads"])
@@ -129,7 +189,7 @@ def train_loop(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     while training.epoch < cfg.train.epochs:
         start = time.perf_counter()
-        gen = epoch_generator(cfg.train.seed, training.epoch, rank)
+        advance_clock(config["clock"], training.epoch, rank, ctx.get_world_size())
         training.model.train()
         parts, n = [], 0
         for batch in shard.iter_torch_batches(
@@ -138,9 +198,8 @@ def train_loop(config: dict[str, Any]) -> None:
             local_shuffle_buffer_size=config["shuffle_buffer"],
             local_shuffle_seed=cfg.train.seed * 100_003 + training.epoch,
         ):
-            xa, xb = two_views(batch["patch"], cfg.augment, gen)
-            parts.append(train_step(twin, training.optimizer, xa, xb, cfg))
-            n += len(xa)
+            parts.append(train_step(twin, training.optimizer, batch["view_a"], batch["view_b"], cfg))
+            n += len(batch["view_a"])
             if len(parts) == 1:
                 inject_failure(config, training.epoch, rank)
         if not parts:
@@ -196,6 +255,23 @@ def fit_or_reuse_preprocessor(store: str, cfg: SSCCConfig, run_dir: Path) -> Pre
     return pre
 
 
+def check_training_size(n_pixels: int, cfg: SSCCConfig, workers: int, store: str) -> None:
+    """Refuse a run whose training pixels cannot fill one batch per worker or number fewer than
+    the clusters (K clusters cannot be formed from fewer than K samples).
+
+    Raises:
+        ValueError: The message gives the counts and the fields to change.
+    """
+    protocol = cfg.train.protocol
+    if n_pixels < cfg.model.n_clusters:
+        raise ValueError(f"{store}: {n_pixels} training pixels (protocol {protocol!r}) are fewer "
+                         f"than model.n_clusters={cfg.model.n_clusters}")
+    if n_pixels < cfg.train.batch_size * workers:
+        raise ValueError(f"{store}: {n_pixels} training pixels (protocol {protocol!r}) cannot fill "
+                         f"one batch of train.batch_size={cfg.train.batch_size} on each of "
+                         f"{workers} workers; lower train.batch_size or use more data")
+
+
 def run_training(
     store: str,
     cfg: SSCCConfig,
@@ -208,6 +284,7 @@ def run_training(
     threads: int = 1,
     shuffle_buffer: int = 4096,
     fail_at_epoch: int | None = None,
+    data_actors: int = 1,
 ) -> Path:
     """Train on a store with Ray Train; returns the final SSCC checkpoint file.
 
@@ -222,32 +299,36 @@ def run_training(
         max_failures: Worker-group restarts from the last checkpoint before giving up.
         threads: torch intra-op threads per worker.
         shuffle_buffer: Rows in the local shuffle buffer of each worker.
+        data_actors: Most Ray Data actors reading and augmenting tiles (the pool scales up to it).
         fail_at_epoch: Fault drill: kill worker rank 0 once, mid-way through this epoch (0-based).
     """
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    ensure_ray()
     ds_cube = open_cube(store)
     n_bands = int(ds_cube.sizes["band"])
     wavelength = [float(w) for w in ds_cube["wavelength"].values] if "wavelength" in ds_cube.coords else []
     run_dir = Path(storage_path) / run_name
     pre = fit_or_reuse_preprocessor(store, cfg, run_dir)
     tiles = training_tiles(store, cfg.train.protocol, cfg.tile.tile_size)
-    log_event(log, "training tiles", n_tiles=len(tiles), protocol=cfg.train.protocol)
+    n_train = sum(t["n_pixels"] for t in tiles)
+    log_event(log, "training tiles", n_tiles=len(tiles), n_pixels=n_train, protocol=cfg.train.protocol)
+    check_training_size(n_train, cfg, max(1, num_workers), store)
+    ensure_ray()
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
+    clock = ray.remote(num_cpus=0)(EpochClock).remote()
     dataset = ray.data.from_items(tiles).map_batches(
         TilePatches,
         fn_constructor_kwargs={
             "store": str(Path(store).resolve()),
             "pre_state": pre.to_state(),
-            "patch_size": cfg.preprocess.patch_size,
-            "protocol": cfg.train.protocol,
+            "cfg": to_dict(cfg),
+            "clock": clock,
         },
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=1),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=data_actors),
         num_cpus=0.25,
     )
     resources = {"CPU": cpus_per_worker}
@@ -262,6 +343,7 @@ def run_training(
             "store": str(store),
             "threads": threads,
             "shuffle_buffer": shuffle_buffer,
+            "clock": clock,
             "fail_at_epoch": fail_at_epoch,
             "fail_marker": str(run_dir.resolve() / "injected_failure") if fail_at_epoch is not None else None,
         },
@@ -299,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="logical CPUs per worker")
     p.add_argument("--max-failures", type=int, default=2, help="restarts from the last checkpoint")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    p.add_argument("--data-actors", type=int, default=1,
+                   help="most Ray Data actors reading and augmenting tiles (default 1)")
     add_config_args(p)
     add_logging_args(p)
     return p
@@ -312,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_cli_config(args)
         path = run_training(
             args.store, cfg, args.run_name, args.storage_path, args.num_workers, args.use_gpu,
-            args.cpus_per_worker, args.max_failures, args.threads,
+            args.cpus_per_worker, args.max_failures, args.threads, data_actors=args.data_actors,
         )
         print(f"checkpoint: {path}")
 

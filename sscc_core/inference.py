@@ -7,6 +7,8 @@ labelled either densely (``"fcn"`` backbone: one fully convolutional pass) or pa
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,6 +22,46 @@ from sscc_core.tiling import Tile, extract_patches_at, tile_grid, tile_valid
 from sscc_core.trainer import tile_features
 
 Mode = Literal["auto", "dense", "patch"]
+WAVELENGTH_TOLERANCE_NM = 1.0
+
+
+def check_wavelengths(
+    model: Sequence[float], cube: Sequence[float], tolerance_nm: float = WAVELENGTH_TOLERANCE_NM
+) -> bool:
+    """Check that a cube's band centres match those the model was fitted on.
+
+    Equal band counts are checked elsewhere (:meth:`Labeller.check_cube`); this catches a cube
+    of another sensor, or bands in another order, with the same count.
+
+    Args:
+        model: (B,) band centres in nm stored in the checkpoint (empty when unknown).
+        cube: (B,) band centres in nm of the cube (empty when unknown).
+        tolerance_nm: Largest accepted absolute difference of any band centre, in nm.
+
+    Returns:
+        ``True`` when checked; ``False`` (with a :class:`UserWarning`) when either side has no
+        wavelengths, so the check could not be made.
+
+    Raises:
+        ValueError: Different band counts, or a band centre differs by more than the tolerance
+            (the message gives the largest difference and its band).
+    """
+    if len(model) == 0 or len(cube) == 0:
+        missing = "the checkpoint" if len(model) == 0 else "the cube"
+        warnings.warn(f"{missing} has no band wavelengths; cannot check that the cube's bands "
+                      "match the model's (proceeding)", UserWarning, stacklevel=2)
+        return False
+    a, b = np.asarray(model, dtype=np.float64), np.asarray(cube, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"model has {a.size} band wavelengths, cube has {b.size}")
+    diff = np.abs(a - b)
+    worst = int(np.argmax(diff))
+    if diff[worst] > tolerance_nm:
+        raise ValueError(
+            f"cube wavelengths differ from the model's by up to {diff[worst]:.2f} nm (band "
+            f"{worst}: model {a[worst]:.2f} nm, cube {b[worst]:.2f} nm; tolerance {tolerance_nm} nm)"
+        )
+    return True
 
 
 def label_dtype(n_clusters: int) -> tuple[np.dtype, int]:

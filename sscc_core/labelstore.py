@@ -12,17 +12,22 @@ Layout of ``LABELS.zarr``:
   input cube, so the labels lie on the input's grid.
 - group attrs: ``format``, ``model_version``, ``config``, ``input_store``, ``created``,
   ``sscc_version``, ``n_clusters``, ``nodata``, ``tile_size``, ``confidence`` and ``complete``.
-- ``_sscc_done/r{row}_c{col}.json``: one marker per finished tile (``seconds``, ``n_valid``),
-  written atomically *after* the tile's chunk, so a marker always means the chunk is complete.
-  ``_sscc_done`` is an empty Zarr group, so Zarr and xarray skip it when listing the store.
+- ``_sscc_done/r{row}_c{col}.json``: one marker per finished tile (``seconds``, ``n_valid`` and
+  the ``fingerprint`` of the input window the labels were computed from, see
+  :func:`tile_fingerprint`), written atomically *after* the tile's chunk, so a marker always means
+  the chunk is complete. ``_sscc_done`` is an empty Zarr group, so Zarr and xarray skip it when
+  listing the store.
 
 The store is created once (on the driver) before any tile is written; ``complete`` becomes true
 only when every non-empty tile has a marker. A store is bound to one model version: reopening it
-for a different version raises, so a new model's labels always go to a new path.
+for a different version raises, so a new model's labels always go to a new path. A store can grow
+with its input (:meth:`LabelStore.grow`) when the input grid gained rows at the bottom or columns
+on the right; the tiles whose input window changed are then found by their fingerprints.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -39,7 +44,7 @@ import zarr
 from sscc_core import __version__
 from sscc_core.inference import label_dtype
 from sscc_core.io.store import atomic_store
-from sscc_core.tiling import Tile, nonempty_tiles, tile_grid
+from sscc_core.tiling import Tile, nonempty_tiles, read_with_halo, tile_grid
 
 FORMAT = "sscc-labels/1"
 DONE_GROUP = "_sscc_done"
@@ -91,6 +96,33 @@ def encode_labels(labels: np.ndarray, n_clusters: int) -> np.ndarray:
     return np.where(labels < 0, nodata, labels).astype(dtype)
 
 
+def tile_fingerprint(cube: Any, valid: Any, tile: Tile, halo: int) -> str:
+    """Content fingerprint of everything a tile's labels depend on: its bounds, the halo, and
+    the input reflectance and valid mask read with that halo (reflect-padded at the scene edge).
+
+    Two tiles with the same fingerprint get the same labels from the same model, so a rerun can
+    skip them; a change anywhere in the window, including a neighbour's pixels inside the halo or
+    a grid that grew past the tile's old edge, changes the fingerprint.
+
+    Args:
+        cube: (B, H, W) array-like (numpy or zarr).
+        valid: (H, W) bool array-like.
+        tile: The tile.
+        halo: Pixels of context on each side (the model's ``patch_size // 2``).
+
+    Returns:
+        32 hex digits (BLAKE2b-128).
+    """
+    block = np.ascontiguousarray(read_with_halo(cube, tile, halo))
+    mask = np.ascontiguousarray(read_with_halo(valid, tile, halo).astype(bool))
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([tile.y0, tile.y1, tile.x0, tile.x1, halo, str(block.dtype),
+                         list(block.shape)]).encode())
+    h.update(block.tobytes())
+    h.update(mask.tobytes())
+    return h.hexdigest()
+
+
 def _grid_coords(cube: xr.Dataset) -> dict[str, xr.Variable]:
     """The ``y``/``x`` (and ``spatial_ref``) coordinate variables of a cube, encodings dropped."""
     names = ["y", "x"] + (["spatial_ref"] if "spatial_ref" in cube.coords else [])
@@ -115,6 +147,7 @@ def create_label_store(path: str | Path, cube: xr.Dataset, spec: LabelStoreSpec)
 
     Raises:
         FileExistsError: ``path`` exists.
+        LabelStoreError: The store cannot be written there (the message names the OS error).
         ValueError: Non-positive tile size or K out of range.
     """
     if spec.tile_size < 1:
@@ -137,25 +170,32 @@ def create_label_store(path: str | Path, cube: xr.Dataset, spec: LabelStoreSpec)
     }
     var_attrs = {"grid_mapping": "spatial_ref"} if "spatial_ref" in coords else {}
     chunks = (spec.tile_size, spec.tile_size)
-    with atomic_store(path) as tmp:
-        xr.Dataset(coords=coords, attrs=attrs).to_zarr(
-            tmp, mode="w-", zarr_format=3, consolidated=False
-        )
-        group = zarr.open_group(tmp, mode="r+", zarr_format=3)
-        group.create_array(
-            "labels", shape=(height, width), chunks=chunks, dtype=dtype, fill_value=nodata,
-            dimension_names=("y", "x"),
-            attributes={"nodata": nodata, "n_clusters": spec.n_clusters,
-                        "long_name": "cluster label", **var_attrs},
-        )
-        if spec.confidence:
-            group.create_array(
-                "confidence", shape=(height, width), chunks=chunks, dtype=np.float32,
-                fill_value=0.0, dimension_names=("y", "x"),
-                attributes={"long_name": "max cluster probability", **var_attrs},
+    try:
+        with atomic_store(path) as tmp:
+            xr.Dataset(coords=coords, attrs=attrs).to_zarr(
+                tmp, mode="w-", zarr_format=3, consolidated=False
             )
-        group.create_group(DONE_GROUP, attributes={
-            "description": "one r{row}_c{col}.json marker per finished tile"})
+            group = zarr.open_group(tmp, mode="r+", zarr_format=3)
+            group.create_array(
+                "labels", shape=(height, width), chunks=chunks, dtype=dtype, fill_value=nodata,
+                dimension_names=("y", "x"),
+                attributes={"nodata": nodata, "n_clusters": spec.n_clusters,
+                            "long_name": "cluster label", **var_attrs},
+            )
+            if spec.confidence:
+                group.create_array(
+                    "confidence", shape=(height, width), chunks=chunks, dtype=np.float32,
+                    fill_value=0.0, dimension_names=("y", "x"),
+                    attributes={"long_name": "max cluster probability", **var_attrs},
+                )
+            group.create_group(DONE_GROUP, attributes={
+                "description": "one r{row}_c{col}.json marker per finished tile"})
+    except OSError as exc:
+        if exc.errno is None:  # atomic_store's own refusal of an existing target
+            raise
+        # an unwritable or missing parent, a file where a directory should be, a full disk
+        raise LabelStoreError(f"{path}: cannot create the label store ({exc.strerror}: "
+                              f"{exc.filename or path})") from exc
     return LabelStore(path)
 
 
@@ -321,18 +361,28 @@ class LabelStore:
                 raise ValueError(f"confidence shape {confidence.shape} != labels {labels.shape}")
             self.group["confidence"][y0:y1, x0:x1] = confidence
 
-    def mark_tile_done(self, tile: Tile, seconds: float, n_valid: int) -> None:
-        """Write the tile's completion marker atomically (temp file, then rename)."""
+    def mark_tile_done(self, tile: Tile, seconds: float, n_valid: int, fingerprint: str = "") -> None:
+        """Write the tile's completion marker atomically (temp file, then rename).
+
+        Args:
+            tile: The finished tile.
+            seconds: Time spent labelling it.
+            n_valid: Labelled pixels.
+            fingerprint: :func:`tile_fingerprint` of the input window ("" when unknown: a rerun
+                that checks fingerprints then relabels the tile).
+        """
         done = self.path / DONE_GROUP
         record = {"row": tile.row, "col": tile.col, "seconds": float(seconds),
                   "n_valid": int(n_valid), "model_version": self.model_version,
+                  "fingerprint": fingerprint,
                   "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         tmp = done / f".tmp-{uuid.uuid4().hex}"
         tmp.write_text(json.dumps(record))
         os.replace(tmp, done / f"r{tile.row}_c{tile.col}.json")
 
     def write_tile(
-        self, tile: Tile, labels: np.ndarray, confidence: np.ndarray | None, seconds: float
+        self, tile: Tile, labels: np.ndarray, confidence: np.ndarray | None, seconds: float,
+        fingerprint: str = "",
     ) -> int:
         """Write a tile's labels (and confidence), then its marker.
 
@@ -341,14 +391,74 @@ class LabelStore:
             labels: (h, w) int cluster ids, ``-1`` at nodata.
             confidence: (h, w) float32 or ``None`` (see :meth:`write_region`).
             seconds: Time spent labelling the tile, recorded in the marker.
+            fingerprint: :func:`tile_fingerprint` of the input window, recorded in the marker.
 
         Returns:
             Number of labelled (non-nodata) pixels.
+
+        Raises:
+            LabelStoreError: The write failed (disk full, unwritable path); the tile gets no
+                marker, so the store cannot be marked complete.
         """
         n_valid = int((np.asarray(labels) >= 0).sum())
-        self.write_region(tile.y0, tile.x0, encode_labels(labels, self.n_clusters), confidence)
-        self.mark_tile_done(tile, seconds, n_valid)
+        try:
+            self.write_region(tile.y0, tile.x0, encode_labels(labels, self.n_clusters), confidence)
+            self.mark_tile_done(tile, seconds, n_valid, fingerprint)
+        except OSError as exc:
+            raise LabelStoreError(f"{self.path}: writing tile r{tile.row}_c{tile.col} (rows "
+                                  f"{tile.y0}:{tile.y1}, cols {tile.x0}:{tile.x1}) failed: "
+                                  f"{exc.strerror or exc} ({exc.filename or self.path})") from exc
         return n_valid
+
+    def clear_tile(self, tile: Tile) -> None:
+        """Reset a tile to nodata (and zero confidence) and drop its marker (its input became
+        empty); the marker goes first, so an interrupted clear leaves the tile not done."""
+        (self.path / DONE_GROUP / f"r{tile.row}_c{tile.col}.json").unlink(missing_ok=True)
+        shape = (tile.height, tile.width)
+        self.write_region(tile.y0, tile.x0,
+                          np.full(shape, self.nodata, self.group["labels"].dtype),
+                          np.zeros(shape, np.float32) if self.has_confidence else None)
+
+    def grow(self, cube: xr.Dataset) -> bool:
+        """Extend the store to the grid of ``cube`` when that grid gained rows at the bottom
+        and/or columns on the right (same origin and spacing); labelled tiles are kept.
+
+        New pixels read as nodata until labelled. The old edge tiles and their neighbours keep
+        their markers, but their input fingerprints no longer match (their windows changed), so
+        a fingerprint-checking rerun relabels them. The store is marked incomplete.
+
+        Args:
+            cube: The input cube (only its ``y``/``x`` coords are read).
+
+        Returns:
+            Whether the grid changed.
+
+        Raises:
+            LabelStoreError: The new grid is smaller, or its origin or spacing differ (the old
+                labels cannot be placed on it: write a new store).
+        """
+        height, width = int(cube.sizes["y"]), int(cube.sizes["x"])
+        if (height, width) == (self.height, self.width):
+            return False
+        ds = self.dataset()
+        old_y, old_x = ds["y"].values, ds["x"].values
+        if height < self.height or width < self.width:
+            raise LabelStoreError(f"{self.path}: input grid {height} x {width} is smaller than the "
+                                  f"label grid {self.height} x {self.width}; write a new store")
+        if not (np.array_equal(cube["y"].values[: self.height], old_y)
+                and np.array_equal(cube["x"].values[: self.width], old_x)):
+            raise LabelStoreError(f"{self.path}: input grid {height} x {width} does not extend the "
+                                  f"label grid {self.height} x {self.width} at the bottom/right "
+                                  "(origin or pixel spacing moved); write a new store")
+        self.mark_incomplete()
+        for name in ("labels", "confidence"):
+            if name in self.group:
+                self.group[name].resize((height, width))
+        for name in ("y", "x"):
+            values = cube[name].values
+            self.group[name].resize(values.shape)
+            self.group[name][:] = values
+        return True
 
     # ---- completion --------------------------------------------------------------------------
 
@@ -361,6 +471,11 @@ class LabelStore:
             if m:
                 found.add((int(m.group(1)), int(m.group(2))))
         return found
+
+    def tile_record(self, tile: Tile) -> dict[str, Any] | None:
+        """The marker of one tile, or ``None`` when the tile is not done."""
+        path = self.path / DONE_GROUP / f"r{tile.row}_c{tile.col}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def tile_records(self) -> list[dict[str, Any]]:
         """The marker contents (``row``, ``col``, ``seconds``, ``n_valid``, ...) of done tiles."""

@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.train import TilePatches, run_training, training_tiles
+from pipelines.train import TilePatches, run_training, tile_stream, training_tiles
+from sscc_core.augment import two_views
 from sscc_core.checkpoint import load_checkpoint
-from sscc_core.config import SSCCConfig, load_config
+from sscc_core.config import SSCCConfig, load_config, to_dict
 from sscc_core.io.matlab import read_benchmark
 from sscc_core.io.store import open_cube, write_cube
 from sscc_core.preprocess import fit_preprocessor
-from sscc_core.trainer import gather_patches, training_mask
+from sscc_core.tiling import Tile
+from sscc_core.trainer import epoch_generator, gather_patches, training_mask
 
 TINY = {
     "model.backbone": "fcn",
@@ -39,20 +41,33 @@ def tiny_config(**extra: object) -> SSCCConfig:
     return load_config(overrides={**TINY, **extra})
 
 
-def test_tile_patches_equal_whole_scene_patches(salinas_store: Path) -> None:
-    """Patches produced by the Ray Data UDF, tile by tile, equal the in-memory reference."""
+def test_tile_views_equal_reference_augmentation_of_whole_scene_patches(salinas_store: Path) -> None:
+    """The Ray Data UDF's views equal the augmentation pool applied to the in-memory reference
+    patches with the (seed, epoch, tile) generator; a new epoch gives new views."""
     cfg = tiny_config()
     ds = open_cube(salinas_store)
     cube, valid, labels = (ds[v].values for v in ("reflectance", "valid", "labels"))
     pre = fit_preprocessor(cube, valid, cfg.preprocess)
-    udf = TilePatches(str(salinas_store), pre.to_state(), 11, "labelled")
+    udf = TilePatches(str(salinas_store), pre.to_state(), to_dict(cfg))
     tiles = training_tiles(str(salinas_store), "labelled", 32)
     batch = {k: np.array([t[k] for t in tiles]) for k in tiles[0]}
-    got = udf(batch)["patch"]
+    got = udf(batch)
     mask = training_mask(valid, labels, "labelled")
-    want, _ = gather_patches(cube, valid, mask, pre, 11, tile_size=32)
-    assert got.shape == want.shape == (int(mask.sum()), 8, 11, 11)
-    np.testing.assert_array_equal(got, want)
+    patches, coords = gather_patches(cube, valid, mask, pre, 11, tile_size=32)
+    assert got["view_a"].shape == got["view_b"].shape == (int(mask.sum()), 8, 11, 11)
+    start = 0
+    for t in tiles:
+        tile = Tile(t["row"], t["col"], t["y0"], t["y1"], t["x0"], t["x1"])
+        n = t["n_pixels"]
+        gen = epoch_generator(cfg.train.seed, 0, tile_stream(tile))
+        va, vb = two_views(torch.from_numpy(patches[start : start + n]), cfg.augment, gen)
+        np.testing.assert_array_equal(got["view_a"][start : start + n], va.numpy())
+        np.testing.assert_array_equal(got["view_b"][start : start + n], vb.numpy())
+        start += n
+    assert not np.array_equal(got["view_a"], got["view_b"])
+    udf.epoch = lambda: 1
+    again = udf(batch)
+    assert not np.array_equal(again["view_a"], got["view_a"])
 
 
 def test_training_tiles_skip_tiles_without_training_pixels(salinas_store: Path) -> None:

@@ -1,0 +1,81 @@
+"""``sscc reprocess``: idempotent, scheduled labelling of a (growing) mosaic into versioned outputs.
+
+Usage::
+
+    sscc reprocess --checkpoint runs/train/mosaic/final --store mosaic.zarr --out-root labels/ \\
+        [--tile-size 256] [--actors 2] [--confidence] [--mode auto|dense|patch] ...
+
+Labels go to ``LABELS_DIR/<model_version>.zarr`` (:mod:`sscc_core.versioning`):
+
+- the same model version reopens its store and relabels only tiles that are new (became
+  non-empty) or whose input window changed (fingerprint in the tile marker differs), so a rerun
+  on an unchanged mosaic labels nothing and the result always equals a from-scratch
+  ``sscc predict`` of the current mosaic;
+- a mosaic that grew at the bottom and/or right (same origin and pixel spacing) grows the store
+  (:meth:`sscc_core.labelstore.LabelStore.grow`), keeping the tiles whose windows did not change;
+  any other change of grid is refused with a clear error (label into a new ``--out-root``);
+- a new model version writes a new store beside the old ones and never touches them;
+- ``LABELS_DIR/current`` is switched (atomically) to the version only once its store is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipelines import predict
+from pipelines.common import run_stage
+from sscc_core.checkpoint import load_checkpoint
+from sscc_core.io.store import open_cube
+from sscc_core.labelstore import open_label_store
+from sscc_core.versioning import switch_current, versioned_store
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface of the reprocess stage."""
+    p = argparse.ArgumentParser(
+        prog="sscc reprocess",
+        description="Label a (grown) cube store into LABELS_DIR/<model_version>.zarr, relabelling "
+        "only new or changed tiles, then point LABELS_DIR/current at it.",
+    )
+    p.add_argument("--out-root", required=True,
+                   help="labels directory holding one <model_version>.zarr per model and `current`")
+    predict.add_labelling_args(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Execute a parsed command line; returns predict's summary plus ``current`` (the pointer).
+
+    Raises:
+        ValueError: As :func:`pipelines.predict.run`, or a grid change that is not growth at the
+            bottom/right.
+        FileNotFoundError: Missing checkpoint or cube store.
+    """
+    version = load_checkpoint(args.checkpoint).model_version
+    out = versioned_store(args.out_root, version)
+    cube = open_cube(args.store)
+    if out.exists() and open_label_store(out, model_version=version).grow(cube):
+        print(f"reprocess: {out} grown to the input grid {cube.sizes['y']} x {cube.sizes['x']}",
+              flush=True)
+    fields = {k: v for k, v in vars(args).items() if k != "out_root"}
+    summary = predict.run(argparse.Namespace(**fields, out=str(out), recheck=True))
+    pointer = switch_current(
+        args.out_root, version, checkpoint=str(Path(args.checkpoint).resolve()),
+        input_store=str(Path(args.store).resolve()), tiles=summary["tiles"],
+    )
+    print(f"reprocess: {Path(args.out_root) / 'current'} -> {pointer['store']} "
+          f"({summary['tiles_labelled']} tiles labelled, {summary['tiles_unchanged']} unchanged)",
+          flush=True)
+    return {**summary, "current": pointer}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``sscc reprocess``; returns the process exit code (2 on user errors)."""
+    return run_stage("reprocess", build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Versioned label outputs: one label store per model version under a labels directory, and a
+``current`` pointer naming the version that readers should use.
+
+Layout of ``LABELS_DIR``::
+
+    LABELS_DIR/<model_version>.zarr   one label store per model version (never overwritten by
+                                      another version; see :mod:`sscc_core.labelstore`)
+    LABELS_DIR/current                JSON: {"model_version", "store", "switched", ...}
+
+``current`` is replaced atomically (temp file in the same directory, then ``os.replace``), so a
+reader sees the old pointer or the new one, never a torn file; it is switched only after the
+version's store is marked complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+CURRENT = "current"
+_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
+
+
+def versioned_store(root: str | Path, model_version: str) -> Path:
+    """``root/<model_version>.zarr``.
+
+    Raises:
+        ValueError: ``model_version`` is not a plain file-name token.
+    """
+    if not _VERSION.match(model_version):
+        raise ValueError(f"model version {model_version!r} is not usable as a file name")
+    return Path(root) / f"{model_version}.zarr"
+
+
+def read_current(root: str | Path) -> dict[str, Any] | None:
+    """The ``current`` pointer of ``root`` (``None`` when there is none yet).
+
+    Raises:
+        ValueError: The pointer file exists but is not a JSON object with ``model_version``.
+    """
+    path = Path(root) / CURRENT
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not a JSON pointer ({exc})") from exc
+    if not isinstance(doc, dict) or "model_version" not in doc:
+        raise ValueError(f"{path}: not a label pointer (no 'model_version')")
+    return doc
+
+
+def current_store(root: str | Path) -> Path:
+    """The label store ``current`` points to.
+
+    Raises:
+        FileNotFoundError: No pointer yet, or it names a store that does not exist.
+    """
+    doc = read_current(root)
+    if doc is None:
+        raise FileNotFoundError(f"{Path(root) / CURRENT}: no current label version yet")
+    store = Path(root) / doc["store"]
+    if not store.is_dir():
+        raise FileNotFoundError(f"{Path(root) / CURRENT}: points to missing store {store}")
+    return store
+
+
+def switch_current(root: str | Path, model_version: str, **fields: Any) -> dict[str, Any]:
+    """Point ``root/current`` at ``model_version`` atomically.
+
+    Args:
+        root: The labels directory.
+        model_version: A version whose store ``root/<model_version>.zarr`` exists and is complete
+            (the caller checks completeness).
+        **fields: Extra JSON-serialisable provenance (checkpoint, input store, tiles).
+
+    Returns:
+        The pointer document written.
+
+    Raises:
+        FileNotFoundError: The version's store does not exist.
+    """
+    store = versioned_store(root, model_version)
+    if not store.is_dir():
+        raise FileNotFoundError(f"{store}: cannot point {Path(root) / CURRENT} at a missing store")
+    before = read_current(root) or {}
+    same = before.get("model_version") == model_version
+    doc = {
+        "model_version": model_version,
+        "store": store.name,
+        "switched": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # the last other version pointed to (kept across reruns of the same version)
+        "previous": before.get("previous") if same else before.get("model_version"),
+        **fields,
+    }
+    tmp = Path(root) / f".{CURRENT}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, Path(root) / CURRENT)
+    return doc
