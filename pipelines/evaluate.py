@@ -28,6 +28,7 @@ from sscc_core.io.store import open_cube
 from sscc_core.labelstore import open_label_store
 from sscc_core.metrics import evaluate
 from sscc_core.tiling import tile_grid
+from sscc_core.versioning import resolve_labels
 
 WINDOW = 1024
 TABLE = {"acc": "ACC", "nmi": "NMI", "ari": "ARI", "kappa": "kappa", "purity": "purity"}
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Clustering metrics (ACC, NMI, ARI, kappa, purity) of a label store against "
         "the ground truth of its cube store.",
     )
-    p.add_argument("--labels", required=True, help="label store written by `sscc predict`")
+    p.add_argument("--labels", required=True, help="label store written by `sscc predict`, or the --out-root of `sscc reprocess` (its current version)")
     p.add_argument("--store", required=True, help="cube store holding ground-truth `labels`")
     p.add_argument("--out", default=None, help="write the metrics and provenance as JSON here")
     add_logging_args(p)
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         FileNotFoundError: A store is missing.
     """
     log = setup_logging("evaluate", args.log_file)
-    store = open_label_store(args.labels)
+    store = open_label_store(resolve_labels(args.labels))
     store.require_complete()
     cube = open_cube(args.store)
     y_true, y_pred, missing = labelled_pairs(ground_truth(cube, args.store), store.labels(),

@@ -26,6 +26,7 @@ from pipelines.common import (
 from sscc_core.export import export_all
 from sscc_core.io.store import open_cube
 from sscc_core.labelstore import open_label_store
+from sscc_core.versioning import resolve_labels
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sscc export",
         description="Export a label store as COG, PNG quicklook, cluster spectra and metrics JSON.",
     )
-    p.add_argument("--labels", required=True, help="label store written by `sscc predict`")
+    p.add_argument("--labels", required=True, help="label store written by `sscc predict`, or the --out-root of `sscc reprocess` (its current version)")
     p.add_argument("--store", required=True, help="the cube store the labels were computed from")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--metrics", default=None, help="metrics JSON written by `sscc evaluate --out`")
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
         FileNotFoundError: A store or the metrics file is missing.
     """
     log = setup_logging("export", args.log_file)
-    store = open_label_store(args.labels)
+    store = open_label_store(resolve_labels(args.labels))
     store.require_complete()
     metrics = read_metrics(args.metrics) if args.metrics else None
     cube = open_cube(args.store)

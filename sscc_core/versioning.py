@@ -102,3 +102,12 @@ def switch_current(root: str | Path, model_version: str, **fields: Any) -> dict[
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     os.replace(tmp, Path(root) / CURRENT)
     return doc
+
+
+def resolve_labels(path: str | Path) -> Path:
+    """A label store path, or the store a label root's ``current`` pointer names.
+
+    Lets ``evaluate`` and ``export`` take the ``--out-root`` of ``sscc reprocess`` directly.
+    """
+    path = Path(path)
+    return current_store(path) if (path / CURRENT).is_file() else path

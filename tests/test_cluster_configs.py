@@ -32,7 +32,7 @@ CONFIGS = REPO / "cluster_configs"
 LAUNCHER = CONFIGS / "aws-autoscaler.yaml"
 KUBERAY = CONFIGS / "kuberay"
 DOCKERFILE = REPO / "docker" / "Dockerfile"
-PIPELINE_STAGES = ("ingest", "train", "predict", "evaluate", "export")
+PIPELINE_STAGES = ("ingest", "train", "predict", "evaluate", "export", "reprocess")
 AUTH_SECRET_KEY = "auth_token"
 
 
@@ -110,6 +110,7 @@ KIND_API_VERSIONS = {
     "Namespace": "v1",
     "ServiceAccount": "v1",
     "Service": "v1",
+    "PersistentVolumeClaim": "v1",
     "Role": "rbac.authorization.k8s.io/v1",
     "RoleBinding": "rbac.authorization.k8s.io/v1",
 }
@@ -356,6 +357,8 @@ def check_document(doc: Any, source: str) -> list[str]:
             errors.append(f"{path}.spec.concurrencyPolicy: must be Forbid")
         pod = (((spec or {}).get("jobTemplate") or {}).get("spec") or {}).get("template")
         errors += check_pod_template(pod, f"{path}.spec.jobTemplate.spec.template", ray_pod=False)
+    elif kind == "PersistentVolumeClaim" and "ReadWriteMany" not in (spec or {}).get("accessModes", []):
+        errors.append(f"{path}.spec.accessModes: label stores need ReadWriteMany (shared by all pods)")
     elif kind == "Service" and (spec or {}).get("type", "ClusterIP") in PUBLIC_SERVICE_TYPES:
         errors.append(f"{path}.spec.type: {spec['type']} would expose Ray publicly; use ClusterIP")
     elif kind == "ConfigMap":
@@ -539,6 +542,7 @@ def test_expected_manifests_present(manifests):
         "rayjob-label.yaml": ["RayJob"],
         "rayjob-train.yaml": ["RayJob"],
         "serviceaccount.yaml": ["Namespace", "ServiceAccount"],
+        "shared-storage.yaml": ["PersistentVolumeClaim"],
     }
 
 
@@ -779,11 +783,13 @@ def test_entrypoints_are_pipeline_stages(manifests):
     stages = {(name, cmd[2]) for name, cmd in all_commands(manifests)}
     assert stages == {
         ("rayjob-train.yaml:RayJob", "pipelines.train"),
+        ("rayjob-label.yaml:RayJob", "pipelines.predict"),
+        ("rayjob-label.yaml:RayJob", "pipelines.export"),
         *{
             (name, f"pipelines.{stage}")
             for name in rayjob_specs(manifests)
-            if "train" not in name
-            for stage in ("predict", "export")
+            if "reprocess" in name or "RayCronJob" in name
+            for stage in ("reprocess", "export")
         },
     }
     train = dict(all_commands(manifests))["rayjob-train.yaml:RayJob"]

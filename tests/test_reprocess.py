@@ -224,3 +224,13 @@ def test_switch_current_refuses_a_missing_store(tmp_path):
     (tmp_path / "current").write_text("{not json")
     with pytest.raises(ValueError, match="not a JSON pointer"):
         read_current(tmp_path)
+
+
+def test_resolve_labels_follows_the_current_pointer(tmp_path: Path) -> None:
+    from sscc_core.versioning import resolve_labels, switch_current, versioned_store
+
+    store = versioned_store(tmp_path, "abc123")
+    store.mkdir(parents=True)
+    assert resolve_labels(store) == store
+    switch_current(tmp_path, "abc123")
+    assert resolve_labels(tmp_path) == store
