@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+import scipy.io
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
@@ -18,6 +22,49 @@ DATA = REPO / "data"
 def data_dir() -> Path:
     """The bundled real scenes (see data/README.md)."""
     return DATA
+
+
+@functools.cache
+def _load_mat(rel: str, var: str) -> np.ndarray:
+    array = scipy.io.loadmat(DATA / rel)[var]
+    array.setflags(write=False)  # shared by every test of the session
+    return array
+
+
+@pytest.fixture(scope="session")
+def mat() -> Callable[[str, str], np.ndarray]:
+    """``mat(rel, var)``: one variable of a bundled ``data/REL`` .mat file, read-only, cached."""
+    return _load_mat
+
+
+@pytest.fixture(scope="session")
+def salinas(mat) -> np.ndarray:
+    """Salinas-A, (204, 83, 86) int16, band-first, read-only."""
+    return band_first(mat("salinasA/SalinasA_corrected.mat", "salinasA_corrected"))
+
+
+@pytest.fixture(scope="session")
+def indian_pines(mat) -> np.ndarray:
+    """Indian Pines (8-bit), (200, 145, 145) uint8, band-first, read-only."""
+    return band_first(mat("indian_pines/IP_200_M.mat", "data_M"))
+
+
+@pytest.fixture(scope="session")
+def salinas_features(salinas: np.ndarray):
+    """Salinas-A after the recipe's pre-processing: (8, 83, 86) float32 tensor (band z-score,
+    PCA to 8, each component z-scored)."""
+    import torch
+
+    from sscc_core.preprocess import fit_preprocessor
+
+    return torch.from_numpy(fit_preprocessor(salinas, None).transform(salinas))
+
+
+def band_first(cube: np.ndarray) -> np.ndarray:
+    """(y, x, band) -> contiguous read-only (band, y, x)."""
+    out = np.ascontiguousarray(cube.transpose(2, 0, 1))
+    out.setflags(write=False)
+    return out
 
 
 @pytest.fixture(scope="session")

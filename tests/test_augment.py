@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.io
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
@@ -31,13 +29,9 @@ NO_GEOMETRY = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p
 
 
 @pytest.fixture(scope="module")
-def patches(data_dir: Path) -> torch.Tensor:
-    """600 random 11x11 patches of Salinas-A after band z-scoring and PCA to 8 components."""
-    cube = scipy.io.loadmat(data_dir / "salinasA" / "SalinasA_corrected.mat")["salinasA_corrected"]
-    flat = cube.reshape(-1, cube.shape[-1]).astype(np.float64)
-    flat = (flat - flat.mean(0)) / flat.std(0)
-    _, _, vt = np.linalg.svd(flat, full_matrices=False)
-    pcs = (flat @ vt[:C].T).reshape(*cube.shape[:2], C).transpose(2, 0, 1)
+def patches(salinas_features: torch.Tensor) -> torch.Tensor:
+    """600 random 11x11 patches of Salinas-A after the recipe's pre-processing."""
+    pcs = salinas_features.numpy()
     rng = np.random.default_rng(0)
     ys = rng.integers(0, pcs.shape[1] - P + 1, 600)
     xs = rng.integers(0, pcs.shape[2] - P + 1, 600)

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.io as sio
 
 from sscc_core.baselines import fit_kmeans, kmeans_fit_predict, predict, predict_block
 from sscc_core.metrics import evaluate
 from sscc_core.preprocess import fit_preprocessor
 from sscc_core.tiling import tile_grid
-
-SHARED_DATA = Path("/work/shared/data")
-
-
-def _load(data_dir: Path, rel: str, var: str) -> np.ndarray:
-    path = data_dir / rel if (data_dir / rel).exists() else SHARED_DATA / rel
-    return sio.loadmat(path)[var]
-
 
 def _labelled_features(cube: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """PCA(8) scores of the band-z-scored labelled pixels (fit on the whole scene), and labels."""
@@ -29,11 +19,9 @@ def _labelled_features(cube: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np
 
 
 @pytest.fixture(scope="module")
-def salinas_a(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def salinas_a(salinas: np.ndarray, mat) -> tuple[np.ndarray, np.ndarray]:
     """Salinas-A (204, 83, 86) int16 and its (83, 86) ground truth."""
-    cube = _load(data_dir, "salinasA/SalinasA_corrected.mat", "salinasA_corrected")
-    gt = _load(data_dir, "salinasA/SalinasA_gt.mat", "salinasA_gt")
-    return np.ascontiguousarray(cube.transpose(2, 0, 1)), gt
+    return salinas, mat("salinasA/SalinasA_gt.mat", "salinasA_gt")
 
 
 def test_kmeans_on_salinas_a_matches_the_measured_baseline(salinas_a) -> None:
@@ -44,10 +32,9 @@ def test_kmeans_on_salinas_a_matches_the_measured_baseline(salinas_a) -> None:
     assert np.mean(accs) > 0.7
 
 
-def test_kmeans_on_indian_pines_stays_a_weak_baseline(data_dir: Path) -> None:
-    cube = _load(data_dir, "indian_pines/IP_200_M.mat", "data_M").transpose(2, 0, 1)
-    gt = _load(data_dir, "indian_pines/Indian_pines_gt.mat", "indian_pines_gt")
-    features, labels = _labelled_features(np.ascontiguousarray(cube), gt)
+def test_kmeans_on_indian_pines_stays_a_weak_baseline(indian_pines: np.ndarray, mat) -> None:
+    gt = mat("indian_pines/Indian_pines_gt.mat", "indian_pines_gt")
+    features, labels = _labelled_features(indian_pines, gt)
     acc = evaluate(labels, kmeans_fit_predict(features, 16, 0))["acc"]
     print(f"k-means Indian Pines (8-bit, labelled, K=16) ACC: {acc:.3f}")
     assert 0.3 < acc < 0.45

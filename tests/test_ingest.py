@@ -18,11 +18,6 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 T = Affine(3.7, 0.0, 600000.0, 0.0, -3.7, 4060000.0)
 
 
-@pytest.fixture(scope="module")
-def salinas() -> np.ndarray:
-    """(204, 83, 86) int16 Salinas-A cube, band-first."""
-    cube = scipy.io.loadmat(DATA / "salinasA/SalinasA_corrected.mat")["salinasA_corrected"]
-    return np.ascontiguousarray(cube.transpose(2, 0, 1))
 
 
 def reference(name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,6 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import pytest
-import scipy.io
 import xarray as xr
 import zarr
 from affine import Affine
@@ -17,15 +16,9 @@ from rasterio.crs import CRS
 from sscc_core.io import mosaic, store
 from sscc_core.io.cube import make_cube
 
-DATA = Path(__file__).resolve().parents[1] / "data"
 T = Affine(3.7, 0.0, 600000.0, 0.0, -3.7, 4060000.0)
 
 
-@pytest.fixture(scope="module")
-def salinas() -> np.ndarray:
-    """(204, 83, 86) int16 Salinas-A cube, band-first."""
-    cube = scipy.io.loadmat(DATA / "salinasA/SalinasA_corrected.mat")["salinasA_corrected"]
-    return np.ascontiguousarray(cube.transpose(2, 0, 1))
 
 
 def test_nonfinite_and_nodata_are_masked_and_counted(salinas: np.ndarray) -> None:

@@ -6,11 +6,8 @@ Default tests use tiny widths; the slow test times both backbones at the authors
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
-import scipy.io
 import torch
 
 from sscc_core.config import ModelConfig, replace
@@ -22,15 +19,9 @@ TINY = ModelConfig(n_clusters=K, stem_channels=8, widths=(8, 16, 16), head_hidde
 
 
 @pytest.fixture(scope="module")
-def scene(data_dir: Path) -> torch.Tensor:
+def scene(salinas_features: torch.Tensor) -> torch.Tensor:
     """Salinas-A (8, 83, 86): band z-scores, PCA to 8 components, each z-scored; float32."""
-    cube = scipy.io.loadmat(data_dir / "salinasA" / "SalinasA_corrected.mat")["salinasA_corrected"]
-    flat = cube.reshape(-1, cube.shape[-1]).astype(np.float64)
-    flat = (flat - flat.mean(0)) / flat.std(0)
-    _, _, vt = np.linalg.svd(flat, full_matrices=False)
-    pcs = flat @ vt[:C].T
-    pcs = ((pcs - pcs.mean(0)) / pcs.std(0)).reshape(*cube.shape[:2], C).transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(pcs)).float()
+    return salinas_features
 
 
 def all_patches(tile: torch.Tensor, p: int) -> torch.Tensor:

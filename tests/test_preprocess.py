@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.io as sio
 import torch
 import zarr
 from sklearn.decomposition import PCA
@@ -14,21 +13,6 @@ from sklearn.preprocessing import StandardScaler
 
 from sscc_core.config import PreprocessConfig
 from sscc_core.preprocess import Preprocessor, fit_preprocessor
-
-SHARED_DATA = Path("/work/shared/data")
-
-
-def _scene(data_dir: Path, rel: str, var: str) -> np.ndarray:
-    """A (band, y, x) cube from a .mat file under the repo data dir (or the shared copy)."""
-    path = data_dir / rel if (data_dir / rel).exists() else SHARED_DATA / rel
-    return np.ascontiguousarray(sio.loadmat(path)[var].transpose(2, 0, 1))
-
-
-@pytest.fixture(scope="module")
-def indian_pines(data_dir: Path) -> np.ndarray:
-    """Indian Pines (8-bit), (200, 145, 145) uint8."""
-    return _scene(data_dir, "indian_pines/IP_200_M.mat", "data_M")
-
 
 class ReadRecorder:
     """Wraps a real array and records the spatial size of every window read from it."""
@@ -161,9 +145,9 @@ def test_state_round_trip_through_torch_weights_only(
         Preprocessor.from_state({"format": "something else"})
 
 
-def test_band_count_mismatch_is_a_clear_error(indian_pines: np.ndarray, data_dir: Path) -> None:
+def test_band_count_mismatch_is_a_clear_error(indian_pines: np.ndarray, salinas: np.ndarray) -> None:
     pp = fit_preprocessor(indian_pines, None)
-    salinas_a = _scene(data_dir, "salinasA/SalinasA_corrected.mat", "salinasA_corrected")
+    salinas_a = salinas
     with pytest.raises(ValueError, match="model expects 200 bands, cube has 204"):
         pp.transform(salinas_a[:, :8, :8])
     with pytest.raises(ValueError, match="model expects 200 bands, cube has 204"):

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.io as sio
 import zarr
 
 from sscc_core.tiling import (
@@ -20,17 +19,14 @@ from sscc_core.tiling import (
     tile_valid,
 )
 
-SHARED_DATA = Path("/work/shared/data")
 PATCH = 11
 HALO = PATCH // 2
 
 
 @pytest.fixture(scope="module")
-def cube(data_dir: Path) -> np.ndarray:
+def cube(indian_pines: np.ndarray) -> np.ndarray:
     """Eight real bands of Indian Pines (8-bit), (8, 145, 145) uint8 (patch memory stays small)."""
-    rel = "indian_pines/IP_200_M.mat"
-    path = data_dir / rel if (data_dir / rel).exists() else SHARED_DATA / rel
-    return np.ascontiguousarray(sio.loadmat(path)["data_M"].transpose(2, 0, 1)[::25])
+    return np.ascontiguousarray(indian_pines[::25])
 
 
 def _whole_scene_patches(scene: np.ndarray) -> np.ndarray:
