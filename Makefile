@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_TRAIN_ENABLE_PRINT_PATCH := 0
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow bench bench-scale clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) -m pipelines.bench --out docs/bench --doc docs/BENCHMARKS.md
+
+bench-scale: $(STAMP)
+	$(PY) -m pipelines.bench --out docs/bench --doc docs/BENCHMARKS.md --scale-gb 26
 
 clean:
 	rm -rf runs .pytest_cache

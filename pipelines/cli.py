@@ -17,6 +17,9 @@ STAGES = {
     "export": "pipelines.export",
     "demo": "pipelines.demo",
     "reproduce": "pipelines.reproduce",
+    "reprocess": "pipelines.reprocess",
+    "synth": "pipelines.synth",
+    "bench": "pipelines.bench",
 }
 
 

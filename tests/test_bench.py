@@ -1,0 +1,144 @@
+"""The benchmark harness: process-tree memory sampling, the labelling actors' chunk cache, and a
+smoke run of ``sscc bench`` on a tiny synthetic mosaic of real Salinas-A spectra."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import psutil
+import pytest
+import zarr
+
+from pipelines import bench
+from pipelines.predict import ChunkCache
+from sscc_core import synthetic
+from sscc_core.profiling import TreeMemorySampler, machine_info, tree_rss
+
+ALLOC_MB = 200
+
+
+def test_tree_rss_counts_a_child_process():
+    """A child that touches 200 MB raises the tree's summed RSS by about that much."""
+    me = psutil.Process()
+    before, n_before = tree_rss(me)
+    code = (f"import sys; b = bytearray({ALLOC_MB} * 2**20); b[::4096] = b'x' * len(b[::4096]); "
+            "print('ready', flush=True); sys.stdin.readline()")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        after, n_after = tree_rss(me)
+    finally:
+        child.communicate("\n", timeout=30)
+    assert n_after == n_before + 1
+    assert after - before >= 0.9 * ALLOC_MB * 2**20
+
+
+def test_sampler_keeps_peak_and_probe_values():
+    values = iter(range(1000))
+
+    def failing() -> float:
+        raise RuntimeError("probe down")
+
+    with TreeMemorySampler(interval_s=0.02, probes={"count": lambda: next(values),
+                                                    "down": failing}) as sampler:
+        block = np.ones(50 * 2**20 // 8)  # touched 50 MB while sampling
+        while len(sampler.series.t) < 5:
+            pass
+        del block
+    s = sampler.series
+    assert len(s.t) == len(s.rss) == len(s.processes) == len(s.probes["count"]) >= 6
+    assert s.peak_rss == max(s.rss) > 50 * 2**20
+    assert s.peak("count") == len(s.t) - 1  # 0, 1, 2, ... one per sample
+    assert np.isnan(s.peak("down"))
+    assert json.loads(json.dumps(s.to_dict()))["peak_rss"] == s.peak_rss
+    with pytest.raises(ValueError, match="interval_s"):
+        TreeMemorySampler(interval_s=0)
+
+
+def test_machine_info_fields():
+    info = machine_info()
+    assert info["cpus"] >= 1 and info["ram_gib"] > 0 and info["cpu_model"]
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    """A 70 x 90 synthetic mosaic of real Salinas-A spectra, chunks of 32 pixels."""
+    path = tmp_path_factory.mktemp("bench") / "tiny.zarr"
+    return synthetic.write_synthetic(synthetic.SynthSpec(height=70, width=90, seed=3), path, chunk=32)
+
+
+@pytest.mark.parametrize("tile_size", [16, 32, 64])
+def test_chunk_cache_reads_equal_the_array(tiny_store, tile_size):
+    group = zarr.open_group(tiny_store, mode="r")
+    rng = np.random.default_rng(tile_size)
+    for name in ("reflectance", "valid"):
+        array = group[name]
+        whole = array[:]
+        cache = ChunkCache(array, tile_size)
+        assert cache.capacity == (tile_size // 32 + 2) ** 2
+        for _ in range(25):
+            y0, x0 = rng.integers(0, 70), rng.integers(0, 90)
+            y1, x1 = y0 + rng.integers(1, 60), x0 + rng.integers(1, 60)
+            key = (Ellipsis, slice(y0, y1), slice(x0, x1))
+            np.testing.assert_array_equal(cache[key], whole[key])
+            assert len(cache.chunks) <= cache.capacity
+        np.testing.assert_array_equal(cache[..., 5:5, 0:3], whole[..., 5:5, 0:3])
+    refl = ChunkCache(group["reflectance"], 32)
+    np.testing.assert_array_equal(refl[3, 10:20, 4:9], group["reflectance"][3, 10:20, 4:9])
+
+
+def test_bench_smoke(ray_session, tmp_path):
+    """Throughput and dense sections end to end on a tiny mosaic: the figures are consistent
+    with each other and with the store, and the report quotes them with their commands."""
+    out, doc, work = tmp_path / "out", tmp_path / "BENCH.md", tmp_path / "work"
+    code = bench.main([
+        "--out", str(out), "--doc", str(doc), "--work", str(work), "--sizes-gb", "0.002",
+        "--sections", "throughput,dense", "--actors", "1", "--tile-size", "32",
+        "--limit-tiles", "2", "--train-samples", "600", "--train-epochs", "1",
+    ])
+    assert code == 0
+    results = bench.load_results(out)
+    assert {"machine", "throughput", "dense"} <= set(results)
+    t = results["throughput"]
+    valid = zarr.open_group(work / "mosaic_0.002gb.zarr", mode="r")["valid"][:]
+    assert t["pixels"] == int(valid.sum())
+    rates = {k: v["pixels_per_s"] for k, v in t["limits"].items()}
+    assert set(rates) == {"read", "preprocess", "model", "kmeans"} and min(rates.values()) > 0
+    assert t["ratio_end_to_end"] == pytest.approx(
+        t["pipeline_pixels_per_s"] / min(rates["read"], rates["model"]))
+    assert t["serial_chain_pixels_per_s"] < min(rates["read"], rates["preprocess"], rates["model"])
+    assert results["dense"]["dense_equals_patch"] is True
+    text = doc.read_text()
+    assert "sscc predict --checkpoint" in text and "Pipeline / min(read, model)" in text
+    assert f"{results['machine']['cpus']} logical CPUs" in text
+    assert (out / "throughput.png").stat().st_size > 0
+
+
+def test_bench_rejects_unknown_section(tmp_path, capsys):
+    code = bench.main(["--out", str(tmp_path), "--doc", str(tmp_path / "b.md"),
+                       "--sections", "throughput,warp"])
+    assert code == 2
+    assert "unknown ['warp']" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_all_sections_quick(ray_session, tmp_path):
+    """Every section (Ray Train 1 and 2 workers included) on tiny mosaics; memory stays flat."""
+    out = tmp_path / "out"
+    code = bench.main([
+        "--out", str(out), "--doc", str(tmp_path / "BENCH.md"), "--work", str(tmp_path / "w"),
+        "--sizes-gb", "0.002,0.008", "--actors", "2", "--tile-size", "32", "--limit-tiles", "4",
+        "--train-samples", "1024", "--train-epochs", "1", "--train-side", "48",
+        "--train-bench-epochs", "2",
+    ])
+    assert code == 0
+    results = bench.load_results(out)
+    assert {"throughput", "dense", "train", "memory", "accuracy"} <= set(results)
+    assert results["memory"]["flat"]
+    for name in ("sscc", "kmeans"):
+        assert 0 < results["accuracy"][name]["acc"] <= 1
+    assert results["train"]["ray_2"]["samples_per_s"] > 0
