@@ -111,6 +111,26 @@ class TilePatches:
         return {"view_a": np.concatenate(views_a), "view_b": np.concatenate(views_b)}
 
 
+_WORKER_UDFS: dict[tuple[str, str], TilePatches] = {}
+
+
+def tile_views(
+    batch: dict[str, np.ndarray], store: str, pre_state: dict[str, Any], cfg: dict[str, Any], clock: Any
+) -> dict[str, np.ndarray]:
+    """Ray Data task: :class:`TilePatches` on a batch of tiles, built once per worker process.
+
+    Plain tasks run in Ray's pooled worker processes, which stay warm across epochs; an actor
+    pool would be started anew every time Ray Data re-executes the dataset (every epoch).
+    """
+    key = (store, json.dumps(cfg, sort_keys=True))
+    if key not in _WORKER_UDFS:
+        _WORKER_UDFS.clear()
+        _WORKER_UDFS[key] = TilePatches(store, pre_state, cfg, clock)
+    udf = _WORKER_UDFS[key]
+    udf.clock = clock
+    return udf(batch)
+
+
 def tile_stream(tile: Tile) -> int:
     """The random stream id of a tile (distinct for every tile of a grid up to 2**20 wide)."""
     return 1 + (tile.row << 20) + tile.col
@@ -299,7 +319,7 @@ def run_training(
         max_failures: Worker-group restarts from the last checkpoint before giving up.
         threads: torch intra-op threads per worker.
         shuffle_buffer: Rows in the local shuffle buffer of each worker.
-        data_actors: Most Ray Data actors reading and augmenting tiles (the pool scales up to it).
+        data_actors: Concurrent Ray Data tasks reading and augmenting tiles.
         fail_at_epoch: Fault drill: kill worker rank 0 once, mid-way through this epoch (0-based).
     """
     import ray
@@ -320,15 +340,15 @@ def run_training(
     ctx.execution_options.preserve_order = True
     clock = ray.remote(num_cpus=0)(EpochClock).remote()
     dataset = ray.data.from_items(tiles).map_batches(
-        TilePatches,
-        fn_constructor_kwargs={
+        tile_views,
+        fn_kwargs={
             "store": str(Path(store).resolve()),
             "pre_state": pre.to_state(),
             "cfg": to_dict(cfg),
             "clock": clock,
         },
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=data_actors),
+        compute=ray.data.TaskPoolStrategy(size=data_actors),
         num_cpus=0.25,
     )
     resources = {"CPU": cpus_per_worker}
@@ -382,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, default=2, help="restarts from the last checkpoint")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--data-actors", type=int, default=1,
-                   help="most Ray Data actors reading and augmenting tiles (default 1)")
+                   help="concurrent Ray Data tasks reading and augmenting tiles (default 1)")
     add_config_args(p)
     add_logging_args(p)
     return p
