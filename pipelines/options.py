@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import yaml
 
@@ -18,16 +19,25 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.epochs=5", "model.widths=[8, 16]"]`` -> ``{"train.epochs": 5, ...}`` (values YAML).
+
+    Raises:
+        ConfigError: An item is not ``SECTION.FIELD=VALUE``.
+    """
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected SECTION.FIELD=VALUE")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
 def load_cli_config(args: argparse.Namespace) -> SSCCConfig:
     """The configuration named by ``--config`` with the ``--set`` overrides applied.
 
     Raises:
         ConfigError: A malformed override or config field (the message names it).
     """
-    overrides = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected SECTION.FIELD=VALUE")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return load_config(args.config, overrides)
+    return load_config(args.config, parse_overrides(args.overrides))

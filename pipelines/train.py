@@ -16,6 +16,7 @@ the same run name and storage path resumes from the latest one.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -30,8 +31,9 @@ import torch
 
 from pipelines.common import add_logging_args, ensure_ray, log_event, run_stage, setup_logging
 from pipelines.options import add_config_args, load_cli_config
+from sscc_core import storage
 from sscc_core.augment import two_views
-from sscc_core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from sscc_core.checkpoint import Checkpoint, checkpoint_file, load_checkpoint, save_checkpoint
 from sscc_core.config import SSCCConfig, from_dict, to_dict
 from sscc_core.io.store import open_cube
 from sscc_core.preprocess import Preprocessor, fit_preprocessor
@@ -167,8 +169,8 @@ def inject_failure(config: dict[str, Any], epoch: int, rank: int) -> None:
     worker group carries on from the last checkpoint.
     """
     marker = config.get("fail_marker")
-    if marker and rank == 0 and epoch == config.get("fail_at_epoch") and not Path(marker).exists():
-        Path(marker).write_text(f"worker killed during epoch {epoch}\n")
+    if marker and rank == 0 and epoch == config.get("fail_at_epoch") and not storage.exists(marker):
+        storage.write_bytes(marker, f"worker killed during epoch {epoch}\n".encode())
         log.warning("injected failure: killing worker rank %d at epoch %d", rank, epoch)
         os._exit(1)
 
@@ -237,41 +239,51 @@ def train_loop(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                save_checkpoint(
-                    Checkpoint(
-                        config=cfg,
-                        in_channels=config["in_channels"],
-                        n_bands=config["n_bands"],
-                        model_state=training.model.state_dict(),
-                        preprocess_state=config["pre_state"],
-                        epoch=training.epoch,
-                        optimizer_state=training.optimizer.state_dict(),
-                        scheduler_state=training.scheduler.state_dict(),
-                        wavelength=tuple(config["wavelength"]),
-                        extra={"history": training.history, "store": config["store"]},
-                    ),
-                    tmp,
-                )
+                save_checkpoint(snapshot(training, cfg, config), tmp)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(summary, checkpoint=checkpoint)
+    if rank == 0:  # the run's product, on the run's storage (shared by every node)
+        save_checkpoint(snapshot(training, cfg, config), storage.join(config["run_dir"], "final"))
 
 
-def fit_or_reuse_preprocessor(store: str, cfg: SSCCConfig, run_dir: Path) -> Preprocessor:
-    """Fit the pre-processing once per run and keep it beside the run (a relaunch reuses it)."""
-    import torch
+def snapshot(training: Any, cfg: SSCCConfig, config: dict[str, Any]) -> Checkpoint:
+    """The SSCC checkpoint of a training state (model, optimiser, scheduler, history)."""
+    return Checkpoint(
+        config=cfg,
+        in_channels=config["in_channels"],
+        n_bands=config["n_bands"],
+        model_state=training.model.state_dict(),
+        preprocess_state=config["pre_state"],
+        epoch=training.epoch,
+        optimizer_state=training.optimizer.state_dict(),
+        scheduler_state=training.scheduler.state_dict(),
+        wavelength=tuple(config["wavelength"]),
+        extra={"history": training.history, "store": config["store"]},
+    )
 
-    path = run_dir / "preprocess.pt"
-    if path.is_file():
-        return Preprocessor.from_state(torch.load(path, weights_only=True))
+
+def fit_or_reuse_preprocessor(store: str, cfg: SSCCConfig, run_dir: str) -> Preprocessor:
+    """Fit the pre-processing once per run and keep it beside the run (a relaunch reuses it).
+
+    Args:
+        store: Cube store.
+        cfg: Run configuration (``preprocess``, ``tile``).
+        run_dir: The run's directory, local or object storage.
+    """
     import zarr
+
+    path = storage.join(run_dir, "preprocess.pt")
+    if storage.exists(path):
+        return Preprocessor.from_state(torch.load(io.BytesIO(storage.read_bytes(path)), weights_only=True))
 
     group = zarr.open_group(store, mode="r")
     n_valid = int(np.count_nonzero(group["valid"][:]))
     method = "exact" if n_valid <= cfg.preprocess.sample_pixels else "sample"
     log_event(log, "fit preprocessing", method=method, n_valid=n_valid)
     pre = fit_preprocessor(group["reflectance"], group["valid"], cfg.preprocess, cfg.tile.tile_size, method)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(pre.to_state(), path)
+    buf = io.BytesIO()
+    torch.save(pre.to_state(), buf)
+    storage.write_bytes(path, buf.getvalue())
     return pre
 
 
@@ -305,8 +317,8 @@ def run_training(
     shuffle_buffer: int = 4096,
     fail_at_epoch: int | None = None,
     data_actors: int = 1,
-) -> Path:
-    """Train on a store with Ray Train; returns the final SSCC checkpoint file.
+) -> str:
+    """Train on a store with Ray Train; returns the final SSCC checkpoint file (path or URL).
 
     Args:
         store: Canonical cube store (local path).
@@ -329,7 +341,9 @@ def run_training(
     ds_cube = open_cube(store)
     n_bands = int(ds_cube.sizes["band"])
     wavelength = [float(w) for w in ds_cube["wavelength"].values] if "wavelength" in ds_cube.coords else []
-    run_dir = Path(storage_path) / run_name
+    if not storage.is_url(storage_path):
+        storage_path = str(Path(storage_path).resolve())
+    run_dir = storage.join(storage_path, run_name)
     pre = fit_or_reuse_preprocessor(store, cfg, run_dir)
     tiles = training_tiles(store, cfg.train.protocol, cfg.tile.tile_size)
     n_train = sum(t["n_pixels"] for t in tiles)
@@ -364,29 +378,27 @@ def run_training(
             "threads": threads,
             "shuffle_buffer": shuffle_buffer,
             "clock": clock,
+            "run_dir": run_dir,
             "fail_at_epoch": fail_at_epoch,
-            "fail_marker": str(run_dir.resolve() / "injected_failure") if fail_at_epoch is not None else None,
+            "fail_marker": storage.join(run_dir, "injected_failure") if fail_at_epoch is not None else None,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=None if use_gpu else resources
         ),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=str(Path(storage_path).resolve()) if "://" not in storage_path else storage_path,
+            storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
         datasets={"train": dataset},
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"run {run_name}: finished without a checkpoint")
-    final = run_dir / "final"
-    with result.checkpoint.as_directory() as d:
-        ckpt = load_checkpoint(d)
-    path = save_checkpoint(ckpt, final)
-    log_event(log, "final checkpoint", path=str(path), model_version=ckpt.model_version, epoch=ckpt.epoch)
-    (run_dir / "history.json").write_text(json.dumps((ckpt.extra or {}).get("history", []), indent=1))
+    trainer.fit()
+    path = checkpoint_file(storage.join(run_dir, "final"))
+    ckpt = load_checkpoint(path)
+    log_event(log, "final checkpoint", path=path, model_version=ckpt.model_version, epoch=ckpt.epoch)
+    history = json.dumps((ckpt.extra or {}).get("history", []), indent=1)
+    storage.write_bytes(storage.join(run_dir, "history.json"), history.encode())
     return path
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import torch
 
-from sscc_core import __version__
+from sscc_core import __version__, storage
 from sscc_core.config import SSCCConfig, from_dict, to_dict
 
 FORMAT = "sscc-checkpoint/1"
@@ -72,16 +71,23 @@ class Checkpoint:
         return h.hexdigest()[:12]
 
 
-def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
-    """Write ``ckpt`` atomically (temp file then rename) to ``path`` (a file or a directory).
+def checkpoint_file(path: str | Path) -> str:
+    """The file a checkpoint path names: an existing file, or ``path/model.pt`` for a directory
+    (an existing one, a local path without suffix, or a URL not ending in ``.pt``)."""
+    if storage.is_url(path):
+        return str(path) if str(path).endswith(".pt") else storage.join(path, FILENAME)
+    p = Path(path)
+    return str(p / FILENAME) if p.is_dir() or (p.suffix == "" and not p.is_file()) else str(p)
+
+
+def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> str:
+    """Write ``ckpt`` to ``path`` (a ``.pt`` file, or a directory; local or object storage);
+    locally atomic (temp file then rename).
 
     Returns:
-        The file written (``path/model.pt`` when ``path`` is a directory).
+        The file written (``path/model.pt`` for a directory).
     """
-    path = Path(path)
-    if path.is_dir() or path.suffix == "":
-        path.mkdir(parents=True, exist_ok=True)
-        path = path / FILENAME
+    path = checkpoint_file(path)
     payload = {
         "format": FORMAT,
         "sscc_version": __version__,
@@ -100,28 +106,23 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    return storage.write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load a checkpoint safely (``weights_only=True``).
 
     Args:
-        path: The ``model.pt`` file or the directory holding it.
+        path: The ``model.pt`` file or the directory holding it (local or object storage).
 
     Raises:
         CheckpointError: Missing, unreadable, not an SSCC checkpoint, or with a malformed config.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / FILENAME
-    if not path.is_file():
+    path = checkpoint_file(path)
+    if not storage.exists(path):
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/unsafe files
         raise CheckpointError(
             f"{path}: not a loadable SSCC checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})"

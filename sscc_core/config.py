@@ -142,6 +142,28 @@ class TileConfig:
 
 
 @dataclass(frozen=True)
+class PostprocessConfig:
+    """How a trained network's outputs become the final label map (defaults: the authors').
+
+    Attributes:
+        readout: ``"head"`` labels each pixel by the argmax of the cluster head (the recipe);
+            ``"kmeans"`` runs k-means (K = ``model.n_clusters``) on the backbone features of the
+            training pixels and labels every pixel by its nearest centroid.
+        mode_window: Side, in pixels, of the square majority (mode) filter applied to the label
+            map over valid pixels; 1 = off (the recipe).
+        mode_iterations: Passes of the mode filter.
+        bn_recalibrate: Before labelling, re-estimate the BatchNorm running statistics on the
+            clean (unaugmented) training patches; training only saw augmented views, whose
+            statistics differ. Off in the recipe.
+    """
+
+    readout: Literal["head", "kmeans"] = "head"
+    mode_window: int = 1
+    mode_iterations: int = 1
+    bn_recalibrate: bool = False
+
+
+@dataclass(frozen=True)
 class SSCCConfig:
     """Complete configuration of a run."""
 
@@ -151,6 +173,7 @@ class SSCCConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tile: TileConfig = field(default_factory=TileConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -198,6 +221,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected null, got {value!r}")
         return None
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected float, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected float, got {value!r}")
         return float(value)
@@ -266,6 +294,11 @@ def _validate(obj: Any, prefix: str) -> None:
             fail("tile_size", f"must be >= 1, got {obj.tile_size}")
         if obj.halo < 0:
             fail("halo", f"must be >= 0, got {obj.halo}")
+    elif isinstance(obj, PostprocessConfig):
+        if obj.mode_window < 1 or obj.mode_window % 2 == 0:
+            fail("mode_window", f"must be a positive odd number, got {obj.mode_window}")
+        if obj.mode_iterations < 1:
+            fail("mode_iterations", f"must be >= 1, got {obj.mode_iterations}")
     elif isinstance(obj, AugmentConfig):
         for name in ("flip_p", "blur_p", "pixel_mask_p", "band_mask_p"):
             p = getattr(obj, name)

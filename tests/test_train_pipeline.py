@@ -103,3 +103,15 @@ def test_injected_worker_failure_finishes_from_checkpoint(ray_session, salinas_s
     assert ckpt.epoch == 3
     assert [h["epoch"] for h in ckpt.extra["history"]] == [1, 2, 3]
     assert (tmp_path / "faulty" / "injected_failure").is_file()
+
+
+def test_run_storage_may_be_a_url(ray_session, salinas_store: Path, tmp_path: Path) -> None:
+    """Checkpoints, pre-processing and history go through fsspec: a file:// storage URL works
+    like a local path (s3:// and gs:// work the same with their fsspec package installed)."""
+    cfg = tiny_config(**{"train.epochs": 1})
+    url = f"file://{tmp_path}/store"
+    final = run_training(str(salinas_store), cfg, "urlrun", url, num_workers=0)
+    assert final == f"{url}/urlrun/final/model.pt"
+    assert load_checkpoint(final).epoch == 1
+    assert (tmp_path / "store" / "urlrun" / "preprocess.pt").is_file()
+    assert (tmp_path / "store" / "urlrun" / "history.json").is_file()

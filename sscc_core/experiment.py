@@ -1,0 +1,301 @@
+"""The accuracy protocol harness: one (scene, method, protocol, seed, config) run -> metrics.
+
+A run fits the pre-processing on every valid pixel of the scene, trains (or clusters) on the
+pixels its protocol selects, labels every valid pixel of the scene, optionally post-processes the
+label map, and scores the labelled pixels:
+
+* ``protocol="labelled"`` -- the authors': training pixels are the labelled ones, K = #classes.
+* ``protocol="all"`` -- the realistic one: training pixels are all valid pixels (no labels used
+  for training), K = #classes, evaluated on the labelled pixels.
+
+Methods:
+
+* ``"sscc"`` -- train the twin network with :func:`sscc_core.trainer.train_reference`, then read
+  out labels by ``cfg.postprocess.readout`` (cluster head, or k-means on backbone features) and
+  apply the ``cfg.postprocess`` mode filter.
+* ``"kmeans"`` -- mini-batch k-means on the recipe's features (band z-score, PCA, component
+  z-score) of the training pixels; every valid pixel gets its nearest centroid.
+* ``"kmeans_pca"`` -- the same on PCA scores *without* the component z-score (``whiten=False``),
+  which suits k-means better because it keeps the dominant components dominant.
+
+Each run reports its process CPU seconds (all threads) and wall seconds. :func:`run_seeds`
+repeats a run over seeds and :func:`summarise` gives mean and std of every score.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from sscc_core.baselines import fit_kmeans, predict
+from sscc_core.config import SSCCConfig, replace
+from sscc_core.inference import Labeller, label_scene
+from sscc_core.io.matlab import read_benchmark
+from sscc_core.metrics import evaluate
+from sscc_core.model import SSCCNet
+from sscc_core.postprocess import NODATA, mode_filter
+from sscc_core.preprocess import Preprocessor, fit_preprocessor
+from sscc_core.trainer import gather_patches, train_reference, training_mask
+
+Method = Literal["sscc", "kmeans", "kmeans_pca"]
+METHODS: tuple[str, ...] = ("sscc", "kmeans", "kmeans_pca")
+PROTOCOLS: tuple[str, ...] = ("labelled", "all")
+SCORES: tuple[str, ...] = ("acc", "nmi", "ari", "kappa", "purity", "aa")
+DATASET_ALIASES = {"salinas_a": "salinasA", "salinasa": "salinasA"}
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A benchmark scene in memory.
+
+    Attributes:
+        name: Registry name (``sscc_core.io.matlab.BENCHMARKS``).
+        cube: (B, H, W) raw cube in its source dtype.
+        valid: (H, W) bool, True where the pixel has data.
+        labels: (H, W) int64 ground truth, 0 = unlabelled, classes 1..C.
+    """
+
+    name: str
+    cube: np.ndarray
+    valid: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def n_classes(self) -> int:
+        """C, the number of distinct ground-truth classes (0 excluded)."""
+        return int(np.count_nonzero(np.unique(self.labels)))
+
+
+@dataclass
+class RunResult:
+    """The outcome of one run.
+
+    Attributes:
+        dataset: Scene name.
+        method: ``"sscc"``, ``"kmeans"`` or ``"kmeans_pca"``.
+        protocol: ``"labelled"`` or ``"all"``.
+        seed: The run's seed.
+        metrics: :func:`sscc_core.metrics.evaluate` on the labelled pixels.
+        cpu_seconds: Process CPU time of the run (every thread), seconds.
+        wall_seconds: Elapsed time of the run, seconds.
+        label_map: (H, W) int64 final cluster map, -1 at nodata.
+        history: SSCC per-epoch loss summaries (empty for k-means).
+    """
+
+    dataset: str
+    method: str
+    protocol: str
+    seed: int
+    metrics: dict[str, Any]
+    cpu_seconds: float
+    wall_seconds: float
+    label_map: np.ndarray
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        """The headline scores and times as a flat JSON-serialisable dict."""
+        return {
+            "dataset": self.dataset, "method": self.method, "protocol": self.protocol,
+            "seed": self.seed, **{k: self.metrics[k] for k in SCORES},
+            "n_clusters_used": self.metrics["n_clusters"],
+            "cpu_seconds": self.cpu_seconds, "wall_seconds": self.wall_seconds,
+        }
+
+
+def load_scene(name: str, data_dir: str | None = None) -> Scene:
+    """Read a labelled benchmark scene (``indian_pines``, ``salinasA`` / ``salinas_a``, ...).
+
+    Raises:
+        ValueError: Unknown scene, or a scene without a ground-truth label map.
+        FileNotFoundError: A file of the scene is missing.
+    """
+    key = DATASET_ALIASES.get(name.lower(), name)
+    ds = read_benchmark(key, data_dir)
+    if "labels" not in ds:
+        raise ValueError(f"scene {name!r} has no ground-truth label map to evaluate against")
+    return Scene(
+        name=key,
+        cube=np.asarray(ds["reflectance"].values),
+        valid=np.asarray(ds["valid"].values, dtype=bool),
+        labels=np.asarray(ds["labels"].values, dtype=np.int64),
+    )
+
+
+def scene_config(cfg: SSCCConfig, scene: Scene, protocol: str, seed: int) -> SSCCConfig:
+    """``cfg`` with K = the scene's class count, the run's protocol and seed filled in."""
+    return replace(
+        cfg,
+        model=replace(cfg.model, n_clusters=scene.n_classes),
+        train=replace(cfg.train, protocol=protocol, seed=seed),
+        preprocess=replace(cfg.preprocess, seed=seed),
+    )
+
+
+def _scatter(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(H, W) int64 map holding ``values`` at ``mask`` (row-major) and :data:`NODATA` elsewhere."""
+    out = np.full(mask.shape, NODATA, dtype=np.int64)
+    out[mask] = values
+    return out
+
+
+def _kmeans_map(
+    scene: Scene, pre: Preprocessor, train_mask: np.ndarray, k: int, seed: int, whiten: bool
+) -> np.ndarray:
+    """k-means on per-pixel features of ``train_mask``; every valid pixel gets a centroid."""
+    feats = pre.transform(scene.cube, scene.valid, whiten=whiten)  # (n, H, W)
+    pixels = feats.reshape(feats.shape[0], -1).T  # (H*W, n)
+    model = fit_kmeans(pixels[train_mask.reshape(-1)], k, seed)
+    return _scatter(predict(model, pixels[scene.valid.reshape(-1)]), scene.valid)
+
+
+def recalibrate_batchnorm(model: SSCCNet, patches: torch.Tensor, batch_size: int = 2048) -> None:
+    """Re-estimate every BatchNorm's running mean and variance on clean (unaugmented) patches.
+
+    Training only ever shows the network augmented views (crops, blur, zeroed pixels and bands),
+    so the running statistics it accumulates describe those, not the clean patches that are
+    labelled at inference. This replaces them by the exact average of the batch statistics of
+    ``patches`` (cumulative moving average, ``momentum=None``); weights are not touched.
+
+    Args:
+        model: The trained network (left in eval mode).
+        patches: (N, C, P, P) clean patches, e.g. the training pixels' patches.
+        batch_size: Patches per forward pass.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for batch in patches.split(batch_size):
+            model.features(batch)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+
+
+def backbone_features(model: SSCCNet, patches: torch.Tensor, batch_size: int = 2048) -> np.ndarray:
+    """Eval-mode backbone features of patches, (N, C, P, P) -> (N, D) float32."""
+    model.eval()
+    with torch.no_grad():
+        chunks = [model.features(b) for b in patches.split(batch_size)]
+    return torch.cat(chunks).numpy()
+
+
+def _sscc_map(scene: Scene, pre: Preprocessor, train_mask: np.ndarray, cfg: SSCCConfig,
+              verbose: bool) -> tuple[np.ndarray, list[dict[str, float]]]:
+    """Train SSCC on ``train_mask``'s patches and label every valid pixel (before filtering)."""
+    p = cfg.preprocess.patch_size
+    patches, _ = gather_patches(scene.cube, scene.valid, train_mask, pre, p)
+
+    def log(epoch: int, summary: dict[str, float]) -> None:
+        if verbose:
+            print(f"  epoch {epoch:3d} loss {summary['total']:.4f} diag {summary['diagonal']:.3f} "
+                  f"lr {summary['lr']:.2e} {summary['seconds']:.1f}s", flush=True)
+
+    training = train_reference(torch.from_numpy(patches), cfg, on_epoch=log)
+    model = training.model.eval()
+    post = cfg.postprocess
+    if post.bn_recalibrate:
+        recalibrate_batchnorm(model, torch.from_numpy(patches))
+    if post.readout == "head":
+        labels, _ = label_scene(Labeller(model, pre), scene.cube, scene.valid)
+        return labels, training.history
+    all_patches, coords = gather_patches(scene.cube, scene.valid, scene.valid, pre, p)
+    feats = backbone_features(model, torch.from_numpy(all_patches))
+    on_train = train_mask[coords[:, 0], coords[:, 1]]
+    km = fit_kmeans(feats[on_train], cfg.model.n_clusters, cfg.train.seed)
+    labels = np.full(scene.valid.shape, NODATA, dtype=np.int64)
+    labels[coords[:, 0], coords[:, 1]] = predict(km, feats)
+    return labels, training.history
+
+
+def run_one(
+    scene: Scene, method: Method, protocol: str, seed: int, cfg: SSCCConfig,
+    verbose: bool = False,
+) -> RunResult:
+    """One run of the protocol; see the module docstring.
+
+    Args:
+        scene: The labelled scene.
+        method: ``"sscc"``, ``"kmeans"`` or ``"kmeans_pca"``.
+        protocol: ``"labelled"`` or ``"all"``.
+        seed: Seed of the pre-processing sample, weights, sampling, augmentation and k-means.
+        cfg: Run configuration; K, protocol and seed are overridden per run.
+        verbose: Print one line per SSCC epoch.
+
+    Returns:
+        A :class:`RunResult` scored on the labelled pixels.
+
+    Raises:
+        ValueError: Unknown method or protocol.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose from {list(PROTOCOLS)}")
+    cfg = scene_config(cfg, scene, protocol, seed)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    torch.manual_seed(seed)
+    pre = fit_preprocessor(scene.cube, scene.valid, cfg.preprocess)
+    train_mask = training_mask(scene.valid, scene.labels, protocol)
+    history: list[dict[str, float]] = []
+    if method == "sscc":
+        label_map, history = _sscc_map(scene, pre, train_mask, cfg, verbose)
+        post = cfg.postprocess
+        label_map = mode_filter(label_map, post.mode_window, post.mode_iterations)
+    else:
+        label_map = _kmeans_map(scene, pre, train_mask, scene.n_classes, seed,
+                                whiten=method == "kmeans")
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    scored = scene.labels > 0
+    metrics = evaluate(scene.labels[scored], label_map[scored])
+    return RunResult(scene.name, method, protocol, seed, metrics, cpu, wall, label_map, history)
+
+
+def run_seeds(
+    scene: Scene, method: Method, protocol: str, seeds: list[int], cfg: SSCCConfig,
+    verbose: bool = False,
+) -> list[RunResult]:
+    """:func:`run_one` for each seed, in order."""
+    return [run_one(scene, method, protocol, s, cfg, verbose) for s in seeds]
+
+
+def summarise(results: list[RunResult]) -> dict[str, Any]:
+    """Mean and population std of every score and time over runs of one setting.
+
+    Returns:
+        ``{"dataset", "method", "protocol", "seeds", "<score>_mean", "<score>_std", ...,
+        "cpu_seconds_mean", "wall_seconds_mean"}``.
+
+    Raises:
+        ValueError: No result, or results of different settings.
+    """
+    if not results:
+        raise ValueError("summarise: no run results")
+    settings = {(r.dataset, r.method, r.protocol) for r in results}
+    if len(settings) != 1:
+        raise ValueError(f"summarise: results mix settings {sorted(settings)}")
+    first = results[0]
+    out: dict[str, Any] = {"dataset": first.dataset, "method": first.method,
+                           "protocol": first.protocol, "seeds": [r.seed for r in results]}
+    for key in SCORES:
+        vals = np.array([r.metrics[key] for r in results])
+        out[f"{key}_mean"], out[f"{key}_std"] = float(vals.mean()), float(vals.std())
+    out["cpu_seconds_mean"] = float(np.mean([r.cpu_seconds for r in results]))
+    out["wall_seconds_mean"] = float(np.mean([r.wall_seconds for r in results]))
+    return out
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """One Markdown table row: ACC, NMI, ARI, kappa (mean ± std), CPU and wall seconds."""
+    cells = [f"{summary[f'{k}_mean']:.3f} ± {summary[f'{k}_std']:.3f}"
+             for k in ("acc", "nmi", "ari", "kappa")]
+    return (f"| {summary['dataset']} | {summary['method']} | {summary['protocol']} | "
+            + " | ".join(cells)
+            + f" | {summary['cpu_seconds_mean']:.0f} | {summary['wall_seconds_mean']:.0f} |")
