@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-import scipy.io as sio
 import xarray as xr
 import zarr
 from matplotlib.image import imread
@@ -31,19 +29,22 @@ from sscc_core.export import (
     write_spectra_csv,
 )
 
-SALINAS = Path("/work/shared/data/salinasA")
 SALINAS_CLASSES = (1, 10, 11, 12, 13, 14)
 
 
 @pytest.fixture(scope="module")
-def salinas() -> tuple[np.ndarray, np.ndarray]:
+def salinas_gt(mat) -> np.ndarray:
+    """Salinas-A ground truth (83, 86), source class ids {1, 10..14}, 0 = unlabelled."""
+    return mat("salinasA/SalinasA_gt.mat", "salinasA_gt")
+
+
+@pytest.fixture(scope="module")
+def salinas_labelled(salinas: np.ndarray, salinas_gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Salinas-A cube (204, 83, 86) int16 and its classes remapped to 0..5 (255 = unlabelled)."""
-    cube = sio.loadmat(SALINAS / "SalinasA_corrected.mat")["salinasA_corrected"]
-    gt = sio.loadmat(SALINAS / "SalinasA_gt.mat")["salinasA_gt"]
-    labels = np.full(gt.shape, 255, np.uint8)
+    labels = np.full(salinas_gt.shape, 255, np.uint8)
     for i, c in enumerate(SALINAS_CLASSES):
-        labels[gt == c] = i
-    return np.ascontiguousarray(cube.transpose(2, 0, 1)), labels
+        labels[salinas_gt == c] = i
+    return salinas, labels
 
 
 def _label_map(values: np.ndarray, nodata: int, crs: str | None = None) -> xr.DataArray:
@@ -135,8 +136,8 @@ def test_quicklook_pixels_match_colormap(tmp_path):
         assert tuple(img[r, c, :3]) == want, (r, c, values[r, c])
 
 
-def test_quicklook_small_map_is_enlarged_with_title(tmp_path, salinas):
-    _, labels = salinas
+def test_quicklook_small_map_is_enlarged_with_title(tmp_path, salinas_labelled):
+    _, labels = salinas_labelled
     cmap = label_colormap(6, nodata=255)
     path = write_quicklook(_label_map(labels, 255), tmp_path / "q.png", cmap, title="Salinas-A")
     img = np.round(imread(path) * 255).astype(int)
@@ -155,8 +156,8 @@ def _reference(cube: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray
     return count, mean, std
 
 
-def test_cluster_spectra_match_numpy_on_salinas(tmp_path, salinas):
-    cube, labels = salinas
+def test_cluster_spectra_match_numpy_on_salinas(tmp_path, salinas_labelled):
+    cube, labels = salinas_labelled
     count, mean, std = _reference(cube, labels, 6)
     assert count.sum() == 5348
     stats = cluster_mean_spectra(cube, labels, None, 6, nodata=255, tile_size=1024)
@@ -179,8 +180,8 @@ def test_cluster_spectra_match_numpy_on_salinas(tmp_path, salinas):
     np.testing.assert_allclose(streamed.std, std_v * 1e-4, rtol=1e-9)
 
 
-def test_cluster_spectra_empty_cluster_and_bad_labels(salinas):
-    cube, labels = salinas
+def test_cluster_spectra_empty_cluster_and_bad_labels(salinas_labelled):
+    cube, labels = salinas_labelled
     stats = cluster_mean_spectra(cube, labels, None, 8, nodata=255)
     assert list(stats.count[6:]) == [0, 0] and np.isnan(stats.mean[6:]).all()
     with pytest.raises(ValueError, match="label 5 outside 0..4"):
@@ -189,8 +190,8 @@ def test_cluster_spectra_empty_cluster_and_bad_labels(salinas):
         cluster_mean_spectra(cube[:, :80], labels, None, 6, nodata=255)
 
 
-def test_spectra_csv_and_plot(tmp_path, salinas):
-    cube, labels = salinas
+def test_spectra_csv_and_plot(tmp_path, salinas_labelled):
+    cube, labels = salinas_labelled
     stats = cluster_mean_spectra(cube, labels, None, 7, nodata=255)
     wl = np.linspace(400.0, 2500.0, 204)
     path = write_spectra_csv(stats, wl, tmp_path / "s.csv")
@@ -215,9 +216,9 @@ def test_metrics_json_round_trip(tmp_path):
     assert json.loads(prov["inputs"]) == ["scene.zarr"] and prov["tiles"] == "12"
 
 
-def test_export_all_bundle(tmp_path, salinas):
-    cube, labels = salinas
-    gt = sio.loadmat(SALINAS / "SalinasA_gt.mat")["salinasA_gt"].astype(np.int16)
+def test_export_all_bundle(tmp_path, salinas_labelled, salinas_gt):
+    cube, labels = salinas_labelled
+    gt = salinas_gt.astype(np.int16)
     lab_da = _label_map(labels, 255)
     ds = xr.Dataset(
         {"reflectance": (("band", "y", "x"), cube, {"reflectance_scale": 1e-4}),
@@ -244,9 +245,9 @@ def test_export_all_bundle(tmp_path, salinas):
         assert counts[i, c - 1] == (gt == c).sum() == counts[i].sum()
 
 
-def test_cluster_class_counts_tiles_agree(salinas):
-    _, labels = salinas
-    gt = sio.loadmat(SALINAS / "SalinasA_gt.mat")["salinasA_gt"]
+def test_cluster_class_counts_tiles_agree(salinas_labelled, salinas_gt):
+    _, labels = salinas_labelled
+    gt = salinas_gt
     lab_da = _label_map(labels, 255)
     np.testing.assert_array_equal(cluster_class_counts(lab_da, gt, 6, tile_size=16),
                                   cluster_class_counts(lab_da, gt, 6, tile_size=1000))
