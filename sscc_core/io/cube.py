@@ -109,6 +109,19 @@ def valid_mask(
     return valid, n_nonfinite
 
 
+def cube_attrs(name: str, sources: list[str], n_nonfinite: int, **extra: object) -> dict[str, object]:
+    """The provenance attributes of a cube: name, input paths, version, creation time (UTC),
+    count of pixels with NaN/inf values, plus ``extra``."""
+    return {
+        "name": name,
+        "source": sources,
+        "sscc_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "n_nonfinite": n_nonfinite,
+        **extra,
+    }
+
+
 def make_cube(
     data: ArrayLike,
     *,
@@ -186,14 +199,7 @@ def make_cube(
     ds = xr.Dataset(
         variables,
         coords=coords,
-        attrs={
-            "name": name,
-            "source": sources,
-            "sscc_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "n_nonfinite": n_nonfinite,
-            **(attrs or {}),
-        },
+        attrs=cube_attrs(name, sources, n_nonfinite, **(attrs or {})),
     )
     if affine is not None:
         ds = ds.rio.write_transform(affine)

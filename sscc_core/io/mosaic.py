@@ -12,7 +12,6 @@ from :func:`mosaic_template` and let workers fill disjoint chunk-aligned windows
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -22,8 +21,7 @@ import xarray as xr
 from affine import Affine
 from rasterio.crs import CRS
 
-from sscc_core import __version__
-from sscc_core.io.cube import pixel_centres
+from sscc_core.io.cube import cube_attrs, pixel_centres
 
 
 @dataclass(frozen=True)
@@ -165,14 +163,8 @@ def mosaic_template(
     ds = xr.Dataset(
         variables,
         coords=coords,
-        attrs={
-            "name": name,
-            "source": sources,
-            "sscc_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "n_nonfinite": int(sum(int(c.attrs.get("n_nonfinite", 0)) for c in cubes)),
-            "mosaic_rule": "first-valid-wins",
-        },
+        attrs=cube_attrs(name, sources, int(sum(int(c.attrs.get("n_nonfinite", 0)) for c in cubes)),
+                         mosaic_rule="first-valid-wins"),
     )
     return ds.rio.write_transform(plan.transform).rio.write_crs(plan.crs)
 
