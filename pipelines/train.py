@@ -316,7 +316,7 @@ def run_training(
     threads: int = 1,
     shuffle_buffer: int = 4096,
     fail_at_epoch: int | None = None,
-    data_actors: int = 1,
+    data_tasks: int = 1,
 ) -> str:
     """Train on a store with Ray Train; returns the final SSCC checkpoint file (path or URL).
 
@@ -331,7 +331,7 @@ def run_training(
         max_failures: Worker-group restarts from the last checkpoint before giving up.
         threads: torch intra-op threads per worker.
         shuffle_buffer: Rows in the local shuffle buffer of each worker.
-        data_actors: Concurrent Ray Data tasks reading and augmenting tiles.
+        data_tasks: Concurrent Ray Data tasks reading and augmenting tiles.
         fail_at_epoch: Fault drill: kill worker rank 0 once, mid-way through this epoch (0-based).
     """
     import ray
@@ -362,7 +362,7 @@ def run_training(
             "clock": clock,
         },
         batch_size=1,
-        compute=ray.data.TaskPoolStrategy(size=data_actors),
+        compute=ray.data.TaskPoolStrategy(size=data_tasks),
         num_cpus=0.25,
     )
     resources = {"CPU": cpus_per_worker}
@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="logical CPUs per worker")
     p.add_argument("--max-failures", type=int, default=2, help="restarts from the last checkpoint")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    p.add_argument("--data-actors", type=int, default=1,
+    p.add_argument("--data-tasks", type=int, default=1,
                    help="concurrent Ray Data tasks reading and augmenting tiles (default 1)")
     add_config_args(p)
     add_logging_args(p)
@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_cli_config(args)
         path = run_training(
             args.store, cfg, args.run_name, args.storage_path, args.num_workers, args.use_gpu,
-            args.cpus_per_worker, args.max_failures, args.threads, data_actors=args.data_actors,
+            args.cpus_per_worker, args.max_failures, args.threads, data_tasks=args.data_tasks,
         )
         print(f"checkpoint: {path}")
 
