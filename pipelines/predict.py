@@ -176,11 +176,11 @@ class LabelTiles:
             ValueError: The input store could not be read or decoded there (corrupt chunk).
         """
         try:
-            return tile_fingerprint(self.cube, self.valid, tile, self.labeller.model.halo)
+            return tile_fingerprint(self.cube, self.valid, tile, self.labeller.context)
         except (OSError, RuntimeError, ValueError) as exc:
             raise ValueError(
                 f"{self.store}: cannot read the input of tile r{tile.row}_c{tile.col} (rows "
-                f"{tile.y0}:{tile.y1}, cols {tile.x0}:{tile.x1}, halo {self.labeller.model.halo}): "
+                f"{tile.y0}:{tile.y1}, cols {tile.x0}:{tile.x1}, halo {self.labeller.context}): "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
 

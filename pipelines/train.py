@@ -8,6 +8,8 @@ actor, since Ray Data re-executes the dataset every epoch).
 Workers: a ``TorchTrainer`` whose loop takes its shard with ``get_dataset_shard`` and steps the
 SSCC loss (DDP across workers); rank 0 writes an SSCC checkpoint every epoch, and a relaunch with
 the same run name and storage path resumes from the latest one.
+After training the driver fits what ``cfg.postprocess`` needs (BatchNorm recalibration, k-means
+readout centroids) on a sample of the clean training patches and stores it in the final checkpoint.
 
     sscc train --store cube.zarr --run-name ip --storage-path runs/ --epochs 20
     ray job submit --working-dir . -- python -m pipelines.train --store ... --run-name ...
@@ -16,6 +18,7 @@ the same run name and storage path resumes from the latest one.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import logging
@@ -36,6 +39,8 @@ from sscc_core.augment import two_views
 from sscc_core.checkpoint import Checkpoint, checkpoint_file, load_checkpoint, save_checkpoint
 from sscc_core.config import SSCCConfig, from_dict, to_dict
 from sscc_core.io.store import open_cube
+from sscc_core.model import SSCCNet
+from sscc_core.postprocess import fit_readout, readout_patches
 from sscc_core.preprocess import Preprocessor, fit_preprocessor
 from sscc_core.tiling import Tile, extract_patches_at, tile_grid, tile_valid
 from sscc_core.trainer import build_training, epoch_generator, mean_parts, tile_features, train_step, training_mask
@@ -304,6 +309,45 @@ def check_training_size(n_pixels: int, cfg: SSCCConfig, workers: int, store: str
                          f"{workers} workers; lower train.batch_size or use more data")
 
 
+def fit_final_readout(ckpt: Checkpoint, store: str, pre: Preprocessor, tiles: list[dict[str, int]]) -> Checkpoint:
+    """Driver-side readout fitting after training (``cfg.postprocess``): BatchNorm recalibration
+    and/or k-means on the backbone features of a seeded sample of the clean training patches
+    (:func:`sscc_core.postprocess.fit_readout`, as the accuracy harness does).
+
+    Args:
+        ckpt: The final checkpoint of the training loop.
+        store: Cube store trained on.
+        pre: The run's pre-processing.
+        tiles: :func:`training_tiles` descriptors (the tiles holding training pixels).
+
+    Returns:
+        ``ckpt`` with the recalibrated weights and the ``readout_state`` (k-means centroids).
+    """
+    import zarr
+
+    start = time.perf_counter()
+    cfg = ckpt.config
+    group = zarr.open_group(store, mode="r")
+    labels = group["labels"] if "labels" in group else None
+    mask = np.zeros(group["valid"].shape, dtype=bool)
+    for t in tiles:
+        tile = Tile(t["row"], t["col"], t["y0"], t["y1"], t["x0"], t["x1"])
+        lab = None if labels is None else labels[tile.y0 : tile.y1, tile.x0 : tile.x1]
+        mask[tile.y0 : tile.y1, tile.x0 : tile.x1] = training_mask(
+            tile_valid(group["valid"], tile), lab, cfg.train.protocol, allow_empty=True)
+    patches = readout_patches(group["reflectance"], group["valid"], mask, pre,
+                              cfg.preprocess.patch_size, cfg.train.seed, tile_size=cfg.tile.tile_size)
+    model = SSCCNet(cfg.model, ckpt.in_channels, cfg.preprocess.patch_size)
+    model.load_state_dict(ckpt.model_state)
+    readout_state = fit_readout(model, patches, cfg)
+    seconds = time.perf_counter() - start
+    log_event(log, "readout fitted", readout=cfg.postprocess.readout,
+              bn_recalibrate=cfg.postprocess.bn_recalibrate, n_patches=len(patches), seconds=seconds)
+    extra = {**(ckpt.extra or {}), "readout": {"n_patches": len(patches), "seconds": seconds}}
+    return dataclasses.replace(ckpt, model_state=model.state_dict(), readout_state=readout_state,
+                               extra=extra)
+
+
 def run_training(
     store: str,
     cfg: SSCCConfig,
@@ -396,6 +440,9 @@ def run_training(
     trainer.fit()
     path = checkpoint_file(storage.join(run_dir, "final"))
     ckpt = load_checkpoint(path)
+    if cfg.postprocess.readout == "kmeans" or cfg.postprocess.bn_recalibrate:
+        ckpt = fit_final_readout(ckpt, store, pre, tiles)
+        save_checkpoint(ckpt, path)
     log_event(log, "final checkpoint", path=path, model_version=ckpt.model_version, epoch=ckpt.epoch)
     history = json.dumps((ckpt.extra or {}).get("history", []), indent=1)
     storage.write_bytes(storage.join(run_dir, "history.json"), history.encode())

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from sscc_core import __version__, storage
-from sscc_core.config import SSCCConfig, from_dict, to_dict
+from sscc_core.config import PostprocessConfig, SSCCConfig, from_dict, to_dict
 
 FORMAT = "sscc-checkpoint/1"
 FILENAME = "model.pt"
@@ -43,6 +43,9 @@ class Checkpoint:
         scheduler_state: LR scheduler ``state_dict`` (or ``None``).
         wavelength: Band centres in nm the model was fitted on (empty when unknown).
         extra: Free-form JSON-serialisable provenance (input store, metrics, timings).
+        readout_state: Tensors of the fitted readout (``{"centroids": (K, D) float32}`` for
+            ``postprocess.readout == "kmeans"``), or ``None`` (head readout; files written
+            before this field existed).
     """
 
     config: SSCCConfig
@@ -55,12 +58,21 @@ class Checkpoint:
     scheduler_state: dict[str, Any] | None = None
     wavelength: tuple[float, ...] = ()
     extra: dict[str, Any] | None = None
+    readout_state: dict[str, torch.Tensor] | None = None
 
     @property
     def model_version(self) -> str:
-        """Content hash of the weights and pre-processing: same weights, same version."""
+        """Content hash of everything that determines the labels: weights, pre-processing, and,
+        when present, the readout state and a non-default ``postprocess`` config (so files
+        without them keep the version they always had)."""
         h = hashlib.sha256()
-        for state in (self.model_state, self.preprocess_state):
+        states = [self.model_state, self.preprocess_state]
+        if self.readout_state is not None:
+            h.update(b"readout_state")
+            states.append(self.readout_state)
+        if self.config.postprocess != PostprocessConfig():
+            h.update(json.dumps(to_dict(self.config.postprocess), sort_keys=True).encode())
+        for state in states:
             for name in sorted(state):
                 h.update(name.encode())
                 value = state[name]
@@ -103,6 +115,7 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> str:
         "scheduler_state": ckpt.scheduler_state,
         "wavelength": list(ckpt.wavelength),
         "extra_json": json.dumps(ckpt.extra or {}),
+        "readout_state": ckpt.readout_state,
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -143,6 +156,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             scheduler_state=payload["scheduler_state"],
             wavelength=tuple(float(w) for w in payload["wavelength"]),
             extra=json.loads(payload["extra_json"]),
+            readout_state=payload.get("readout_state"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: malformed SSCC checkpoint ({exc})") from exc

@@ -36,8 +36,8 @@ from sscc_core.config import SSCCConfig, replace
 from sscc_core.inference import Labeller, label_scene
 from sscc_core.io.matlab import read_benchmark
 from sscc_core.metrics import evaluate
-from sscc_core.model import SSCCNet
-from sscc_core.postprocess import NODATA, mode_filter
+from sscc_core.model import recalibrate_batchnorm  # noqa: F401 (re-exported, harness API)
+from sscc_core.postprocess import NODATA, fit_readout, mode_filter, readout_patches
 from sscc_core.preprocess import Preprocessor, fit_preprocessor
 from sscc_core.trainer import gather_patches, train_reference, training_mask
 
@@ -152,44 +152,10 @@ def _kmeans_map(
     return _scatter(predict(model, pixels[scene.valid.reshape(-1)]), scene.valid)
 
 
-def recalibrate_batchnorm(model: SSCCNet, patches: torch.Tensor, batch_size: int = 2048) -> None:
-    """Re-estimate every BatchNorm's running mean and variance on clean (unaugmented) patches.
-
-    Training only ever shows the network augmented views (crops, blur, zeroed pixels and bands),
-    so the running statistics it accumulates describe those, not the clean patches that are
-    labelled at inference. This replaces them by the exact average of the batch statistics of
-    ``patches`` (cumulative moving average, ``momentum=None``); weights are not touched.
-
-    Args:
-        model: The trained network (left in eval mode).
-        patches: (N, C, P, P) clean patches, e.g. the training pixels' patches.
-        batch_size: Patches per forward pass.
-    """
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for batch in patches.split(batch_size):
-            model.features(batch)
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    model.eval()
-
-
-def backbone_features(model: SSCCNet, patches: torch.Tensor, batch_size: int = 2048) -> np.ndarray:
-    """Eval-mode backbone features of patches, (N, C, P, P) -> (N, D) float32."""
-    model.eval()
-    with torch.no_grad():
-        chunks = [model.features(b) for b in patches.split(batch_size)]
-    return torch.cat(chunks).numpy()
-
-
 def _sscc_map(scene: Scene, pre: Preprocessor, train_mask: np.ndarray, cfg: SSCCConfig,
               verbose: bool) -> tuple[np.ndarray, list[dict[str, float]]]:
-    """Train SSCC on ``train_mask``'s patches and label every valid pixel (before filtering)."""
+    """Train SSCC on ``train_mask``'s patches, fit the ``cfg.postprocess`` readout (as ``sscc
+    train`` does) and label every valid pixel (before filtering)."""
     p = cfg.preprocess.patch_size
     patches, _ = gather_patches(scene.cube, scene.valid, train_mask, pre, p)
 
@@ -199,19 +165,11 @@ def _sscc_map(scene: Scene, pre: Preprocessor, train_mask: np.ndarray, cfg: SSCC
                   f"lr {summary['lr']:.2e} {summary['seconds']:.1f}s", flush=True)
 
     training = train_reference(torch.from_numpy(patches), cfg, on_epoch=log)
-    model = training.model.eval()
-    post = cfg.postprocess
-    if post.bn_recalibrate:
-        recalibrate_batchnorm(model, torch.from_numpy(patches))
-    if post.readout == "head":
-        labels, _ = label_scene(Labeller(model, pre), scene.cube, scene.valid)
-        return labels, training.history
-    all_patches, coords = gather_patches(scene.cube, scene.valid, scene.valid, pre, p)
-    feats = backbone_features(model, torch.from_numpy(all_patches))
-    on_train = train_mask[coords[:, 0], coords[:, 1]]
-    km = fit_kmeans(feats[on_train], cfg.model.n_clusters, cfg.train.seed)
-    labels = np.full(scene.valid.shape, NODATA, dtype=np.int64)
-    labels[coords[:, 0], coords[:, 1]] = predict(km, feats)
+    model = training.model
+    readout = fit_readout(model, readout_patches(scene.cube, scene.valid, train_mask, pre, p,
+                                                 cfg.train.seed), cfg)
+    labeller = Labeller(model, pre, centroids=None if readout is None else readout["centroids"])
+    labels, _ = label_scene(labeller, scene.cube, scene.valid)
     return labels, training.history
 
 

@@ -2,7 +2,12 @@
 
 A tile is read with a halo of ``patch_size // 2``, mapped to standardised PCA features, and
 labelled either densely (``"fcn"`` backbone: one fully convolutional pass) or patch by patch
-(any backbone). Nodata pixels get the ``nodata`` label and zero confidence.
+(any backbone), by the readout of the checkpoint's ``postprocess`` config: the cluster head's
+argmax, or the nearest k-means centroid of the backbone features. With a mode filter
+(``postprocess.mode_window > 1``) the tile is labelled grown by the filter's reach
+(:func:`sscc_core.postprocess.mode_reach`, clipped to the scene), filtered, and cropped back, so
+tiled labels equal the whole-scene filter. Nodata pixels get the ``nodata`` label and zero
+confidence.
 """
 
 from __future__ import annotations
@@ -15,8 +20,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from sscc_core.checkpoint import Checkpoint
-from sscc_core.model import SSCCNet, predict_dense, predict_patches
+from sscc_core.checkpoint import Checkpoint, CheckpointError
+from sscc_core.model import (
+    SSCCNet,
+    backbone_features,
+    dense_features,
+    predict_dense,
+    predict_patches,
+)
+from sscc_core.postprocess import mode_filter, mode_reach, nearest_centroid
 from sscc_core.preprocess import Preprocessor
 from sscc_core.tiling import Tile, extract_patches_at, tile_grid, tile_valid
 from sscc_core.trainer import tile_features
@@ -86,20 +98,62 @@ class Labeller:
         pre: The pre-processing fitted at training time.
         mode: ``"dense"`` (fcn backbone only), ``"patch"``, or ``"auto"`` (dense when possible).
         batch_size: Patches per forward pass in patch mode.
+        centroids: (K, D) float32 k-means centroids of the backbone features: each pixel gets
+            its nearest one (confidence ``1 - d_nearest / d_second``); ``None``: the cluster
+            head's argmax (confidence = max softmax probability).
+        mode_window: Odd side of the majority filter window, in pixels (1 = off).
+        mode_iterations: Passes of the majority filter.
     """
 
     model: SSCCNet
     pre: Preprocessor
     mode: Mode = "auto"
     batch_size: int = 2048
+    centroids: torch.Tensor | None = None
+    mode_window: int = 1
+    mode_iterations: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mode_window < 1 or self.mode_window % 2 == 0:
+            raise ValueError(f"Labeller: mode_window must be a positive odd number, got {self.mode_window}")
+        if self.mode_iterations < 1:
+            raise ValueError(f"Labeller: mode_iterations must be >= 1, got {self.mode_iterations}")
+        if self.centroids is not None:
+            dim = self.model.feature_dim
+            if self.centroids.ndim != 2 or self.centroids.shape[1] != dim or len(self.centroids) < 2:
+                raise ValueError(f"Labeller: centroids must be (K >= 2, {dim}) for this model's "
+                                 f"{dim}-d features, got {tuple(self.centroids.shape)}")
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, mode: Mode = "auto", batch_size: int = 2048) -> "Labeller":
-        """Rebuild the network and pre-processing stored in a checkpoint."""
+        """Rebuild the network, pre-processing and ``postprocess`` readout of a checkpoint.
+
+        Raises:
+            CheckpointError: ``postprocess.readout`` is ``"kmeans"`` but the checkpoint holds no
+                fitted centroids (``readout_state["centroids"]``).
+        """
         model = SSCCNet(ckpt.config.model, ckpt.in_channels, ckpt.config.preprocess.patch_size)
         model.load_state_dict(ckpt.model_state)
         model.eval()
-        return cls(model, Preprocessor.from_state(ckpt.preprocess_state), mode, batch_size)
+        post = ckpt.config.postprocess
+        centroids = None
+        if post.readout == "kmeans":
+            centroids = (ckpt.readout_state or {}).get("centroids")
+            if centroids is None:
+                raise CheckpointError(
+                    "checkpoint config has postprocess.readout 'kmeans' but the checkpoint holds no "
+                    "k-means centroids (readout_state['centroids']); it was not written by the end "
+                    "of `sscc train` (a per-epoch checkpoint, or an older version): finish training "
+                    "with this version, or use a config with postprocess.readout 'head'"
+                )
+        return cls(model, Preprocessor.from_state(ckpt.preprocess_state), mode, batch_size,
+                   centroids, post.mode_window, post.mode_iterations)
+
+    @property
+    def context(self) -> int:
+        """Pixels around a tile its labels depend on: the patch halo plus the mode filter's reach
+        (the input window a tile's fingerprint must cover)."""
+        return self.model.halo + mode_reach(self.mode_window, self.mode_iterations)
 
     @property
     def dense(self) -> bool:
@@ -114,7 +168,10 @@ class Labeller:
             raise ValueError(f"model expects {self.pre.n_bands} bands, cube has {n_bands}")
 
     def label_tile(self, cube: Any, valid: Any, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
-        """Labels and confidence of one tile.
+        """Labels and confidence of one tile, mode-filtered when the filter is on.
+
+        The filtered labels of the tile equal :func:`sscc_core.postprocess.mode_filter` of the
+        whole scene's unfiltered label map, cropped to the tile.
 
         Args:
             cube: (B, H, W) array-like (numpy or zarr).
@@ -123,9 +180,22 @@ class Labeller:
 
         Returns:
             ``(labels, confidence)``: (h, w) int64 cluster ids (-1 at nodata) and (h, w) float32
-            max softmax probability (0 at nodata).
+            confidence of the readout before filtering (0 at nodata).
         """
         self.check_cube(int(cube.shape[0]))
+        reach = mode_reach(self.mode_window, self.mode_iterations)
+        if reach == 0:
+            return self._label_window(cube, valid, tile)
+        height, width = int(cube.shape[-2]), int(cube.shape[-1])
+        grown = Tile(tile.row, tile.col, max(0, tile.y0 - reach), min(height, tile.y1 + reach),
+                     max(0, tile.x0 - reach), min(width, tile.x1 + reach))
+        labels, conf = self._label_window(cube, valid, grown)
+        labels = mode_filter(labels, self.mode_window, self.mode_iterations)
+        crop = (slice(tile.y0 - grown.y0, tile.y1 - grown.y0), slice(tile.x0 - grown.x0, tile.x1 - grown.x0))
+        return labels[crop], conf[crop]
+
+    def _label_window(self, cube: Any, valid: Any, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+        """Unfiltered labels and confidence of one window (see :meth:`label_tile`)."""
         halo = self.model.halo
         mask = tile_valid(valid, tile)
         labels = np.full(mask.shape, -1, dtype=np.int64)
@@ -133,17 +203,28 @@ class Labeller:
         if not mask.any():
             return labels, conf
         feats = torch.from_numpy(tile_features(cube, valid, tile, self.pre, halo))
-        if self.dense:
+        if self.centroids is not None:
+            if self.dense:
+                vectors = dense_features(self.model, feats)[:, torch.from_numpy(mask)].T
+            else:
+                vectors = backbone_features(self.model, self._patches(feats, mask), self.batch_size)
+            lab, c = nearest_centroid(vectors, self.centroids)
+            labels[mask], conf[mask] = lab.numpy(), c.numpy()
+        elif self.dense:
             lab, probs = predict_dense(self.model, feats)
             labels[mask] = lab.numpy()[mask]
             conf[mask] = probs.max(dim=0).values.numpy()[mask]
         else:
-            coords = np.argwhere(mask)
-            patches = torch.from_numpy(extract_patches_at(feats.numpy(), coords, self.model.patch_size))
-            lab, probs = predict_patches(self.model, patches, self.batch_size)
+            lab, probs = predict_patches(self.model, self._patches(feats, mask), self.batch_size)
             labels[mask] = lab.numpy()
             conf[mask] = probs.max(dim=1).values.numpy()
         return labels, conf
+
+    def _patches(self, feats: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
+        """(N, C, P, P) patches of the ``mask`` pixels (row-major) of a tile's (C, h + 2 halo,
+        w + 2 halo) features."""
+        coords = np.argwhere(mask)
+        return torch.from_numpy(extract_patches_at(feats.numpy(), coords, self.model.patch_size))
 
 
 def label_scene(

@@ -199,14 +199,30 @@ class SSCCNet(nn.Module):
             ValueError: The backbone is not ``"fcn"`` (the zero-padded ``"resnet"`` cannot be
                 evaluated densely), or the tile has the wrong shape or is smaller than a patch.
         """
+        fmap = self.dense_features(tile)  # (B, D, H, W)
+        return self.head(fmap.movedim(1, -1)).movedim(-1, 1)
+
+    def dense_features(self, tile: Tensor) -> Tensor:
+        """Per-pixel backbone features of a tile read with a halo of ``patch_size // 2``.
+
+        Equals :meth:`features` on every pixel's P x P patch when the model is in eval mode.
+
+        Args:
+            tile: (B, C, H + 2 halo, W + 2 halo).
+
+        Returns:
+            (B, D, H, W) features.
+
+        Raises:
+            ValueError: The backbone is not ``"fcn"``, or the tile has the wrong shape.
+        """
         if self.cfg.backbone != "fcn":
             raise ValueError(
-                f"SSCCNet.dense_probs: needs backbone 'fcn', got {self.cfg.backbone!r} (its zero "
-                "padding makes dense output differ from per-patch output)"
+                f"SSCCNet.dense_features: needs backbone 'fcn', got {self.cfg.backbone!r} (its "
+                "zero padding makes dense output differ from per-patch output)"
             )
-        self._check(tile, "dense_probs", exact=False)
-        fmap = self.backbone(tile)  # (B, D, H, W)
-        return self.head(fmap.movedim(1, -1)).movedim(-1, 1)
+        self._check(tile, "dense_features", exact=False)
+        return self.backbone(tile)
 
 
 class TwinForward(nn.Module):
@@ -275,3 +291,66 @@ def predict_dense(model: SSCCNet, tile: Tensor) -> tuple[Tensor, Tensor]:
     with _inference(model):
         probs = model.dense_probs(tile[None])[0]
     return probs.argmax(dim=0), probs
+
+
+def backbone_features(model: SSCCNet, patches: Tensor, batch_size: int = 2048) -> Tensor:
+    """Eval-mode backbone features of patches, batch by batch.
+
+    Args:
+        model: The network (any backbone).
+        patches: (N, C, P, P) on the model's device.
+        batch_size: Patches per forward pass.
+
+    Returns:
+        (N, D) features.
+    """
+    if batch_size < 1:
+        raise ValueError(f"backbone_features: batch_size must be >= 1, got {batch_size}")
+    with _inference(model):
+        chunks = [model.features(b) for b in patches.split(batch_size)]
+    return torch.cat(chunks) if chunks else patches.new_zeros((0, model.feature_dim))
+
+
+def dense_features(model: SSCCNet, tile: Tensor) -> Tensor:
+    """Eval-mode backbone features of every pixel of one tile, fully convolutionally.
+
+    Args:
+        model: An ``"fcn"`` network.
+        tile: (C, H + 2 halo, W + 2 halo) with ``halo = model.halo``.
+
+    Returns:
+        (D, H, W) features, equal to :func:`backbone_features` of every pixel's patch.
+    """
+    if tile.ndim != 3:
+        raise ValueError(f"dense_features: expected a (C, H + 2 halo, W + 2 halo) tile, got "
+                         f"{tuple(tile.shape)}")
+    with _inference(model):
+        return model.dense_features(tile[None])[0]
+
+
+def recalibrate_batchnorm(model: SSCCNet, patches: Tensor, batch_size: int = 2048) -> None:
+    """Re-estimate every BatchNorm's running mean and variance on clean (unaugmented) patches.
+
+    Training only ever shows the network augmented views (crops, blur, zeroed pixels and bands),
+    so the running statistics it accumulates describe those, not the clean patches that are
+    labelled at inference. This replaces them by the exact average of the batch statistics of
+    ``patches`` (cumulative moving average, ``momentum=None``); weights are not touched. Running
+    it twice gives the same statistics (train-mode BatchNorm never reads its running stats).
+
+    Args:
+        model: The trained network (left in eval mode).
+        patches: (N, C, P, P) clean patches, e.g. the training pixels' patches.
+        batch_size: Patches per forward pass.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for batch in patches.split(batch_size):
+            model.features(batch)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
