@@ -517,18 +517,24 @@ def plot_spectra(
     colormap: Mapping[int, tuple[int, int, int, int]],
     title: str | None = None,
 ) -> Path:
-    """PNG of each non-empty cluster's mean spectrum with a +-1 std band, in its map colour."""
+    """PNG of each non-empty cluster's mean spectrum with a +-1 std band, in its map colour.
+
+    Bands are drawn in wavelength order (band tables with spectrometer overlaps, like AVIRIS
+    Indian Pines, are not monotonic in band order).
+    """
     from matplotlib.figure import Figure
 
     n_bands = stats.mean.shape[1]
     x = np.arange(n_bands) if wavelength is None else np.asarray(wavelength, np.float64)
+    order = np.argsort(x, kind="stable")
+    x = x[order]
     fig = Figure(figsize=(9, 5), dpi=100)
     ax = fig.add_subplot()
     for c in np.flatnonzero(stats.count > 0):
         colour = np.array(colormap.get(int(c), (80, 80, 80, 255))[:3]) / 255.0
-        ax.plot(x, stats.mean[c], color=colour, lw=1.2, label=f"{c} (n={stats.count[c]})")
-        ax.fill_between(x, stats.mean[c] - stats.std[c], stats.mean[c] + stats.std[c],
-                        color=colour, alpha=0.15, lw=0)
+        mean, std = stats.mean[c][order], stats.std[c][order]
+        ax.plot(x, mean, color=colour, lw=1.2, label=f"{c} (n={stats.count[c]})")
+        ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.15, lw=0)
     ax.set_xlabel("band index" if wavelength is None else "wavelength (nm)")
     ax.set_ylabel("reflectance")
     ax.set_title(title or "cluster mean spectra (+-1 std)")
