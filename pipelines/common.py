@@ -41,6 +41,17 @@ def ensure_ray() -> None:
         ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local")
 
 
+def gather_tasks(refs: list[Any], on_done: Callable[[int, Any], None]) -> None:
+    """Wait for Ray tasks, calling ``on_done(index, result)`` as each finishes (progress)."""
+    import ray
+
+    index = {ref: i for i, ref in enumerate(refs)}
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        on_done(index[done[0]], ray.get(done[0]))
+
+
 class JsonLinesFormatter(logging.Formatter):
     """One JSON object per record: ``time``, ``level``, ``stage``, ``event`` plus the fields
     passed as ``extra={"fields": {...}}``."""

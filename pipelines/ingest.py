@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ray
 
-from pipelines.common import ensure_ray, run_stage
+from pipelines.common import ensure_ray, gather_tasks, run_stage
 from sscc_core.io import matlab, mosaic, store
 from sscc_core.io.readers import read_any
 
@@ -84,15 +83,6 @@ def fill_windows(lines: list[str], plan: mosaic.MosaicPlan, target: str,
     return len(windows)
 
 
-def _gather(refs: list[Any], on_done: Callable[[int, Any], None]) -> None:
-    """Wait for Ray tasks, calling ``on_done(index, result)`` as each finishes."""
-    index = {ref: i for i, ref in enumerate(refs)}
-    pending = list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        on_done(index[done[0]], ray.get(done[0]))
-
-
 def _stores_for(inputs: list[str], out: Path, use_mosaic: bool) -> list[Path]:
     """One store path per input: ``OUT/<stem>.zarr`` (or ``<OUT>.lines/`` with --mosaic)."""
     root = out.with_name(out.name + ".lines") if use_mosaic else out
@@ -107,7 +97,7 @@ def _ingest_lines(inputs: list[str], targets: list[Path], args: argparse.Namespa
     task = ray.remote(ingest_file)
     refs = [task.remote(i, str(t), args.chunk, args.shard, args.overwrite)
             for i, t in zip(inputs, targets)]
-    _gather(refs, lambda i, s: print(_line(f"ingested {inputs[i]} -> {s['store']}", s), flush=True))
+    gather_tasks(refs, lambda i, s: print(_line(f"ingested {inputs[i]} -> {s['store']}", s), flush=True))
 
 
 def _mosaic(lines: list[Path], args: argparse.Namespace) -> dict[str, Any]:
@@ -122,7 +112,7 @@ def _mosaic(lines: list[Path], args: argparse.Namespace) -> dict[str, Any]:
         groups = [windows[i : i + WINDOWS_PER_TASK]
                   for i in range(0, len(windows), WINDOWS_PER_TASK)]
         refs = [task.remote([str(p) for p in lines], plan, str(tmp), g) for g in groups]
-        _gather(refs, lambda i, n: None)
+        gather_tasks(refs, lambda i, n: None)
     print(f"mosaicked {len(lines)} lines onto a {plan.height} x {plan.width} grid "
           f"({len(windows)} windows)", flush=True)
     return {"store": args.out, **summarize(store.open_cube(args.out))}

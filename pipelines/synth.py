@@ -23,8 +23,7 @@ from typing import Any
 
 import ray
 
-from pipelines.common import ensure_ray, run_stage
-from pipelines.ingest import _gather
+from pipelines.common import ensure_ray, gather_tasks, run_stage
 from sscc_core import synthetic
 from sscc_core.io import matlab, store
 
@@ -126,7 +125,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"synth: {done['windows']}/{len(todo)} windows "
                       f"({100 * done['windows'] / len(todo):.0f}%), {rate:.1f} MB/s", flush=True)
 
-        _gather(refs, progress)
+        gather_tasks(refs, progress)
     seconds = time.perf_counter() - start
     rate = done["bytes"] / 1e6 / seconds
     print(f"synth: wrote {done['bytes'] / 1e9:.3f} GB of reflectance to {args.out} in "

@@ -43,7 +43,9 @@ from sscc_core.model import SSCCNet
 from sscc_core.postprocess import fit_readout, readout_patches
 from sscc_core.preprocess import Preprocessor, fit_preprocessor
 from sscc_core.tiling import Tile, extract_patches_at, tile_grid, tile_valid
-from sscc_core.trainer import build_training, epoch_generator, mean_parts, tile_features, train_step, training_mask
+from sscc_core.trainer import (
+    build_training, epoch_generator, mean_parts, tile_features, tile_training_mask, train_step,
+)
 
 log = logging.getLogger("sscc.train")
 
@@ -97,9 +99,7 @@ class TilePatches:
     def patches(self, tile: Tile) -> np.ndarray:
         """(N, C, P, P) standardised PCA patches of the tile's training pixels (row-major)."""
         p = self.cfg.preprocess.patch_size
-        labels = None if self.labels is None else self.labels[tile.y0 : tile.y1, tile.x0 : tile.x1]
-        mask = training_mask(tile_valid(self.valid, tile), labels, self.cfg.train.protocol, allow_empty=True)
-        coords = np.argwhere(mask)
+        coords = np.argwhere(tile_training_mask(self.valid, self.labels, tile, self.cfg.train.protocol))
         if not len(coords):
             return np.zeros((0, self.pre.n_components, p, p), np.float32)
         return extract_patches_at(tile_features(self.cube, self.valid, tile, self.pre, p // 2), coords, p)
@@ -155,8 +155,7 @@ def training_tiles(store: str, protocol: str, tile_size: int) -> list[dict[str, 
         raise ValueError(f"{store}: protocol 'labelled' needs a 'labels' variable; use train.protocol=all")
     tiles = []
     for t in tile_grid(*valid.shape, tile_size):
-        lab = None if labels is None else labels[t.y0 : t.y1, t.x0 : t.x1]
-        n_pixels = int(training_mask(tile_valid(valid, t), lab, protocol, allow_empty=True).sum())
+        n_pixels = int(tile_training_mask(valid, labels, t, protocol).sum())
         if n_pixels:
             tiles.append({"row": t.row, "col": t.col, "y0": t.y0, "y1": t.y1, "x0": t.x0, "x1": t.x1,
                           "n_pixels": n_pixels})
@@ -282,7 +281,8 @@ def fit_or_reuse_preprocessor(store: str, cfg: SSCCConfig, run_dir: str) -> Prep
         return Preprocessor.from_state(torch.load(io.BytesIO(storage.read_bytes(path)), weights_only=True))
 
     group = zarr.open_group(store, mode="r")
-    n_valid = int(np.count_nonzero(group["valid"][:]))
+    valid = group["valid"]
+    n_valid = sum(int(tile_valid(valid, t).sum()) for t in tile_grid(*valid.shape, cfg.tile.tile_size))
     method = "exact" if n_valid <= cfg.preprocess.sample_pixels else "sample"
     log_event(log, "fit preprocessing", method=method, n_valid=n_valid)
     pre = fit_preprocessor(group["reflectance"], group["valid"], cfg.preprocess, cfg.tile.tile_size, method)
@@ -332,9 +332,8 @@ def fit_final_readout(ckpt: Checkpoint, store: str, pre: Preprocessor, tiles: li
     mask = np.zeros(group["valid"].shape, dtype=bool)
     for t in tiles:
         tile = Tile(t["row"], t["col"], t["y0"], t["y1"], t["x0"], t["x1"])
-        lab = None if labels is None else labels[tile.y0 : tile.y1, tile.x0 : tile.x1]
-        mask[tile.y0 : tile.y1, tile.x0 : tile.x1] = training_mask(
-            tile_valid(group["valid"], tile), lab, cfg.train.protocol, allow_empty=True)
+        mask[tile.y0 : tile.y1, tile.x0 : tile.x1] = tile_training_mask(
+            group["valid"], labels, tile, cfg.train.protocol)
     patches = readout_patches(group["reflectance"], group["valid"], mask, pre,
                               cfg.preprocess.patch_size, cfg.train.seed, tile_size=cfg.tile.tile_size)
     model = SSCCNet(cfg.model, ckpt.in_channels, cfg.preprocess.patch_size)

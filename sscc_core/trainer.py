@@ -192,6 +192,22 @@ def training_mask(
     return mask
 
 
+def tile_training_mask(valid: Any, labels: Any | None, tile: Any, protocol: str) -> np.ndarray:
+    """:func:`training_mask` of one tile, read from (H, W) array-likes (numpy or zarr).
+
+    Args:
+        valid: (H, W) bool array-like.
+        labels: (H, W) int array-like ground truth, or ``None``.
+        tile: A :class:`sscc_core.tiling.Tile`.
+        protocol: ``"labelled"`` or ``"all"``.
+
+    Returns:
+        (h, w) bool, possibly all False.
+    """
+    lab = None if labels is None else labels[tile.y0 : tile.y1, tile.x0 : tile.x1]
+    return training_mask(tile_valid(valid, tile), lab, protocol, allow_empty=True)
+
+
 def tile_features(cube: Any, valid: Any, tile: Any, pre: Preprocessor, halo: int) -> np.ndarray:
     """Standardised PCA features of one tile read with its halo.
 
