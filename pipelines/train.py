@@ -37,7 +37,7 @@ from pipelines.options import add_config_args, load_cli_config
 from sscc_core import storage
 from sscc_core.augment import two_views
 from sscc_core.checkpoint import Checkpoint, checkpoint_file, load_checkpoint, save_checkpoint
-from sscc_core.config import SSCCConfig, from_dict, to_dict
+from sscc_core.config import SSCCConfig, dump_config, from_dict, to_dict
 from sscc_core.io.store import open_cube
 from sscc_core.model import SSCCNet
 from sscc_core.postprocess import fit_readout, readout_patches
@@ -445,6 +445,7 @@ def run_training(
     log_event(log, "final checkpoint", path=path, model_version=ckpt.model_version, epoch=ckpt.epoch)
     history = json.dumps((ckpt.extra or {}).get("history", []), indent=1)
     storage.write_bytes(storage.join(run_dir, "history.json"), history.encode())
+    storage.write_bytes(storage.join(run_dir, "config.yaml"), dump_config(cfg).encode())
     return path
 
 

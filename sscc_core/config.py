@@ -337,9 +337,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return from_dict(SSCCConfig, data)
 
 
-def save_config(cfg: SSCCConfig, path: str | Path) -> None:
-    """Write ``cfg`` as YAML (the exact form :func:`load_config` reads back)."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+def dump_config(cfg: SSCCConfig) -> str:
+    """``cfg`` as YAML text, the exact form :func:`load_config` reads back."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
 def replace(cfg: Any, **changes: Any) -> Any:

@@ -115,3 +115,4 @@ def test_run_storage_may_be_a_url(ray_session, salinas_store: Path, tmp_path: Pa
     assert load_checkpoint(final).epoch == 1
     assert (tmp_path / "store" / "urlrun" / "preprocess.pt").is_file()
     assert (tmp_path / "store" / "urlrun" / "history.json").is_file()
+    assert load_config(tmp_path / "store" / "urlrun" / "config.yaml") == cfg
