@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True,
                    help="benchmark scene: indian_pines, salinas_a (salinasA), ...")
     p.add_argument("--method", choices=METHODS, default="sscc",
-                   help="sscc, kmeans (recipe features) or kmeans_pca (PCA scores, not whitened)")
+                   help="sscc, kmeans (recipe features), kmeans_pca (PCA scores, not whitened) or "
+                        "spectral_pca (spectral clustering of the smoothed recipe features; "
+                        "postprocess.smooth_sigma/spectral_neighbors/readout_sample apply)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="labelled",
                    help="labelled: train on labelled pixels (authors); all: on every valid pixel")
     add_config_args(p)

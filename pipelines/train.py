@@ -8,8 +8,9 @@ actor, since Ray Data re-executes the dataset every epoch).
 Workers: a ``TorchTrainer`` whose loop takes its shard with ``get_dataset_shard`` and steps the
 SSCC loss (DDP across workers); rank 0 writes an SSCC checkpoint every epoch, and a relaunch with
 the same run name and storage path resumes from the latest one.
-After training the driver fits what ``cfg.postprocess`` needs (BatchNorm recalibration, k-means
-readout centroids) on a sample of the clean training patches and stores it in the final checkpoint.
+After training the driver fits what ``cfg.postprocess`` needs (BatchNorm recalibration, the
+k-means or spectral readout) on a sample of the training pixels and stores it in the final
+checkpoint.
 
     sscc train --store cube.zarr --run-name ip --storage-path runs/ --epochs 20
     ray job submit --working-dir . -- python -m pipelines.train --store ... --run-name ...
@@ -40,7 +41,7 @@ from sscc_core.checkpoint import Checkpoint, checkpoint_file, load_checkpoint, s
 from sscc_core.config import SSCCConfig, dump_config, from_dict, to_dict
 from sscc_core.io.store import open_cube
 from sscc_core.model import SSCCNet
-from sscc_core.postprocess import fit_readout, readout_patches
+from sscc_core.readout import fit_readout
 from sscc_core.preprocess import Preprocessor, fit_preprocessor
 from sscc_core.tiling import Tile, extract_patches_at, tile_grid, tile_valid
 from sscc_core.trainer import (
@@ -309,19 +310,39 @@ def check_training_size(n_pixels: int, cfg: SSCCConfig, workers: int, store: str
                          f"{workers} workers; lower train.batch_size or use more data")
 
 
+READOUT_TILE_FACTOR = 4  # the readout's tiles hold at least this many times its sample size
+
+
+def readout_tiles(tiles: list[dict[str, int]], max_pixels: int, seed: int) -> list[dict[str, int]]:
+    """A seeded random subset of the training tiles, in grid order, holding at least
+    ``READOUT_TILE_FACTOR * max_pixels`` training pixels (all tiles when they hold fewer).
+
+    The driver computes the readout's vectors over every tile its sample touches, so drawing the
+    sample from these tiles bounds that pass by the sample size instead of the mosaic size.
+    """
+    kept, total = [], 0
+    for i in np.random.default_rng(seed).permutation(len(tiles)):
+        if total >= READOUT_TILE_FACTOR * max_pixels:
+            break
+        kept.append(tiles[i])
+        total += tiles[i]["n_pixels"]
+    return sorted(kept, key=lambda t: (t["row"], t["col"]))
+
+
 def fit_final_readout(ckpt: Checkpoint, store: str, pre: Preprocessor, tiles: list[dict[str, int]]) -> Checkpoint:
     """Driver-side readout fitting after training (``cfg.postprocess``): BatchNorm recalibration
-    and/or k-means on the backbone features of a seeded sample of the clean training patches
-    (:func:`sscc_core.postprocess.fit_readout`, as the accuracy harness does).
+    and/or the k-means or spectral readout of a seeded sample of the training pixels
+    (:func:`sscc_core.readout.fit_readout`, as the accuracy harness does).
 
     Args:
         ckpt: The final checkpoint of the training loop.
         store: Cube store trained on.
         pre: The run's pre-processing.
-        tiles: :func:`training_tiles` descriptors (the tiles holding training pixels).
+        tiles: :func:`training_tiles` descriptors (the tiles holding training pixels); the
+            sample is drawn from :func:`readout_tiles` of them.
 
     Returns:
-        ``ckpt`` with the recalibrated weights and the ``readout_state`` (k-means centroids).
+        ``ckpt`` with the recalibrated weights and the fitted ``readout_state``.
     """
     import zarr
 
@@ -330,20 +351,20 @@ def fit_final_readout(ckpt: Checkpoint, store: str, pre: Preprocessor, tiles: li
     group = zarr.open_group(store, mode="r")
     labels = group["labels"] if "labels" in group else None
     mask = np.zeros(group["valid"].shape, dtype=bool)
-    for t in tiles:
+    for t in readout_tiles(tiles, cfg.postprocess.readout_sample, cfg.train.seed):
         tile = Tile(t["row"], t["col"], t["y0"], t["y1"], t["x0"], t["x1"])
         mask[tile.y0 : tile.y1, tile.x0 : tile.x1] = tile_training_mask(
             group["valid"], labels, tile, cfg.train.protocol)
-    patches = readout_patches(group["reflectance"], group["valid"], mask, pre,
-                              cfg.preprocess.patch_size, cfg.train.seed, tile_size=cfg.tile.tile_size)
     model = SSCCNet(cfg.model, ckpt.in_channels, cfg.preprocess.patch_size)
     model.load_state_dict(ckpt.model_state)
-    readout_state = fit_readout(model, patches, cfg)
+    readout = fit_readout(model, pre, group["reflectance"], group["valid"], mask, cfg,
+                          tile_size=cfg.tile.tile_size)
     seconds = time.perf_counter() - start
+    n_pixels = min(int(mask.sum()), cfg.postprocess.readout_sample)
     log_event(log, "readout fitted", readout=cfg.postprocess.readout,
-              bn_recalibrate=cfg.postprocess.bn_recalibrate, n_patches=len(patches), seconds=seconds)
-    extra = {**(ckpt.extra or {}), "readout": {"n_patches": len(patches), "seconds": seconds}}
-    return dataclasses.replace(ckpt, model_state=model.state_dict(), readout_state=readout_state,
+              bn_recalibrate=cfg.postprocess.bn_recalibrate, n_pixels=n_pixels, seconds=seconds)
+    extra = {**(ckpt.extra or {}), "readout": {"n_pixels": n_pixels, "seconds": seconds}}
+    return dataclasses.replace(ckpt, model_state=model.state_dict(), readout_state=readout.state,
                                extra=extra)
 
 

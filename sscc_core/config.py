@@ -148,7 +148,21 @@ class PostprocessConfig:
     Attributes:
         readout: ``"head"`` labels each pixel by the argmax of the cluster head (the recipe);
             ``"kmeans"`` runs k-means (K = ``model.n_clusters``) on the backbone features of the
-            training pixels and labels every pixel by its nearest centroid.
+            training pixels and labels every pixel by its nearest centroid; ``"spectral"`` runs
+            spectral clustering (a k-nearest-neighbour graph of ``spectral_neighbors``) on the
+            standardised backbone features of a sample of the training pixels and labels every
+            pixel by a vote of its ``spectral_neighbors`` nearest sample pixels in that space.
+        smooth_sigma: Standard deviation, in pixels, of a Gaussian average over valid
+            neighbouring pixels of the readout's input (probabilities for ``"head"``, features
+            otherwise) before it is read out; 0 = off (the recipe).
+        spectral_neighbors: Neighbours of the spectral readout's graph and of its vote.
+        readout_spectra: Weight of the pixel's own pre-processed spectrum (its standardised PCA
+            scores) appended to the backbone features read by ``"kmeans"`` and ``"spectral"``:
+            the features carry the patch's spatial context, the scores the pixel's spectrum.
+            The spectral readout standardises every dimension and then multiplies the appended
+            ones by this weight. 0 = features only (the default).
+        readout_sample: Largest number of training pixels the readout is fitted on (k-means,
+            spectral clustering; the spectral readout stores them in the checkpoint).
         mode_window: Side, in pixels, of the square majority (mode) filter applied to the label
             map over valid pixels; 1 = off (the recipe).
         mode_iterations: Passes of the mode filter.
@@ -157,7 +171,11 @@ class PostprocessConfig:
             statistics differ. Off in the recipe.
     """
 
-    readout: Literal["head", "kmeans"] = "head"
+    readout: Literal["head", "kmeans", "spectral"] = "head"
+    smooth_sigma: float = 0.0
+    spectral_neighbors: int = 10
+    readout_spectra: float = 0.0
+    readout_sample: int = 20_000
     mode_window: int = 1
     mode_iterations: int = 1
     bn_recalibrate: bool = False
@@ -299,6 +317,14 @@ def _validate(obj: Any, prefix: str) -> None:
             fail("mode_window", f"must be a positive odd number, got {obj.mode_window}")
         if obj.mode_iterations < 1:
             fail("mode_iterations", f"must be >= 1, got {obj.mode_iterations}")
+        if obj.smooth_sigma < 0:
+            fail("smooth_sigma", f"must be >= 0 pixels, got {obj.smooth_sigma}")
+        if obj.spectral_neighbors < 2:
+            fail("spectral_neighbors", f"must be >= 2, got {obj.spectral_neighbors}")
+        if obj.readout_spectra < 0:
+            fail("readout_spectra", f"must be >= 0, got {obj.readout_spectra}")
+        if obj.readout_sample < 2:
+            fail("readout_sample", f"must be >= 2, got {obj.readout_sample}")
     elif isinstance(obj, AugmentConfig):
         for name in ("flip_p", "blur_p", "pixel_mask_p", "band_mask_p"):
             p = getattr(obj, name)

@@ -17,6 +17,11 @@ Methods:
   z-score) of the training pixels; every valid pixel gets its nearest centroid.
 * ``"kmeans_pca"`` -- the same on PCA scores *without* the component z-score (``whiten=False``),
   which suits k-means better because it keeps the dominant components dominant.
+* ``"spectral_pca"`` -- a non-deep graph baseline with the SSCC spectral readout's machinery on
+  the recipe's features instead of learned ones: the features smoothed over valid neighbours
+  (``cfg.postprocess.smooth_sigma``), spectral clustering of a seeded sample of the training
+  pixels (``spectral_neighbors``, ``readout_sample``), every valid pixel labelled by the vote of
+  its nearest sample pixels; then the ``cfg.postprocess`` mode filter.
 
 Each run reports its process CPU seconds (all threads) and wall seconds. :func:`run_seeds`
 repeats a run over seeds and :func:`summarise` gives mean and std of every score.
@@ -37,12 +42,13 @@ from sscc_core.inference import Labeller, label_scene
 from sscc_core.io.matlab import read_benchmark
 from sscc_core.metrics import evaluate
 from sscc_core.model import recalibrate_batchnorm  # noqa: F401 (re-exported, harness API)
-from sscc_core.postprocess import NODATA, fit_readout, mode_filter, readout_patches
+from sscc_core.postprocess import NODATA, mode_filter, smooth
 from sscc_core.preprocess import Preprocessor, fit_preprocessor
+from sscc_core.readout import Readout, fit_readout, fit_spectral, sample_mask
 from sscc_core.trainer import gather_patches, train_reference, training_mask
 
-Method = Literal["sscc", "kmeans", "kmeans_pca"]
-METHODS: tuple[str, ...] = ("sscc", "kmeans", "kmeans_pca")
+Method = Literal["sscc", "kmeans", "kmeans_pca", "spectral_pca"]
+METHODS: tuple[str, ...] = ("sscc", "kmeans", "kmeans_pca", "spectral_pca")
 PROTOCOLS: tuple[str, ...] = ("labelled", "all")
 SCORES: tuple[str, ...] = ("acc", "nmi", "ari", "kappa", "purity", "aa")
 DATASET_ALIASES = {"salinas_a": "salinasA", "salinasa": "salinasA"}
@@ -76,7 +82,7 @@ class RunResult:
 
     Attributes:
         dataset: Scene name.
-        method: ``"sscc"``, ``"kmeans"`` or ``"kmeans_pca"``.
+        method: One of :data:`METHODS`.
         protocol: ``"labelled"`` or ``"all"``.
         seed: The run's seed.
         metrics: :func:`sscc_core.metrics.evaluate` on the labelled pixels.
@@ -152,6 +158,18 @@ def _kmeans_map(
     return _scatter(predict(model, pixels[scene.valid.reshape(-1)]), scene.valid)
 
 
+def _spectral_pca_map(scene: Scene, pre: Preprocessor, train_mask: np.ndarray, cfg: SSCCConfig) -> np.ndarray:
+    """Spectral clustering of the smoothed recipe features of a sample of ``train_mask``; every
+    valid pixel gets the vote of its nearest sample pixels."""
+    post = cfg.postprocess
+    feats = smooth(pre.transform(scene.cube, scene.valid), scene.valid, post.smooth_sigma)
+    sample = torch.from_numpy(feats[:, sample_mask(train_mask, post.readout_sample, cfg.train.seed)].T)
+    readout = Readout("spectral", neighbors=post.spectral_neighbors, state=fit_spectral(
+        sample, scene.n_classes, post.spectral_neighbors, cfg.train.seed))
+    labels, _ = readout.assign(torch.from_numpy(feats[:, scene.valid].T))
+    return _scatter(labels.numpy(), scene.valid)
+
+
 def _sscc_map(scene: Scene, pre: Preprocessor, train_mask: np.ndarray, cfg: SSCCConfig,
               verbose: bool) -> tuple[np.ndarray, list[dict[str, float]]]:
     """Train SSCC on ``train_mask``'s patches, fit the ``cfg.postprocess`` readout (as ``sscc
@@ -166,9 +184,8 @@ def _sscc_map(scene: Scene, pre: Preprocessor, train_mask: np.ndarray, cfg: SSCC
 
     training = train_reference(torch.from_numpy(patches), cfg, on_epoch=log)
     model = training.model
-    readout = fit_readout(model, readout_patches(scene.cube, scene.valid, train_mask, pre, p,
-                                                 cfg.train.seed), cfg)
-    labeller = Labeller(model, pre, centroids=None if readout is None else readout["centroids"])
+    readout = fit_readout(model, pre, scene.cube, scene.valid, train_mask, cfg)
+    labeller = Labeller(model, pre, readout=readout)
     labels, _ = label_scene(labeller, scene.cube, scene.valid)
     return labels, training.history
 
@@ -181,7 +198,7 @@ def run_one(
 
     Args:
         scene: The labelled scene.
-        method: ``"sscc"``, ``"kmeans"`` or ``"kmeans_pca"``.
+        method: One of :data:`METHODS`.
         protocol: ``"labelled"`` or ``"all"``.
         seed: Seed of the pre-processing sample, weights, sampling, augmentation and k-means.
         cfg: Run configuration; K, protocol and seed are overridden per run.
@@ -205,11 +222,13 @@ def run_one(
     history: list[dict[str, float]] = []
     if method == "sscc":
         label_map, history = _sscc_map(scene, pre, train_mask, cfg, verbose)
-        post = cfg.postprocess
-        label_map = mode_filter(label_map, post.mode_window, post.mode_iterations)
+    elif method == "spectral_pca":
+        label_map = _spectral_pca_map(scene, pre, train_mask, cfg)
     else:
         label_map = _kmeans_map(scene, pre, train_mask, scene.n_classes, seed,
                                 whiten=method == "kmeans")
+    if method in ("sscc", "spectral_pca"):
+        label_map = mode_filter(label_map, cfg.postprocess.mode_window, cfg.postprocess.mode_iterations)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     scored = scene.labels > 0
     metrics = evaluate(scene.labels[scored], label_map[scored])

@@ -2,11 +2,13 @@
 
 A tile is read with a halo of ``patch_size // 2``, mapped to standardised PCA features, and
 labelled either densely (``"fcn"`` backbone: one fully convolutional pass) or patch by patch
-(any backbone), by the readout of the checkpoint's ``postprocess`` config: the cluster head's
-argmax, or the nearest k-means centroid of the backbone features. With a mode filter
-(``postprocess.mode_window > 1``) the tile is labelled grown by the filter's reach
-(:func:`sscc_core.postprocess.mode_reach`, clipped to the scene), filtered, and cropped back, so
-tiled labels equal the whole-scene filter. Nodata pixels get the ``nodata`` label and zero
+(any backbone), by the readout of the checkpoint's ``postprocess`` config
+(:class:`sscc_core.readout.Readout`: the cluster head's argmax, the nearest k-means centroid of
+the backbone features, or the spectral clusters' vote). Each spatial post-processing step works
+on the tile grown by its reach (clipped to the scene) and crops back, so tiled labels equal the
+whole-scene computation: the readout's input is smoothed over the tile grown by
+:func:`sscc_core.postprocess.smooth_reach`, and the mode filter runs over the tile grown by
+:func:`sscc_core.postprocess.mode_reach`. Nodata pixels get the ``nodata`` label and zero
 confidence.
 """
 
@@ -28,8 +30,9 @@ from sscc_core.model import (
     predict_dense,
     predict_patches,
 )
-from sscc_core.postprocess import mode_filter, mode_reach, nearest_centroid
+from sscc_core.postprocess import mode_filter, mode_reach, smooth, smooth_reach
 from sscc_core.preprocess import Preprocessor
+from sscc_core.readout import Readout
 from sscc_core.tiling import Tile, extract_patches_at, tile_grid, tile_valid
 from sscc_core.trainer import tile_features
 
@@ -98,9 +101,8 @@ class Labeller:
         pre: The pre-processing fitted at training time.
         mode: ``"dense"`` (fcn backbone only), ``"patch"``, or ``"auto"`` (dense when possible).
         batch_size: Patches per forward pass in patch mode.
-        centroids: (K, D) float32 k-means centroids of the backbone features: each pixel gets
-            its nearest one (confidence ``1 - d_nearest / d_second``); ``None``: the cluster
-            head's argmax (confidence = max softmax probability).
+        readout: How the (optionally smoothed) per-pixel probabilities or features become
+            cluster ids; the default is the cluster head's argmax (confidence = max probability).
         mode_window: Odd side of the majority filter window, in pixels (1 = off).
         mode_iterations: Passes of the majority filter.
     """
@@ -109,7 +111,7 @@ class Labeller:
     pre: Preprocessor
     mode: Mode = "auto"
     batch_size: int = 2048
-    centroids: torch.Tensor | None = None
+    readout: Readout = Readout()
     mode_window: int = 1
     mode_iterations: int = 1
 
@@ -118,42 +120,45 @@ class Labeller:
             raise ValueError(f"Labeller: mode_window must be a positive odd number, got {self.mode_window}")
         if self.mode_iterations < 1:
             raise ValueError(f"Labeller: mode_iterations must be >= 1, got {self.mode_iterations}")
-        if self.centroids is not None:
-            dim = self.model.feature_dim
-            if self.centroids.ndim != 2 or self.centroids.shape[1] != dim or len(self.centroids) < 2:
-                raise ValueError(f"Labeller: centroids must be (K >= 2, {dim}) for this model's "
-                                 f"{dim}-d features, got {tuple(self.centroids.shape)}")
+        self.readout.check(self.vector_dim)
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, mode: Mode = "auto", batch_size: int = 2048) -> "Labeller":
         """Rebuild the network, pre-processing and ``postprocess`` readout of a checkpoint.
 
         Raises:
-            CheckpointError: ``postprocess.readout`` is ``"kmeans"`` but the checkpoint holds no
-                fitted centroids (``readout_state["centroids"]``).
+            CheckpointError: ``postprocess.readout`` needs a fitted state (``"kmeans"``,
+                ``"spectral"``) but the checkpoint holds none.
         """
         model = SSCCNet(ckpt.config.model, ckpt.in_channels, ckpt.config.preprocess.patch_size)
         model.load_state_dict(ckpt.model_state)
         model.eval()
         post = ckpt.config.postprocess
-        centroids = None
-        if post.readout == "kmeans":
-            centroids = (ckpt.readout_state or {}).get("centroids")
-            if centroids is None:
-                raise CheckpointError(
-                    "checkpoint config has postprocess.readout 'kmeans' but the checkpoint holds no "
-                    "k-means centroids (readout_state['centroids']); it was not written by the end "
-                    "of `sscc train` (a per-epoch checkpoint, or an older version): finish training "
-                    "with this version, or use a config with postprocess.readout 'head'"
-                )
+        readout = Readout.from_config(post, ckpt.readout_state)
+        if not readout.fitted:
+            raise CheckpointError(
+                f"checkpoint config has postprocess.readout {post.readout!r} but the checkpoint "
+                f"holds no fitted readout (readout_state); it was not written by the end of `sscc "
+                f"train` (a per-epoch checkpoint, or an older version): finish training with this "
+                f"version, or use a config with postprocess.readout 'head'"
+            )
         return cls(model, Preprocessor.from_state(ckpt.preprocess_state), mode, batch_size,
-                   centroids, post.mode_window, post.mode_iterations)
+                   readout, post.mode_window, post.mode_iterations)
+
+    @property
+    def vector_dim(self) -> int:
+        """V, the length of a pixel's readout vector: K probabilities, D features, or D + C
+        with the pixel's C PCA scores appended (``readout.appends_spectra``)."""
+        if not self.readout.uses_features:
+            return self.model.cfg.n_clusters
+        return self.model.feature_dim + (self.pre.n_components if self.readout.appends_spectra else 0)
 
     @property
     def context(self) -> int:
-        """Pixels around a tile its labels depend on: the patch halo plus the mode filter's reach
-        (the input window a tile's fingerprint must cover)."""
-        return self.model.halo + mode_reach(self.mode_window, self.mode_iterations)
+        """Pixels around a tile its labels depend on: the patch halo plus the smoothing's and the
+        mode filter's reach (the input window a tile's fingerprint must cover)."""
+        return (self.model.halo + smooth_reach(self.readout.smooth_sigma)
+                + mode_reach(self.mode_window, self.mode_iterations))
 
     @property
     def dense(self) -> bool:
@@ -196,29 +201,57 @@ class Labeller:
 
     def _label_window(self, cube: Any, valid: Any, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
         """Unfiltered labels and confidence of one window (see :meth:`label_tile`)."""
-        halo = self.model.halo
         mask = tile_valid(valid, tile)
         labels = np.full(mask.shape, -1, dtype=np.int64)
         conf = np.zeros(mask.shape, dtype=np.float32)
         if not mask.any():
             return labels, conf
-        feats = torch.from_numpy(tile_features(cube, valid, tile, self.pre, halo))
-        if self.centroids is not None:
-            if self.dense:
-                vectors = dense_features(self.model, feats)[:, torch.from_numpy(mask)].T
-            else:
-                vectors = backbone_features(self.model, self._patches(feats, mask), self.batch_size)
-            lab, c = nearest_centroid(vectors, self.centroids)
-            labels[mask], conf[mask] = lab.numpy(), c.numpy()
-        elif self.dense:
-            lab, probs = predict_dense(self.model, feats)
-            labels[mask] = lab.numpy()[mask]
-            conf[mask] = probs.max(dim=0).values.numpy()[mask]
-        else:
-            lab, probs = predict_patches(self.model, self._patches(feats, mask), self.batch_size)
-            labels[mask] = lab.numpy()
-            conf[mask] = probs.max(dim=1).values.numpy()
+        vectors = torch.from_numpy(self.readout_vectors(cube, valid, tile)[:, mask].T)
+        lab, c = self.readout.assign(vectors)
+        labels[mask], conf[mask] = lab.numpy(), c.numpy()
         return labels, conf
+
+    def readout_vectors(self, cube: Any, valid: Any, tile: Tile) -> np.ndarray:
+        """The readout's per-pixel input over one window: cluster-head probabilities or backbone
+        features, smoothed when ``readout.smooth_sigma > 0`` (equal to the whole-scene
+        smoothing, cropped).
+
+        Returns:
+            (V, h, w) float32, V = K (probabilities) or D (features); 0 at nodata pixels.
+        """
+        reach = smooth_reach(self.readout.smooth_sigma)
+        height, width = int(cube.shape[-2]), int(cube.shape[-1])
+        grown = Tile(tile.row, tile.col, max(0, tile.y0 - reach), min(height, tile.y1 + reach),
+                     max(0, tile.x0 - reach), min(width, tile.x1 + reach))
+        mask = tile_valid(valid, grown)
+        vectors = self._raw_vectors(cube, valid, grown, mask)
+        if reach:
+            vectors = smooth(vectors, mask, self.readout.smooth_sigma)
+        return vectors[:, tile.y0 - grown.y0 : tile.y1 - grown.y0, tile.x0 - grown.x0 : tile.x1 - grown.x0]
+
+    def _raw_vectors(self, cube: Any, valid: Any, tile: Tile, mask: np.ndarray) -> np.ndarray:
+        """(V, h, w) float32 unsmoothed probabilities, features, or features and PCA scores of a
+        window (0 at nodata)."""
+        out = np.zeros((self.vector_dim, *mask.shape), dtype=np.float32)
+        if not mask.any():
+            return out
+        halo = self.model.halo
+        feats = torch.from_numpy(tile_features(cube, valid, tile, self.pre, halo))
+        net = out[: self.model.feature_dim] if self.readout.uses_features else out  # a view
+        if self.dense:
+            if self.readout.uses_features:
+                fmap = dense_features(self.model, feats)
+            else:
+                fmap = predict_dense(self.model, feats)[1]
+            net[:, mask] = fmap.numpy()[:, mask]
+        elif self.readout.uses_features:
+            net[:, mask] = backbone_features(self.model, self._patches(feats, mask), self.batch_size).numpy().T
+        else:
+            net[:, mask] = predict_patches(self.model, self._patches(feats, mask), self.batch_size)[1].numpy().T
+        if self.readout.appends_spectra:  # the pixels' own PCA scores, after the D features
+            centre = feats.numpy()[:, halo : feats.shape[1] - halo, halo : feats.shape[2] - halo]
+            out[self.model.feature_dim :, mask] = centre[:, mask]
+        return out
 
     def _patches(self, feats: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
         """(N, C, P, P) patches of the ``mask`` pixels (row-major) of a tile's (C, h + 2 halo,

@@ -1,37 +1,67 @@
-"""How a trained network's outputs become the final label map (``cfg.postprocess``).
+"""Spatial post-processing of a trained network's per-pixel outputs (``cfg.postprocess``).
 
-* The k-means readout: after training, k-means (K = ``model.n_clusters``) is fitted on the
-  eval-mode backbone features of (a seeded sample of) the clean training patches
-  (:func:`fit_readout`, optionally after BatchNorm recalibration on the same patches); its
-  centroids are stored in the checkpoint and every pixel gets its nearest centroid
-  (:func:`nearest_centroid`).
-* An iterated majority (mode) filter of the label map. Neighbouring pixels of a hyperspectral
-  scene usually belong to the same class, so an isolated pixel whose cluster differs from all its
-  neighbours is more often an error than a tiny field. The mode filter replaces each valid
-  pixel's label by the most frequent label among the valid pixels of the ``window x window``
-  square around it. Nodata pixels (label < 0) and positions outside the map are neither counted
-  nor changed, so filtering a tile grown by :func:`mode_reach` pixels (clipped to the scene) and
-  cropping it back equals filtering the whole scene. A tie keeps the pixel's current label when
-  it is among the most frequent ones, otherwise the smallest tied label wins, so the filter is
-  deterministic and leaves a constant map unchanged.
+Neighbouring pixels of a hyperspectral scene usually belong to the same class, so two local
+operations use that prior. Each is defined over valid pixels only, so that a tile grown by the
+operation's reach (clipped to the scene), processed and cropped back equals the whole-scene
+result:
+
+* :func:`smooth`: a Gaussian average of per-pixel vectors (cluster probabilities or backbone
+  features) over valid neighbours, before the readout (``smooth_sigma``). It is a normalised
+  convolution, ``G * (v m) / G * m`` with the valid mask ``m``: nodata pixels and positions
+  outside the scene carry no weight, and the weights of every valid pixel sum to 1, so an affine
+  map of the vectors (a z-score) commutes with it. Reach: :func:`smooth_reach`.
+* :func:`mode_filter`: an iterated majority filter of the label map (``mode_window``). It
+  replaces each valid pixel's label by the most frequent label among the valid pixels of the
+  ``window x window`` square around it. Nodata pixels (label < 0) and positions outside the map
+  are neither counted nor changed. A tie keeps the pixel's current label when it is among the
+  most frequent ones, otherwise the smallest tied label wins, so the filter is deterministic and
+  leaves a constant map unchanged. Reach: :func:`mode_reach`.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
-import torch
-from scipy.ndimage import uniform_filter
-
-from sscc_core.baselines import fit_kmeans
-from sscc_core.config import SSCCConfig
-from sscc_core.model import SSCCNet, backbone_features, recalibrate_batchnorm
-from sscc_core.preprocess import Preprocessor
-from sscc_core.trainer import gather_patches
+from scipy.ndimage import gaussian_filter, uniform_filter
 
 NODATA = -1
-READOUT_SAMPLE = 50_000  # training patches the k-means readout and BN recalibration are fitted on
+TRUNCATE = 4.0  # Gaussian kernel radius, in standard deviations (scipy's default)
+
+
+def smooth_reach(sigma: float) -> int:
+    """Pixels beyond a tile whose values change the tile's smoothed values: the Gaussian
+    kernel's radius ``int(TRUNCATE * sigma + 0.5)`` (0 when smoothing is off, ``sigma == 0``)."""
+    return int(TRUNCATE * sigma + 0.5) if sigma > 0 else 0
+
+
+def smooth(values: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian average of per-pixel vectors over valid pixels (normalised convolution).
+
+    Args:
+        values: (V, H, W) per-pixel vectors (values at invalid pixels are ignored).
+        valid: (H, W) bool mask.
+        sigma: Standard deviation, in pixels (0 returns the values, zeroed at invalid pixels).
+
+    Returns:
+        (V, H, W) float32; 0 at invalid pixels.
+
+    Raises:
+        ValueError: Shapes do not match, or ``sigma`` < 0.
+    """
+    values = np.asarray(values)
+    valid = np.asarray(valid, dtype=bool)
+    if values.ndim != 3 or values.shape[1:] != valid.shape:
+        raise ValueError(f"smooth: expected (V, H, W) values and an (H, W) mask, got "
+                         f"{values.shape} and {valid.shape}")
+    if sigma < 0:
+        raise ValueError(f"smooth: sigma must be >= 0 pixels, got {sigma}")
+    weight = valid.astype(np.float64)
+    if sigma == 0:
+        return (values * weight).astype(np.float32)
+    num = gaussian_filter(values * weight, sigma=(0, sigma, sigma), mode="constant",
+                          truncate=TRUNCATE)
+    den = gaussian_filter(weight, sigma=sigma, mode="constant", truncate=TRUNCATE)
+    # Every valid pixel weighs itself, so den > 0 wherever the result is kept.
+    return np.where(valid, num / np.where(valid, den, 1.0), 0.0).astype(np.float32)
 
 
 def mode_filter(labels: np.ndarray, window: int, iterations: int = 1) -> np.ndarray:
@@ -80,91 +110,3 @@ def mode_reach(window: int, iterations: int) -> int:
     """Pixels beyond a tile whose labels can change the tile's filtered labels:
     ``(window // 2) * iterations`` (0 when the filter is off, ``window == 1``)."""
     return (window // 2) * iterations if window > 1 else 0
-
-
-def nearest_centroid(features: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest-centroid labels of feature vectors (Euclidean), and a confidence.
-
-    Args:
-        features: (N, D) feature vectors.
-        centroids: (K, D) k-means centroids, K >= 2.
-
-    Returns:
-        ``(labels, confidence)``: (N,) int64 in ``[0, K)`` and (N,) float32
-        ``1 - d_nearest / d_second`` in ``[0, 1]`` (0 = equidistant from two centroids).
-
-    Raises:
-        ValueError: Shapes do not match.
-    """
-    if features.ndim != 2 or centroids.ndim != 2 or features.shape[1] != centroids.shape[1]:
-        raise ValueError(f"nearest_centroid: expected (N, D) features and (K, D) centroids, got "
-                         f"{tuple(features.shape)} and {tuple(centroids.shape)}")
-    if centroids.shape[0] < 2:
-        raise ValueError(f"nearest_centroid: need at least 2 centroids, got {centroids.shape[0]}")
-    f, c = features.double(), centroids.double()
-    dist2 = (f * f).sum(1, keepdim=True) - 2.0 * f @ c.T + (c * c).sum(1)  # (N, K)
-    two = dist2.clamp(min=0.0).topk(2, dim=1, largest=False)
-    d = two.values.sqrt()
-    conf = torch.where(d[:, 1] > 0, 1.0 - d[:, 0] / d[:, 1].clamp(min=1e-300), 0.0)
-    return two.indices[:, 0].long(), conf.float()
-
-
-def readout_patches(
-    cube: Any, valid: Any, train_mask: np.ndarray, pre: Preprocessor, patch_size: int, seed: int,
-    max_pixels: int = READOUT_SAMPLE, tile_size: int = 256,
-) -> torch.Tensor:
-    """Clean patches of the training pixels (a seeded sample of at most ``max_pixels``), in scene
-    row-major order whatever the tile size, so every trainer fits the same readout.
-
-    Args:
-        cube: (B, H, W) array-like (numpy or zarr).
-        valid: (H, W) bool array-like.
-        train_mask: (H, W) bool, the training pixels (:func:`sscc_core.trainer.training_mask`).
-        pre: Fitted pre-processing.
-        patch_size: Odd patch side P.
-        seed: Seed of the sample (the run's ``train.seed``).
-        max_pixels: Largest number of patches returned.
-        tile_size: Tile side used to read the cube.
-
-    Returns:
-        (N, C, P, P) float32 patches, N = min(#training pixels, ``max_pixels``).
-    """
-    train_mask = np.asarray(train_mask, dtype=bool)
-    flat = np.flatnonzero(train_mask)
-    if len(flat) > max_pixels:
-        flat = np.sort(np.random.default_rng(seed).choice(flat, max_pixels, replace=False))
-        train_mask = np.zeros(train_mask.shape, dtype=bool)
-        train_mask.flat[flat] = True
-    patches, coords = gather_patches(cube, valid, train_mask, pre, patch_size, tile_size)
-    order = np.lexsort((coords[:, 1], coords[:, 0]))
-    return torch.from_numpy(np.ascontiguousarray(patches[order]))
-
-
-def fit_readout(model: SSCCNet, patches: torch.Tensor, cfg: SSCCConfig) -> dict[str, torch.Tensor] | None:
-    """Fit what ``cfg.postprocess`` needs after training, on clean training patches.
-
-    With ``bn_recalibrate`` the model's BatchNorm statistics are re-estimated first (in place).
-    With ``readout == "kmeans"`` k-means (K = ``model.n_clusters``, seed ``train.seed``) is fitted
-    on the eval-mode backbone features of ``patches``.
-
-    Args:
-        model: The trained network (left in eval mode).
-        patches: (N, C, P, P) clean training patches (:func:`readout_patches`).
-        cfg: The run configuration.
-
-    Returns:
-        ``{"centroids": (K, D) float32}`` for the k-means readout, ``None`` for the head readout;
-        the checkpoint's ``readout_state``.
-
-    Raises:
-        ValueError: Fewer patches than clusters.
-    """
-    post = cfg.postprocess
-    if post.bn_recalibrate:
-        recalibrate_batchnorm(model, patches)
-    model.eval()
-    if post.readout != "kmeans":
-        return None
-    feats = backbone_features(model, patches).numpy()
-    km = fit_kmeans(feats, cfg.model.n_clusters, cfg.train.seed)
-    return {"centroids": torch.from_numpy(km.cluster_centers_.astype(np.float32))}

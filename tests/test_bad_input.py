@@ -212,8 +212,10 @@ def test_pickled_object_is_refused_without_running_code(root, salinas, capsys):
         ("train:\n  learning_rate: 0.1\n", "train.learning_rate: unknown field"),
         ("model: {n_clusters: 6\n", "not valid YAML"),
         ("model:\n  n_clusters: 1\n", "model.n_clusters: must be >= 2, got 1"),
+        ("postprocess:\n  smooth_sigma: -1\n", "postprocess.smooth_sigma: must be >= 0 pixels, got -1"),
+        ("postprocess:\n  readout: dbscan\n", "postprocess.readout: expected one of"),
     ],
-    ids=["wrong-type", "unknown-field", "bad-yaml", "out-of-range"],
+    ids=["wrong-type", "unknown-field", "bad-yaml", "out-of-range", "negative-sigma", "bad-readout"],
 )
 def test_malformed_config_through_the_cli(root, yaml_text, message, capsys):
     config = root / "bad.yaml"

@@ -1,7 +1,8 @@
 """The production labelling path honours ``cfg.postprocess`` exactly like the accuracy harness:
-the mode filter across tiles equals the whole-scene filter, and the k-means readout fitted after
-training (stored in the checkpoint) labels every pixel by the nearest centroid of its patch's
-backbone features. Real data: Salinas-A (83 x 86, 204 bands) with a tiny network."""
+the mode filter and the Gaussian smoothing across tiles equal the whole-scene operations, and the
+k-means and spectral readouts fitted after training (stored in the checkpoint) label every pixel
+as a direct computation on its patch's backbone features does. Real data: Salinas-A (83 x 86,
+204 bands) with a tiny network."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from sklearn.neighbors import KNeighborsClassifier
 
-from pipelines.train import fit_final_readout, training_tiles
+from pipelines.train import READOUT_TILE_FACTOR, fit_final_readout, readout_tiles, training_tiles
 from sscc_core.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -23,14 +25,17 @@ from sscc_core.inference import Labeller, label_scene
 from sscc_core.io.matlab import read_benchmark
 from sscc_core.io.store import write_cube
 from sscc_core.model import SSCCNet, backbone_features
-from sscc_core.postprocess import (
+from sscc_core.postprocess import mode_filter, mode_reach, smooth, smooth_reach
+from sscc_core.preprocess import fit_preprocessor
+from sscc_core.readout import (
+    Readout,
     fit_readout,
-    mode_filter,
-    mode_reach,
+    knn_vote,
     nearest_centroid,
     readout_patches,
+    sample_mask,
 )
-from sscc_core.preprocess import fit_preprocessor
+from sscc_core.tiling import Tile, tile_grid
 from sscc_core.trainer import (
     build_training,
     gather_patches,
@@ -107,15 +112,14 @@ def trained(scene):
     patches, _ = gather_patches(cube, valid, mask, pre, cfg.preprocess.patch_size)
     model = train_reference(torch.from_numpy(patches), cfg).model
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    readout = fit_readout(model, readout_patches(cube, valid, mask, pre, cfg.preprocess.patch_size,
-                                                 cfg.train.seed), cfg)
+    readout = fit_readout(model, pre, cube, valid, mask, cfg)
     return cfg, model, before, readout
 
 
 def test_kmeans_readout_labels_nearest_centroid_of_patch_features(scene, trained, tmp_path):
     cube, valid, _, pre = scene
     cfg, model, before, readout = trained
-    centroids = readout["centroids"]
+    centroids = readout.state["centroids"]
     assert centroids.dtype == torch.float32 and tuple(centroids.shape) == (6, model.feature_dim)
     # BN recalibration changed the running statistics only
     after = model.state_dict()
@@ -123,7 +127,7 @@ def test_kmeans_readout_labels_nearest_centroid_of_patch_features(scene, trained
     assert all(torch.equal(after[k], v) for k, v in before.items() if "running" not in k
                and "num_batches" not in k)
 
-    path = save_checkpoint(checkpoint(pre, cube, model, cfg, readout), tmp_path / "km")
+    path = save_checkpoint(checkpoint(pre, cube, model, cfg, readout.state), tmp_path / "km")
     ckpt = load_checkpoint(path)
     torch.testing.assert_close(ckpt.readout_state["centroids"], centroids, rtol=0, atol=0)
 
@@ -146,12 +150,12 @@ def test_kmeans_readout_labels_nearest_centroid_of_patch_features(scene, trained
     model2 = SSCCNet(cfg.model, pre.n_components, cfg.preprocess.patch_size)
     model2.load_state_dict(fresh.model_state)
     full = np.ones_like(valid)
-    expect = fit_readout(model2, readout_patches(cube, full, training_mask(full, scene[2], "labelled"),
-                                                 pre, cfg.preprocess.patch_size, cfg.train.seed), cfg)
-    torch.testing.assert_close(fitted.readout_state["centroids"], expect["centroids"], rtol=0, atol=0)
+    expect = fit_readout(model2, pre, cube, full, training_mask(full, scene[2], "labelled"), cfg)
+    torch.testing.assert_close(fitted.readout_state["centroids"], expect.state["centroids"],
+                               rtol=0, atol=0)
     for k, v in model2.state_dict().items():
         assert torch.equal(fitted.model_state[k], v), k
-    assert fitted.extra["readout"]["n_patches"] == int((scene[2] > 0).sum())
+    assert fitted.extra["readout"]["n_pixels"] == int((scene[2] > 0).sum())
 
 
 def test_readout_sample_is_seeded_and_capped(scene):
@@ -186,9 +190,136 @@ def test_checkpoint_readout_state_versions_and_errors(scene, tmp_path):
     assert len(versions) == 4
 
     with pytest.raises(CheckpointError, match="postprocess.readout 'kmeans' but the checkpoint "
-                                              "holds no k-means centroids"):
+                                              "holds no fitted readout"):
         Labeller.from_checkpoint(checkpoint(pre, cube, model, km_cfg))
-    with pytest.raises(ValueError, match=r"centroids must be \(K >= 2, 8\)"):
-        Labeller(model, pre, centroids=torch.zeros(6, 5))
+    with pytest.raises(ValueError, match=r"centroids must be \(>= 2, 8\)"):
+        Labeller(model, pre, readout=Readout("kmeans", state={"centroids": torch.zeros(6, 5)}))
+    with pytest.raises(ValueError, match=r"sample must be \(>= 2, 8\)"):
+        Labeller(model, pre, readout=Readout("spectral", state={
+            "mean": torch.zeros(8), "std": torch.ones(8), "sample": torch.zeros(9, 3),
+            "labels": torch.zeros(9, dtype=torch.long)}))
+    with pytest.raises(ValueError, match="Readout 'spectral' is not fitted"):
+        Readout("spectral").assign(torch.zeros(3, 8))
     with pytest.raises(ValueError, match="mode_window must be a positive odd number"):
         Labeller(model, pre, mode_window=4)
+
+
+def test_smooth_is_the_normalised_gaussian_average_over_valid_pixels():
+    rng = np.random.default_rng(2)
+    values = rng.normal(size=(3, 9, 11))
+    valid = rng.random((9, 11)) > 0.3
+    sigma = 1.2
+    r = smooth_reach(sigma)
+    assert r == 5 and smooth_reach(0.0) == 0
+    taps = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    expected = np.zeros_like(values)
+    for y, x in np.argwhere(valid):
+        num, den = np.zeros(3), 0.0
+        for dy in range(-r, r + 1):
+            for dx in range(-r, r + 1):
+                yy, xx = y + dy, x + dx
+                if 0 <= yy < 9 and 0 <= xx < 11 and valid[yy, xx]:
+                    w = taps[dy + r] * taps[dx + r]
+                    num, den = num + w * values[:, yy, xx], den + w
+        expected[:, y, x] = num / den
+    out = smooth(values, valid, sigma)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    assert (out[:, ~valid] == 0).all()
+    # the weights of a valid pixel sum to one: an affine map commutes with the smoothing
+    np.testing.assert_allclose(smooth(3 * values + 2, valid, sigma)[:, valid], 3 * out[:, valid] + 2,
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="sigma must be >= 0"):
+        smooth(values, valid, -1.0)
+    with pytest.raises(ValueError, match=r"expected \(V, H, W\) values"):
+        smooth(values[0], valid, 1.0)
+
+
+def test_smoothing_across_tiles_equals_whole_scene_smoothing(scene):
+    cube, valid, _, pre = scene
+    height, width = valid.shape
+    whole = Tile(0, 0, 0, height, 0, width)
+    post = PostprocessConfig(smooth_sigma=1.5, mode_window=3)
+    for backbone, mode in (("fcn", "dense"), ("resnet", "patch")):
+        cfg = SSCCConfig(model=dataclasses.replace(TINY, backbone=backbone), postprocess=post,
+                         train=TrainConfig(seed=4))
+        model = build_training(cfg, pre.n_components).model
+        with torch.no_grad():  # sharpen the untrained head so its argmax varies across the scene
+            model.head.mlp[-1].weight.mul_(100.0)
+        labeller = Labeller.from_checkpoint(checkpoint(pre, cube, model, cfg), mode)
+        assert labeller.context == model.halo + smooth_reach(1.5) + mode_reach(3, 1) == model.halo + 7
+        raw = dataclasses.replace(labeller, readout=Readout("head")).readout_vectors(cube, valid, whole)
+        expected = smooth(raw, valid, 1.5)  # (K, H, W) probabilities smoothed over the scene
+        for tile in tile_grid(height, width, TILE):
+            np.testing.assert_allclose(
+                labeller.readout_vectors(cube, valid, tile),
+                expected[:, tile.y0 : tile.y1, tile.x0 : tile.x1], atol=1e-6, err_msg=str(tile))
+        labels, _ = label_scene(labeller, cube, valid, TILE)
+        np.testing.assert_array_equal(labels, mode_filter(np.where(valid, expected.argmax(0), -1), 3))
+        assert (labels != np.where(valid, raw.argmax(0), -1)).sum() > 100  # smoothing changed it
+
+
+def test_knn_vote_equals_scikit_learn():
+    rng = np.random.default_rng(3)
+    sample, labels = rng.normal(size=(300, 5)), rng.integers(0, 4, 300)
+    queries = rng.normal(size=(2500, 5))  # more than one distance block
+    got, conf = knn_vote(torch.from_numpy(queries), torch.from_numpy(sample),
+                         torch.from_numpy(labels), 7)
+    ref = KNeighborsClassifier(7).fit(sample, labels)
+    np.testing.assert_array_equal(got.numpy(), ref.predict(queries))
+    np.testing.assert_allclose(conf.numpy(), ref.predict_proba(queries).max(1), atol=1e-6)
+    with pytest.raises(ValueError, match="1 <= k <= M"):
+        knn_vote(torch.from_numpy(queries), torch.from_numpy(sample), torch.from_numpy(labels), 301)
+
+
+def test_spectral_readout_fits_smoothed_features_and_votes_in_the_pipeline(scene, tmp_path):
+    cube, valid, labels, pre = scene
+    height, width = valid.shape
+    post = PostprocessConfig(readout="spectral", smooth_sigma=1.0, spectral_neighbors=8,
+                             readout_sample=1500, readout_spectra=2.0)
+    cfg = SSCCConfig(model=TINY, train=TrainConfig(seed=5), postprocess=post)
+    model = build_training(cfg, pre.n_components).model.eval()
+    mask = training_mask(valid, labels, "labelled")
+    readout = fit_readout(model, pre, cube, valid, mask, cfg)
+    state = readout.state
+    dim = model.feature_dim + pre.n_components  # features, then the pixel's own PCA scores
+    assert tuple(state["sample"].shape) == (1500, dim)
+    assert sorted(np.unique(state["labels"].numpy())) == list(range(6))
+    # the readout vectors are [backbone features; standardised PCA scores] of each pixel
+    raw = Labeller(model, pre, readout=Readout("kmeans", spectra_weight=2.0)).readout_vectors(
+        cube, valid, Tile(0, 0, 0, height, 0, width))
+    assert raw.shape == (dim, height, width)
+    np.testing.assert_allclose(raw[model.feature_dim :, valid], pre.transform(cube, valid)[:, valid])
+    # the sample: those vectors smoothed, standardised, the scores weighted, sampled row-major
+    weights = np.r_[np.ones(model.feature_dim), np.full(pre.n_components, 2.0)]
+    np.testing.assert_array_equal(state["weights"].numpy(), weights)
+    vectors = smooth(raw, valid, 1.0)[:, sample_mask(mask, 1500, 5)].T
+    np.testing.assert_allclose(state["mean"].numpy(), vectors.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        state["sample"].numpy(), (vectors - state["mean"].numpy()) / state["std"].numpy() * weights,
+        atol=1e-3)
+
+    ckpt = load_checkpoint(save_checkpoint(checkpoint(pre, cube, model, cfg, state), tmp_path / "sp"))
+    got, conf = label_scene(Labeller.from_checkpoint(ckpt), cube, valid, TILE)
+    z = (smooth(raw, valid, 1.0)[:, valid].T - state["mean"].numpy()) / state["std"].numpy() * weights
+    ref = KNeighborsClassifier(8).fit(state["sample"].numpy(), state["labels"].numpy())
+    np.testing.assert_array_equal(got[valid], ref.predict(z))
+    assert (got[~valid] == -1).all() and (conf[~valid] == 0).all()
+
+    # the Ray trainer's driver step fits the same readout from the store, tiled differently
+    store = write_cube(read_benchmark("salinasA"), tmp_path / "sa.zarr", chunk=TILE)
+    fitted = fit_final_readout(checkpoint(pre, cube, model, cfg), str(store), pre,
+                               training_tiles(str(store), "labelled", TILE))
+    full = np.ones_like(valid)
+    expect = fit_readout(model, pre, cube, full, training_mask(full, labels, "labelled"), cfg)
+    for key in ("mean", "std", "sample", "labels"):
+        torch.testing.assert_close(fitted.readout_state[key], expect.state[key], rtol=0, atol=0)
+
+
+def test_readout_tiles_bound_the_driver_pass_by_the_sample_size():
+    tiles = [{"row": r, "col": c, "n_pixels": 100} for r in range(20) for c in range(30)]  # 600
+    kept = readout_tiles(tiles, max_pixels=500, seed=3)
+    assert len(kept) == READOUT_TILE_FACTOR * 500 // 100  # 20 of 600 tiles: the bound, no more
+    assert kept == sorted(kept, key=lambda t: (t["row"], t["col"]))
+    assert kept == readout_tiles(tiles, 500, 3) and kept != readout_tiles(tiles, 500, 4)
+    assert len({t["row"] for t in kept}) > 5  # spread over the mosaic, not its first rows
+    assert readout_tiles(tiles, max_pixels=10**6, seed=3) == tiles  # small scenes: every tile

@@ -1,0 +1,355 @@
+"""How per-pixel network outputs become cluster ids (``cfg.postprocess.readout``), and fitting it.
+
+Three readouts, all applied to per-pixel vectors that may first be smoothed over valid
+neighbours (:func:`sscc_core.postprocess.smooth`, ``smooth_sigma``):
+
+* ``"head"`` (the recipe): argmax of the cluster head's probabilities; confidence = the maximum
+  probability. Nothing to fit.
+* ``"kmeans"``: k-means (K = ``model.n_clusters``) on the backbone features of a seeded sample of
+  the training pixels; every pixel gets its nearest centroid, confidence
+  ``1 - d_nearest / d_second``. State: ``{"centroids": (K, D)}``.
+* ``"spectral"``: spectral clustering (scikit-learn, a symmetric k-nearest-neighbour graph of
+  ``spectral_neighbors``, QR cluster assignment) of the standardised backbone features of a
+  seeded sample of the training pixels. A graph follows the shape of the data where k-means
+  draws straight boundaries between centroids: a field whose pixels drift gradually in feature
+  space stays one cluster. Every pixel then gets the majority cluster of its
+  ``spectral_neighbors`` nearest sample pixels (confidence = the share of their votes). State:
+  ``{"mean": (D,), "std": (D,), "sample": (M, D) standardised features, "labels": (M,)}``.
+
+With ``readout_spectra > 0`` the two feature readouts read ``[features; PCA scores]`` of each
+pixel, (D + C) values: the backbone features summarise the patch's spatial context, the
+pre-processed spectrum of the pixel itself is appended, and the readout multiplies those C
+dimensions by ``readout_spectra`` (after standardising, for the spectral readout; the weights
+are stored as ``state["weights"]``).
+
+The readout is fitted after training on the *same* vectors the labeller computes (the tile
+path of :class:`sscc_core.inference.Labeller`, smoothing included), collected in scene row-major
+order whatever the tile size, so every trainer fits the same readout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from sklearn.cluster import SpectralClustering
+from torch import Tensor
+
+from sscc_core.baselines import fit_kmeans
+from sscc_core.config import PostprocessConfig, SSCCConfig
+from sscc_core.model import SSCCNet, recalibrate_batchnorm
+from sscc_core.preprocess import Preprocessor
+from sscc_core.tiling import tile_grid, tile_valid
+from sscc_core.trainer import gather_patches
+
+if TYPE_CHECKING:
+    from sscc_core.inference import Labeller
+
+Kind = Literal["head", "kmeans", "spectral"]
+STATE_KEYS: dict[str, tuple[str, ...]] = {
+    "head": (),
+    "kmeans": ("centroids",),
+    "spectral": ("mean", "std", "sample", "labels"),
+}
+VOTE_CHUNK = 1024  # pixels per distance block of the spectral vote (1024 x M float64)
+
+
+def nearest_centroid(features: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
+    """Nearest-centroid labels of feature vectors (Euclidean), and a confidence.
+
+    Args:
+        features: (N, D) feature vectors.
+        centroids: (K, D) k-means centroids, K >= 2.
+
+    Returns:
+        ``(labels, confidence)``: (N,) int64 in ``[0, K)`` and (N,) float32
+        ``1 - d_nearest / d_second`` in ``[0, 1]`` (0 = equidistant from two centroids).
+
+    Raises:
+        ValueError: Shapes do not match.
+    """
+    if features.ndim != 2 or centroids.ndim != 2 or features.shape[1] != centroids.shape[1]:
+        raise ValueError(f"nearest_centroid: expected (N, D) features and (K, D) centroids, got "
+                         f"{tuple(features.shape)} and {tuple(centroids.shape)}")
+    if centroids.shape[0] < 2:
+        raise ValueError(f"nearest_centroid: need at least 2 centroids, got {centroids.shape[0]}")
+    f, c = features.double(), centroids.double()
+    dist2 = (f * f).sum(1, keepdim=True) - 2.0 * f @ c.T + (c * c).sum(1)  # (N, K)
+    two = dist2.clamp(min=0.0).topk(2, dim=1, largest=False)
+    d = two.values.sqrt()
+    conf = torch.where(d[:, 1] > 0, 1.0 - d[:, 0] / d[:, 1].clamp(min=1e-300), 0.0)
+    return two.indices[:, 0].long(), conf.float()
+
+
+def knn_vote(vectors: Tensor, sample: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Majority label of each vector's ``k`` nearest sample vectors (Euclidean, float64).
+
+    Args:
+        vectors: (N, D) query vectors.
+        sample: (M, D) labelled vectors, M >= k.
+        labels: (M,) int64 cluster ids in ``[0, K)``.
+        k: Voters per query.
+
+    Returns:
+        ``(labels, confidence)``: (N,) int64 (ties go to the smallest id) and (N,) float32 share
+        of the votes the winner got.
+
+    Raises:
+        ValueError: Shapes do not match, or fewer sample vectors than ``k``.
+    """
+    if vectors.ndim != 2 or sample.ndim != 2 or vectors.shape[1] != sample.shape[1]:
+        raise ValueError(f"knn_vote: expected (N, D) vectors and (M, D) sample, got "
+                         f"{tuple(vectors.shape)} and {tuple(sample.shape)}")
+    if labels.shape != (sample.shape[0],) or not 1 <= k <= sample.shape[0]:
+        raise ValueError(f"knn_vote: need (M,) labels and 1 <= k <= M, got labels "
+                         f"{tuple(labels.shape)}, k={k}, M={sample.shape[0]}")
+    s = sample.double()
+    s2 = (s * s).sum(1)
+    n_clusters = int(labels.max()) + 1
+    out, conf = [], []
+    for chunk in vectors.double().split(VOTE_CHUNK):
+        dist2 = (chunk * chunk).sum(1, keepdim=True) - 2.0 * chunk @ s.T + s2  # (n, M)
+        nearest = dist2.topk(k, dim=1, largest=False).indices  # (n, k)
+        votes = torch.nn.functional.one_hot(labels[nearest], n_clusters).sum(1)  # (n, K)
+        best = votes.max(dim=1)
+        out.append(best.indices)
+        conf.append(best.values.float() / k)
+    if not out:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0)
+    return torch.cat(out).long(), torch.cat(conf)
+
+
+def spectral_clusters(vectors: np.ndarray, n_clusters: int, neighbors: int, seed: int) -> np.ndarray:
+    """Spectral clustering of (M, D) vectors on a k-nearest-neighbour graph -> (M,) int64 ids."""
+    model = SpectralClustering(n_clusters, affinity="nearest_neighbors", n_neighbors=neighbors,
+                               assign_labels="cluster_qr", random_state=seed)
+    return model.fit_predict(vectors).astype(np.int64)
+
+
+def fit_spectral(vectors: Tensor, n_clusters: int, neighbors: int, seed: int,
+                 weights: Tensor | None = None) -> dict[str, Tensor]:
+    """The spectral readout's state: standardise (N, V) sample vectors per dimension, weight the
+    dimensions, and cluster them (:func:`spectral_clusters`).
+
+    Args:
+        vectors: (N, V) sample vectors.
+        n_clusters: K.
+        neighbors: Neighbours of the graph.
+        seed: Seed of the clustering.
+        weights: Optional (V,) per-dimension weights applied after standardising.
+
+    Returns:
+        ``{"mean": (V,), "std": (V,), "sample": (N, V) standardised and weighted,
+        "labels": (N,) int64}``, plus ``"weights"`` when given.
+    """
+    mean = vectors.double().mean(0).float()
+    std = vectors.double().std(0, unbiased=False).clamp(min=1e-6).float()
+    state = {"mean": mean, "std": std}
+    if weights is not None:
+        state["weights"] = weights.float()
+    z = standardise(vectors, state)
+    labels = spectral_clusters(z.numpy(), n_clusters, neighbors, seed)
+    return {**state, "sample": z, "labels": torch.from_numpy(labels)}
+
+
+def standardise(vectors: Tensor, state: dict[str, Tensor]) -> Tensor:
+    """``(v - mean) / std * weights`` of (N, V) vectors with a spectral readout's state, (N, V)."""
+    z = (vectors.double() - state["mean"].double()) / state["std"].double()
+    if "weights" in state:
+        z = z * state["weights"].double()
+    return z.float()
+
+
+@dataclass(frozen=True)
+class Readout:
+    """A readout of per-pixel vectors, fitted or not (see the module docstring).
+
+    Attributes:
+        kind: ``"head"``, ``"kmeans"`` or ``"spectral"``.
+        smooth_sigma: Gaussian smoothing of the vectors before the readout, in pixels (0 = off).
+        neighbors: Voters of the spectral readout.
+        spectra_weight: Weight of the pixel's PCA scores appended to the features (0 = none).
+        state: The fitted tensors (the checkpoint's ``readout_state``); ``None`` before fitting
+            (and always for ``"head"``).
+    """
+
+    kind: Kind = "head"
+    smooth_sigma: float = 0.0
+    neighbors: int = 10
+    spectra_weight: float = 0.0
+    state: dict[str, Tensor] | None = None
+
+    @classmethod
+    def from_config(cls, post: PostprocessConfig, state: dict[str, Tensor] | None = None) -> "Readout":
+        """The readout a ``postprocess`` config describes, with a checkpoint's fitted state."""
+        return cls(post.readout, post.smooth_sigma, post.spectral_neighbors, post.readout_spectra,
+                   state if post.readout != "head" else None)
+
+    @property
+    def uses_features(self) -> bool:
+        """Whether the readout reads backbone features (else cluster-head probabilities)."""
+        return self.kind != "head"
+
+    @property
+    def appends_spectra(self) -> bool:
+        """Whether the vectors are ``[features; PCA scores]`` (a feature readout with
+        ``spectra_weight > 0``)."""
+        return self.uses_features and self.spectra_weight > 0
+
+    def spectra_weights(self, feature_dim: int, n_dims: int) -> Tensor | None:
+        """(n_dims,) per-dimension weights of ``[features; PCA scores]`` vectors: 1 on the
+        ``feature_dim`` features, ``spectra_weight`` on the scores; ``None`` without scores."""
+        if not self.appends_spectra:
+            return None
+        weights = torch.ones(n_dims)
+        weights[feature_dim:] = self.spectra_weight
+        return weights
+
+    @property
+    def fitted(self) -> bool:
+        """Whether :meth:`assign` can run (``"head"`` needs no fitting)."""
+        return self.kind == "head" or (
+            self.state is not None and all(key in self.state for key in STATE_KEYS[self.kind]))
+
+    def check(self, feature_dim: int) -> None:
+        """Raise a clear ``ValueError`` when the fitted state does not fit ``feature_dim``-d
+        vectors (D, or D + C with the PCA scores appended)."""
+        if self.kind not in STATE_KEYS:
+            raise ValueError(f"Readout: unknown kind {self.kind!r}; choose from {list(STATE_KEYS)}")
+        if self.kind == "head" or self.state is None:
+            return
+        vectors = self.state.get("centroids" if self.kind == "kmeans" else "sample")
+        if vectors is None or vectors.ndim != 2 or vectors.shape[1] != feature_dim or len(vectors) < 2:
+            shape = None if vectors is None else tuple(vectors.shape)
+            what = "centroids" if self.kind == "kmeans" else "sample"
+            raise ValueError(f"Readout: {what} must be (>= 2, {feature_dim}) for this model's "
+                             f"{feature_dim}-d features, got {shape}")
+
+    def assign(self, vectors: Tensor) -> tuple[Tensor, Tensor]:
+        """Cluster ids and confidence of (N, V) vectors (probabilities or features).
+
+        Returns:
+            ``(labels, confidence)``: (N,) int64 and (N,) float32.
+
+        Raises:
+            ValueError: The readout is not fitted.
+        """
+        if not self.fitted:
+            raise ValueError(f"Readout {self.kind!r} is not fitted (no {STATE_KEYS[self.kind]} state)")
+        if self.kind == "head":
+            best = vectors.max(dim=1)
+            return best.indices.long(), best.values.float()
+        if self.kind == "kmeans":
+            weights = self.state.get("weights")
+            return nearest_centroid(vectors if weights is None else vectors * weights,
+                                    self.state["centroids"])
+        return knn_vote(standardise(vectors, self.state), self.state["sample"],
+                        self.state["labels"], self.neighbors)
+
+
+def readout_patches(
+    cube: Any, valid: Any, train_mask: np.ndarray, pre: Preprocessor, patch_size: int, seed: int,
+    max_pixels: int, tile_size: int = 256,
+) -> Tensor:
+    """Clean patches of a seeded sample of at most ``max_pixels`` training pixels, in scene
+    row-major order whatever the tile size (BatchNorm recalibration).
+
+    Args:
+        cube: (B, H, W) array-like (numpy or zarr).
+        valid: (H, W) bool array-like.
+        train_mask: (H, W) bool, the training pixels (:func:`sscc_core.trainer.training_mask`).
+        pre: Fitted pre-processing.
+        patch_size: Odd patch side P.
+        seed: Seed of the sample (the run's ``train.seed``).
+        max_pixels: Largest number of patches returned.
+        tile_size: Tile side used to read the cube.
+
+    Returns:
+        (N, C, P, P) float32 patches, N = min(#training pixels, ``max_pixels``).
+    """
+    mask = sample_mask(train_mask, max_pixels, seed)
+    patches, coords = gather_patches(cube, valid, mask, pre, patch_size, tile_size)
+    order = np.lexsort((coords[:, 1], coords[:, 0]))
+    return torch.from_numpy(np.ascontiguousarray(patches[order]))
+
+
+def sample_mask(train_mask: np.ndarray, max_pixels: int, seed: int) -> np.ndarray:
+    """(H, W) bool: ``train_mask`` thinned to a seeded uniform sample of at most ``max_pixels``."""
+    train_mask = np.asarray(train_mask, dtype=bool)
+    flat = np.flatnonzero(train_mask)
+    if len(flat) <= max_pixels:
+        return train_mask
+    keep = np.zeros(train_mask.shape, dtype=bool)
+    keep.flat[np.random.default_rng(seed).choice(flat, max_pixels, replace=False)] = True
+    return keep
+
+
+def sample_vectors(labeller: "Labeller", cube: Any, valid: Any, mask: np.ndarray,
+                   tile_size: int = 256) -> Tensor:
+    """The labeller's readout vectors (smoothed when configured) at the ``mask`` pixels.
+
+    Returns:
+        (N, V) float32 in scene row-major order, whatever ``tile_size``.
+    """
+    vectors, coords = [], []
+    for tile in tile_grid(mask.shape[0], mask.shape[1], tile_size):
+        local = tile_valid(mask, tile)
+        if not local.any():
+            continue
+        vectors.append(labeller.readout_vectors(cube, valid, tile)[:, local].T)
+        coords.append(np.argwhere(local) + [tile.y0, tile.x0])
+    if not vectors:
+        raise ValueError("readout: no training pixels to fit on")
+    coords = np.concatenate(coords)
+    order = np.lexsort((coords[:, 1], coords[:, 0]))
+    return torch.from_numpy(np.ascontiguousarray(np.concatenate(vectors)[order]))
+
+
+def fit_readout(model: SSCCNet, pre: Preprocessor, cube: Any, valid: Any, train_mask: np.ndarray,
+                cfg: SSCCConfig, tile_size: int = 256) -> Readout:
+    """Fit what ``cfg.postprocess`` needs after training, on the clean training pixels.
+
+    With ``bn_recalibrate`` the model's BatchNorm statistics are re-estimated first (in place)
+    on clean patches of a sample of the training pixels. The ``"kmeans"`` and ``"spectral"``
+    readouts are then fitted on the labeller's vectors of a seeded sample of at most
+    ``readout_sample`` training pixels (K = ``model.n_clusters``, seed ``train.seed``).
+
+    Args:
+        model: The trained network (left in eval mode).
+        pre: The run's pre-processing.
+        cube: (B, H, W) array-like.
+        valid: (H, W) bool array-like.
+        train_mask: (H, W) bool training pixels.
+        cfg: The run configuration.
+        tile_size: Tile side used to read the cube.
+
+    Returns:
+        The fitted :class:`Readout`; its ``state`` is the checkpoint's ``readout_state``.
+
+    Raises:
+        ValueError: Fewer sample pixels than clusters (or than the spectral neighbours).
+    """
+    from sscc_core.inference import Labeller  # inference imports this module
+
+    post, seed = cfg.postprocess, cfg.train.seed
+    if post.bn_recalibrate:
+        recalibrate_batchnorm(model, readout_patches(cube, valid, train_mask, pre, model.patch_size,
+                                                     seed, post.readout_sample, tile_size))
+    model.eval()
+    readout = Readout.from_config(post)
+    if not readout.uses_features:
+        return readout
+    mask = sample_mask(train_mask, post.readout_sample, seed)
+    vectors = sample_vectors(Labeller(model, pre, readout=readout), cube, valid, mask, tile_size)
+    k = model.cfg.n_clusters
+    if len(vectors) <= max(k, post.spectral_neighbors if readout.kind == "spectral" else 0):
+        raise ValueError(f"readout {readout.kind!r}: {len(vectors)} training pixels are too few "
+                         f"for {k} clusters")
+    weights = readout.spectra_weights(model.feature_dim, vectors.shape[1])
+    if readout.kind == "spectral":
+        return replace(readout, state=fit_spectral(vectors, k, post.spectral_neighbors, seed, weights))
+    km = fit_kmeans((vectors if weights is None else vectors * weights).numpy(), k, seed)
+    state = {"centroids": torch.from_numpy(km.cluster_centers_.astype(np.float32))}
+    return replace(readout, state=state if weights is None else {**state, "weights": weights})
