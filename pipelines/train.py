@@ -460,7 +460,7 @@ def run_training(
     trainer.fit()
     path = checkpoint_file(storage.join(run_dir, "final"))
     ckpt = load_checkpoint(path)
-    if cfg.postprocess.readout == "kmeans" or cfg.postprocess.bn_recalibrate:
+    if cfg.postprocess.readout != "head" or cfg.postprocess.bn_recalibrate:
         ckpt = fit_final_readout(ckpt, store, pre, tiles)
         save_checkpoint(ckpt, path)
     log_event(log, "final checkpoint", path=path, model_version=ckpt.model_version, epoch=ckpt.epoch)

@@ -1,7 +1,8 @@
 """The accuracy protocol harness, the mode filter and the ``sscc reproduce`` CLI.
 
 Fast tests run on a small synthetic scene built from real Salinas-A class-mean spectra (three
-class blocks plus noise); the slow test checks the Salinas-A accuracy target of the tuned config.
+class blocks plus noise); the slow tests check the accuracy targets of the tuned configs on
+Salinas-A and Indian Pines.
 """
 
 from __future__ import annotations
@@ -245,13 +246,29 @@ def test_reproduce_cli_user_errors(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.slow
-def test_salinas_a_tuned_config_beats_kmeans(salinas: Scene) -> None:
-    """configs/salinas_a.yaml, seed 0, one thread: measured ACC 0.844 (docs/RESULTS.md).
-
-    The brief's target (ACC >= 0.95) was not reached; this guards the level that was.
-    """
+def test_salinas_a_tuned_config_reaches_the_target(salinas: Scene) -> None:
+    """configs/salinas_a.yaml, seed 0, one thread: measured ACC 1.000 (docs/RESULTS.md); the
+    brief's target is ACC >= 0.95, well above k-means (0.84 for seed 0)."""
     torch.set_num_threads(1)
     r = run_one(salinas, "sscc", "labelled", 0, load_config(REPO / "configs" / "salinas_a.yaml"))
     km = run_one(salinas, "kmeans_pca", "labelled", 0, load_config())
-    assert r.metrics["acc"] >= 0.82
-    assert r.metrics["acc"] > km.metrics["acc"]
+    assert r.metrics["acc"] >= 0.95
+    assert r.metrics["acc"] > km.metrics["acc"] + 0.1
+
+
+@pytest.mark.slow
+def test_indian_pines_tuned_config_reaches_the_target_and_training_matters() -> None:
+    """configs/indian_pines.yaml, seed 0, one thread: measured ACC 0.644 (docs/RESULTS.md);
+    target >= 0.60, well above k-means (0.35). The same readout on the untrained network
+    (lr 1e-12) measured 0.542: the SSCC training, not only the graph readout, carries the score."""
+    torch.set_num_threads(1)
+    indian_pines = load_scene("indian_pines")
+    cfg = load_config(REPO / "configs" / "indian_pines.yaml")
+    r = run_one(indian_pines, "sscc", "labelled", 0, cfg)
+    km = run_one(indian_pines, "kmeans_pca", "labelled", 0, load_config())
+    untrained = run_one(indian_pines, "sscc", "labelled", 0,
+                        load_config(REPO / "configs" / "indian_pines.yaml",
+                                    {"train.epochs": 1, "train.lr": 1e-12}))
+    assert r.metrics["acc"] >= 0.60
+    assert r.metrics["acc"] > km.metrics["acc"] + 0.2
+    assert r.metrics["acc"] > untrained.metrics["acc"] + 0.05

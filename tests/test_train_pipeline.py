@@ -12,6 +12,7 @@ from pipelines.train import TilePatches, run_training, tile_stream, training_til
 from sscc_core.augment import two_views
 from sscc_core.checkpoint import load_checkpoint
 from sscc_core.config import SSCCConfig, load_config, to_dict
+from sscc_core.inference import Labeller
 from sscc_core.io.matlab import read_benchmark
 from sscc_core.io.store import open_cube, write_cube
 from sscc_core.preprocess import fit_preprocessor
@@ -107,12 +108,17 @@ def test_injected_worker_failure_finishes_from_checkpoint(ray_session, salinas_s
 
 def test_run_storage_may_be_a_url(ray_session, salinas_store: Path, tmp_path: Path) -> None:
     """Checkpoints, pre-processing and history go through fsspec: a file:// storage URL works
-    like a local path (s3:// and gs:// work the same with their fsspec package installed)."""
-    cfg = tiny_config(**{"train.epochs": 1})
+    like a local path (s3:// and gs:// work the same with their fsspec package installed). The
+    final checkpoint carries the fitted spectral readout the config asks for."""
+    cfg = tiny_config(**{"train.epochs": 1, "postprocess.readout": "spectral",
+                         "postprocess.smooth_sigma": 1.0, "postprocess.readout_spectra": 2.0})
     url = f"file://{tmp_path}/store"
     final = run_training(str(salinas_store), cfg, "urlrun", url, num_workers=0)
     assert final == f"{url}/urlrun/final/model.pt"
-    assert load_checkpoint(final).epoch == 1
+    ckpt = load_checkpoint(final)
+    assert ckpt.epoch == 1
+    assert sorted(ckpt.readout_state) == ["labels", "mean", "sample", "std", "weights"]
+    assert Labeller.from_checkpoint(ckpt).readout.fitted  # sscc predict can use it as is
     assert (tmp_path / "store" / "urlrun" / "preprocess.pt").is_file()
     assert (tmp_path / "store" / "urlrun" / "history.json").is_file()
     assert load_config(tmp_path / "store" / "urlrun" / "config.yaml") == cfg
