@@ -151,18 +151,18 @@ class PostprocessConfig:
             training pixels and labels every pixel by its nearest centroid; ``"spectral"`` runs
             spectral clustering (a k-nearest-neighbour graph of ``spectral_neighbors``) on the
             standardised backbone features of a sample of the training pixels and labels every
-            pixel by a vote of its ``spectral_neighbors`` nearest sample pixels in that space.
+            pixel by a logistic regression fitted to the sample's clusters.
         smooth_sigma: Standard deviation, in pixels, of a Gaussian average over valid
             neighbouring pixels of the readout's input (probabilities for ``"head"``, features
             otherwise) before it is read out; 0 = off (the recipe).
-        spectral_neighbors: Neighbours of the spectral readout's graph and of its vote.
+        spectral_neighbors: Neighbours of the spectral readout's k-nearest-neighbour graph.
         readout_spectra: Weight of the pixel's own pre-processed spectrum (its standardised PCA
             scores) appended to the backbone features read by ``"kmeans"`` and ``"spectral"``:
             the features carry the patch's spatial context, the scores the pixel's spectrum.
             The spectral readout standardises every dimension and then multiplies the appended
             ones by this weight. 0 = features only (the default).
         readout_sample: Largest number of training pixels the readout is fitted on (k-means,
-            spectral clustering; the spectral readout stores them in the checkpoint).
+            spectral clustering).
         mode_window: Side, in pixels, of the square majority (mode) filter applied to the label
             map over valid pixels; 1 = off (the recipe).
         mode_iterations: Passes of the mode filter.

@@ -20,8 +20,8 @@ Methods:
 * ``"spectral_pca"`` -- a non-deep graph baseline with the SSCC spectral readout's machinery on
   the recipe's features instead of learned ones: the features smoothed over valid neighbours
   (``cfg.postprocess.smooth_sigma``), spectral clustering of a seeded sample of the training
-  pixels (``spectral_neighbors``, ``readout_sample``), every valid pixel labelled by the vote of
-  its nearest sample pixels; then the ``cfg.postprocess`` mode filter.
+  pixels (``spectral_neighbors``, ``readout_sample``) extended to every valid pixel by the
+  fitted logistic regression; then the ``cfg.postprocess`` mode filter.
 
 Each run reports its process CPU seconds (all threads) and wall seconds. :func:`run_seeds`
 repeats a run over seeds and :func:`summarise` gives mean and std of every score.
@@ -160,11 +160,11 @@ def _kmeans_map(
 
 def _spectral_pca_map(scene: Scene, pre: Preprocessor, train_mask: np.ndarray, cfg: SSCCConfig) -> np.ndarray:
     """Spectral clustering of the smoothed recipe features of a sample of ``train_mask``; every
-    valid pixel gets the vote of its nearest sample pixels."""
+    valid pixel gets the cluster the fitted extension gives it."""
     post = cfg.postprocess
     feats = smooth(pre.transform(scene.cube, scene.valid), scene.valid, post.smooth_sigma)
     sample = torch.from_numpy(feats[:, sample_mask(train_mask, post.readout_sample, cfg.train.seed)].T)
-    readout = Readout("spectral", neighbors=post.spectral_neighbors, state=fit_spectral(
+    readout = Readout("spectral", state=fit_spectral(
         sample, scene.n_classes, post.spectral_neighbors, cfg.train.seed))
     labels, _ = readout.assign(torch.from_numpy(feats[:, scene.valid].T))
     return _scatter(labels.numpy(), scene.valid)

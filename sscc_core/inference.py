@@ -4,11 +4,11 @@ A tile is read with a halo of ``patch_size // 2``, mapped to standardised PCA fe
 labelled either densely (``"fcn"`` backbone: one fully convolutional pass) or patch by patch
 (any backbone), by the readout of the checkpoint's ``postprocess`` config
 (:class:`sscc_core.readout.Readout`: the cluster head's argmax, the nearest k-means centroid of
-the backbone features, or the spectral clusters' vote). Each spatial post-processing step works
-on the tile grown by its reach (clipped to the scene) and crops back, so tiled labels equal the
-whole-scene computation: the readout's input is smoothed over the tile grown by
-:func:`sscc_core.postprocess.smooth_reach`, and the mode filter runs over the tile grown by
-:func:`sscc_core.postprocess.mode_reach`. Nodata pixels get the ``nodata`` label and zero
+the backbone features, or the spectral clusters' linear extension). Each spatial
+post-processing step works on the tile grown by its reach (clipped to the scene) and crops back,
+so tiled labels equal the whole-scene computation: the readout's input is smoothed over the
+tile grown by :func:`sscc_core.postprocess.smooth_reach`, and the mode filter runs over the tile
+grown by :func:`sscc_core.postprocess.mode_reach`. Nodata pixels get the ``nodata`` label and zero
 confidence.
 """
 

@@ -112,7 +112,11 @@ def test_bench_smoke(ray_session, tmp_path):
         t["pipeline_pixels_per_s"] / min(rates["read"], rates["model"]))
     assert t["serial_chain_pixels_per_s"] < min(rates["read"], rates["preprocess"], rates["model"])
     assert results["dense"]["dense_equals_patch"] is True
+    d = results["dense"]
+    assert d["spectral_over_head_time"] == pytest.approx(
+        d["pixels_per_s"]["label_head"] / d["pixels_per_s"]["label_spectral"])
     text = doc.read_text()
+    assert "with the spectral-spatial readout" in text
     assert "sscc predict --checkpoint" in text and "Pipeline / min(read, model)" in text
     assert f"{results['machine']['cpus']} logical CPUs" in text
     assert (out / "throughput.png").stat().st_size > 0

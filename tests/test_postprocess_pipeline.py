@@ -11,7 +11,6 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from sklearn.neighbors import KNeighborsClassifier
 
 from pipelines.train import READOUT_TILE_FACTOR, fit_final_readout, readout_tiles, training_tiles
 from sscc_core.checkpoint import (
@@ -30,10 +29,11 @@ from sscc_core.preprocess import fit_preprocessor
 from sscc_core.readout import (
     Readout,
     fit_readout,
-    knn_vote,
+    fit_extension,
     nearest_centroid,
     readout_patches,
     sample_mask,
+    spectral_clusters,
 )
 from sscc_core.tiling import Tile, tile_grid
 from sscc_core.trainer import (
@@ -194,10 +194,10 @@ def test_checkpoint_readout_state_versions_and_errors(scene, tmp_path):
         Labeller.from_checkpoint(checkpoint(pre, cube, model, km_cfg))
     with pytest.raises(ValueError, match=r"centroids must be \(>= 2, 8\)"):
         Labeller(model, pre, readout=Readout("kmeans", state={"centroids": torch.zeros(6, 5)}))
-    with pytest.raises(ValueError, match=r"sample must be \(>= 2, 8\)"):
+    with pytest.raises(ValueError, match=r"coef must be \(>= 2, 8\)"):
         Labeller(model, pre, readout=Readout("spectral", state={
-            "mean": torch.zeros(8), "std": torch.ones(8), "sample": torch.zeros(9, 3),
-            "labels": torch.zeros(9, dtype=torch.long)}))
+            "mean": torch.zeros(8), "std": torch.ones(8), "coef": torch.zeros(6, 3),
+            "intercept": torch.zeros(6)}))
     with pytest.raises(ValueError, match="Readout 'spectral' is not fitted"):
         Readout("spectral").assign(torch.zeros(3, 8))
     with pytest.raises(ValueError, match="mode_window must be a positive odd number"):
@@ -258,20 +258,29 @@ def test_smoothing_across_tiles_equals_whole_scene_smoothing(scene):
         assert (labels != np.where(valid, raw.argmax(0), -1)).sum() > 100  # smoothing changed it
 
 
-def test_knn_vote_equals_scikit_learn():
+def test_spectral_extension_reproduces_the_clusters_and_handles_missing_ones():
     rng = np.random.default_rng(3)
-    sample, labels = rng.normal(size=(300, 5)), rng.integers(0, 4, 300)
-    queries = rng.normal(size=(2500, 5))  # more than one distance block
-    got, conf = knn_vote(torch.from_numpy(queries), torch.from_numpy(sample),
-                         torch.from_numpy(labels), 7)
-    ref = KNeighborsClassifier(7).fit(sample, labels)
-    np.testing.assert_array_equal(got.numpy(), ref.predict(queries))
-    np.testing.assert_allclose(conf.numpy(), ref.predict_proba(queries).max(1), atol=1e-6)
-    with pytest.raises(ValueError, match="1 <= k <= M"):
-        knn_vote(torch.from_numpy(queries), torch.from_numpy(sample), torch.from_numpy(labels), 301)
+    centres = rng.normal(scale=4.0, size=(4, 5))
+    labels = rng.integers(0, 4, 600)
+    z = centres[labels] + rng.normal(size=(600, 5))
+    labels[labels == 2] = 3  # cluster 2 of K = 5 left empty, 4 never used
+    state = fit_extension(z, labels, 5, seed=0)
+    assert tuple(state["coef"].shape) == (5, 5) and tuple(state["intercept"].shape) == (5,)
+    readout = Readout("spectral", state={"mean": torch.zeros(5), "std": torch.ones(5), **state})
+    got, conf = readout.assign(torch.from_numpy(z).float())
+    assert (got.numpy() == labels).mean() > 0.97  # the linear map reproduces the clusters
+    assert not np.isin(got.numpy(), [2, 4]).any()  # empty clusters are never chosen
+    assert ((conf > 0.25) & (conf <= 1)).all()
+    # two clusters: scikit-learn's binary form maps onto the right rows
+    two = fit_extension(z[labels < 2], labels[labels < 2] * 3, 5, seed=0)  # ids 0 and 3
+    pair = Readout("spectral", state={"mean": torch.zeros(5), "std": torch.ones(5), **two})
+    np.testing.assert_array_equal(pair.assign(torch.from_numpy(z[labels < 2]).float())[0].numpy(),
+                                  labels[labels < 2] * 3)
+    with pytest.raises(ValueError, match="found 1 cluster"):
+        fit_extension(z, np.zeros(600, dtype=int), 5, seed=0)
 
 
-def test_spectral_readout_fits_smoothed_features_and_votes_in_the_pipeline(scene, tmp_path):
+def test_spectral_readout_fits_smoothed_features_and_labels_in_the_pipeline(scene, tmp_path):
     cube, valid, labels, pre = scene
     height, width = valid.shape
     post = PostprocessConfig(readout="spectral", smooth_sigma=1.0, spectral_neighbors=8,
@@ -282,27 +291,28 @@ def test_spectral_readout_fits_smoothed_features_and_votes_in_the_pipeline(scene
     readout = fit_readout(model, pre, cube, valid, mask, cfg)
     state = readout.state
     dim = model.feature_dim + pre.n_components  # features, then the pixel's own PCA scores
-    assert tuple(state["sample"].shape) == (1500, dim)
-    assert sorted(np.unique(state["labels"].numpy())) == list(range(6))
+    assert tuple(state["coef"].shape) == (6, dim)
     # the readout vectors are [backbone features; standardised PCA scores] of each pixel
     raw = Labeller(model, pre, readout=Readout("kmeans", spectra_weight=2.0)).readout_vectors(
         cube, valid, Tile(0, 0, 0, height, 0, width))
     assert raw.shape == (dim, height, width)
     np.testing.assert_allclose(raw[model.feature_dim :, valid], pre.transform(cube, valid)[:, valid])
-    # the sample: those vectors smoothed, standardised, the scores weighted, sampled row-major
+    # the sample: those vectors smoothed, standardised, the scores weighted, sampled row-major,
+    # clustered by spectral clustering, which the fitted extension reproduces
     weights = np.r_[np.ones(model.feature_dim), np.full(pre.n_components, 2.0)]
     np.testing.assert_array_equal(state["weights"].numpy(), weights)
     vectors = smooth(raw, valid, 1.0)[:, sample_mask(mask, 1500, 5)].T
     np.testing.assert_allclose(state["mean"].numpy(), vectors.mean(0), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(
-        state["sample"].numpy(), (vectors - state["mean"].numpy()) / state["std"].numpy() * weights,
-        atol=1e-3)
+    np.testing.assert_allclose(state["std"].numpy(), vectors.std(0), rtol=1e-3, atol=1e-5)
+    z_sample = (vectors - state["mean"].numpy()) / state["std"].numpy() * weights
+    clusters = spectral_clusters(z_sample.astype(np.float32), 6, 8, seed=5)
+    assert (readout.assign(torch.from_numpy(vectors))[0].numpy() == clusters).mean() > 0.95
 
     ckpt = load_checkpoint(save_checkpoint(checkpoint(pre, cube, model, cfg, state), tmp_path / "sp"))
     got, conf = label_scene(Labeller.from_checkpoint(ckpt), cube, valid, TILE)
     z = (smooth(raw, valid, 1.0)[:, valid].T - state["mean"].numpy()) / state["std"].numpy() * weights
-    ref = KNeighborsClassifier(8).fit(state["sample"].numpy(), state["labels"].numpy())
-    np.testing.assert_array_equal(got[valid], ref.predict(z))
+    logits = z @ state["coef"].numpy().T + state["intercept"].numpy()
+    np.testing.assert_array_equal(got[valid], logits.argmax(1))
     assert (got[~valid] == -1).all() and (conf[~valid] == 0).all()
 
     # the Ray trainer's driver step fits the same readout from the store, tiled differently
@@ -311,7 +321,7 @@ def test_spectral_readout_fits_smoothed_features_and_votes_in_the_pipeline(scene
                                training_tiles(str(store), "labelled", TILE))
     full = np.ones_like(valid)
     expect = fit_readout(model, pre, cube, full, training_mask(full, labels, "labelled"), cfg)
-    for key in ("mean", "std", "sample", "labels"):
+    for key in ("mean", "std", "weights", "coef", "intercept"):
         torch.testing.assert_close(fitted.readout_state[key], expect.state[key], rtol=0, atol=0)
 
 

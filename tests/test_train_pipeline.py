@@ -117,7 +117,7 @@ def test_run_storage_may_be_a_url(ray_session, salinas_store: Path, tmp_path: Pa
     assert final == f"{url}/urlrun/final/model.pt"
     ckpt = load_checkpoint(final)
     assert ckpt.epoch == 1
-    assert sorted(ckpt.readout_state) == ["labels", "mean", "sample", "std", "weights"]
+    assert sorted(ckpt.readout_state) == ["coef", "intercept", "mean", "std", "weights"]
     assert Labeller.from_checkpoint(ckpt).readout.fitted  # sscc predict can use it as is
     assert (tmp_path / "store" / "urlrun" / "preprocess.pt").is_file()
     assert (tmp_path / "store" / "urlrun" / "history.json").is_file()
