@@ -43,9 +43,10 @@ class Checkpoint:
         scheduler_state: LR scheduler ``state_dict`` (or ``None``).
         wavelength: Band centres in nm the model was fitted on (empty when unknown).
         extra: Free-form JSON-serialisable provenance (input store, metrics, timings).
-        readout_state: Tensors of the fitted readout (``{"centroids": (K, D) float32}`` for
-            ``postprocess.readout == "kmeans"``), or ``None`` (head readout; files written
-            before this field existed).
+        readout_state: Tensors of the fitted readout (:class:`sscc_core.readout.Readout`:
+            ``{"centroids": (K, V)}`` for ``"kmeans"``; ``{"mean", "std", "coef",
+            "intercept"}`` for ``"spectral"``; plus ``"weights"`` with PCA scores appended), or
+            ``None`` (head readout; files written before this field existed).
     """
 
     config: SSCCConfig
