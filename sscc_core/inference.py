@@ -191,12 +191,10 @@ class Labeller:
         reach = mode_reach(self.mode_window, self.mode_iterations)
         if reach == 0:
             return self._label_window(cube, valid, tile)
-        height, width = int(cube.shape[-2]), int(cube.shape[-1])
-        grown = Tile(tile.row, tile.col, max(0, tile.y0 - reach), min(height, tile.y1 + reach),
-                     max(0, tile.x0 - reach), min(width, tile.x1 + reach))
+        grown = tile.grown(reach, int(cube.shape[-2]), int(cube.shape[-1]))
         labels, conf = self._label_window(cube, valid, grown)
         labels = mode_filter(labels, self.mode_window, self.mode_iterations)
-        crop = (slice(tile.y0 - grown.y0, tile.y1 - grown.y0), slice(tile.x0 - grown.x0, tile.x1 - grown.x0))
+        crop = tile.within(grown)
         return labels[crop], conf[crop]
 
     def _label_window(self, cube: Any, valid: Any, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
@@ -220,14 +218,12 @@ class Labeller:
             (V, h, w) float32, V = K (probabilities) or D (features); 0 at nodata pixels.
         """
         reach = smooth_reach(self.readout.smooth_sigma)
-        height, width = int(cube.shape[-2]), int(cube.shape[-1])
-        grown = Tile(tile.row, tile.col, max(0, tile.y0 - reach), min(height, tile.y1 + reach),
-                     max(0, tile.x0 - reach), min(width, tile.x1 + reach))
+        grown = tile.grown(reach, int(cube.shape[-2]), int(cube.shape[-1]))
         mask = tile_valid(valid, grown)
         vectors = self._raw_vectors(cube, valid, grown, mask)
         if reach:
             vectors = smooth(vectors, mask, self.readout.smooth_sigma)
-        return vectors[:, tile.y0 - grown.y0 : tile.y1 - grown.y0, tile.x0 - grown.x0 : tile.x1 - grown.x0]
+        return vectors[(slice(None), *tile.within(grown))]
 
     def _raw_vectors(self, cube: Any, valid: Any, tile: Tile, mask: np.ndarray) -> np.ndarray:
         """(V, h, w) float32 unsmoothed probabilities, features, or features and PCA scores of a

@@ -207,19 +207,19 @@ class Readout:
         return self.kind == "head" or (
             self.state is not None and all(key in self.state for key in STATE_KEYS[self.kind]))
 
-    def check(self, feature_dim: int) -> None:
-        """Raise a clear ``ValueError`` when the fitted state does not fit ``feature_dim``-d
-        vectors (D, or D + C with the PCA scores appended)."""
+    def check(self, vector_dim: int) -> None:
+        """Raise a clear ``ValueError`` when the fitted state does not fit ``vector_dim``-d
+        vectors (D features, or D + C with the PCA scores appended)."""
         if self.kind not in STATE_KEYS:
             raise ValueError(f"Readout: unknown kind {self.kind!r}; choose from {list(STATE_KEYS)}")
         if self.kind == "head" or self.state is None:
             return
         what = "centroids" if self.kind == "kmeans" else "coef"
         vectors = self.state.get(what)
-        if vectors is None or vectors.ndim != 2 or vectors.shape[1] != feature_dim or len(vectors) < 2:
+        if vectors is None or vectors.ndim != 2 or vectors.shape[1] != vector_dim or len(vectors) < 2:
             shape = None if vectors is None else tuple(vectors.shape)
-            raise ValueError(f"Readout: {what} must be (>= 2, {feature_dim}) for this model's "
-                             f"{feature_dim}-d features, got {shape}")
+            raise ValueError(f"Readout: {what} must be (>= 2, {vector_dim}) for this model's "
+                             f"{vector_dim}-d features, got {shape}")
 
     def assign(self, vectors: Tensor) -> tuple[Tensor, Tensor]:
         """Cluster ids and confidence of (N, V) vectors (probabilities or features).
@@ -266,9 +266,14 @@ def readout_patches(
         (N, C, P, P) float32 patches, N = min(#training pixels, ``max_pixels``).
     """
     mask = sample_mask(train_mask, max_pixels, seed)
-    patches, coords = gather_patches(cube, valid, mask, pre, patch_size, tile_size)
+    return row_major(*gather_patches(cube, valid, mask, pre, patch_size, tile_size))
+
+
+def row_major(values: np.ndarray, coords: np.ndarray) -> Tensor:
+    """(N, ...) values gathered tile by tile, reordered by their (N, 2) scene (row, col)
+    coordinates into scene row-major order, so the order does not depend on the tile size."""
     order = np.lexsort((coords[:, 1], coords[:, 0]))
-    return torch.from_numpy(np.ascontiguousarray(patches[order]))
+    return torch.from_numpy(np.ascontiguousarray(values[order]))
 
 
 def sample_mask(train_mask: np.ndarray, max_pixels: int, seed: int) -> np.ndarray:
@@ -298,9 +303,7 @@ def sample_vectors(labeller: "Labeller", cube: Any, valid: Any, mask: np.ndarray
         coords.append(np.argwhere(local) + [tile.y0, tile.x0])
     if not vectors:
         raise ValueError("readout: no training pixels to fit on")
-    coords = np.concatenate(coords)
-    order = np.lexsort((coords[:, 1], coords[:, 0]))
-    return torch.from_numpy(np.ascontiguousarray(np.concatenate(vectors)[order]))
+    return row_major(np.concatenate(vectors), np.concatenate(coords))
 
 
 def fit_readout(model: SSCCNet, pre: Preprocessor, cube: Any, valid: Any, train_mask: np.ndarray,

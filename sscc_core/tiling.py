@@ -50,6 +50,16 @@ class Tile:
         """Columns in the tile."""
         return self.x1 - self.x0
 
+    def grown(self, reach: int, height: int, width: int) -> Tile:
+        """This tile grown by ``reach`` pixels on every side, clipped to a ``height x width`` scene."""
+        return Tile(self.row, self.col, max(0, self.y0 - reach), min(height, self.y1 + reach),
+                    max(0, self.x0 - reach), min(width, self.x1 + reach))
+
+    def within(self, outer: Tile) -> tuple[slice, slice]:
+        """``(rows, cols)`` slices that crop this tile out of an array covering ``outer``."""
+        return (slice(self.y0 - outer.y0, self.y1 - outer.y0),
+                slice(self.x0 - outer.x0, self.x1 - outer.x0))
+
 
 def tile_grid(
     height: int, width: int, tile_size: int, chunks: tuple[int, int] | None = None
