@@ -629,10 +629,7 @@ def render_doc(results: dict[str, Any], commands: dict[str, str]) -> str:
         r = results["throughput"]
         lim = r["limits"]
         lines += [
-            "## 1. Inference throughput: pipeline vs its limits",
-            "",
-            _stamp(r),
-            "",
+            *_heading("## 1. Inference throughput: pipeline vs its limits", r),
             f"Pipeline: `{r['command']}` ({r['store_gb']:.2f} GB mosaic, {_fmt(r['pixels'])} valid "
             f"pixels, {r['pipeline_seconds']:.1f} s). Limits: the same number of plain processes "
             f"({r['actors']}, one thread each, started together) over {r['limit_tiles']} seeded "
@@ -683,10 +680,7 @@ def render_doc(results: dict[str, Any], commands: dict[str, str]) -> str:
         d = results["dense"]
         p = d["pixels_per_s"]
         lines += [
-            "## 2. Dense vs per-patch inference",
-            "",
-            _stamp(d),
-            "",
+            *_heading("## 2. Dense vs per-patch inference", d),
             f"One {d['tile']}x{d['tile']} tile, one thread (`{commands['bench']} --sections dense`).",
             "",
             "| model | pixels/s |",
@@ -713,10 +707,7 @@ def render_doc(results: dict[str, Any], commands: dict[str, str]) -> str:
     if "train" in results:
         t = results["train"]
         lines += [
-            "## 3. Training throughput",
-            "",
-            _stamp(t),
-            "",
+            *_heading("## 3. Training throughput", t),
             f"{t['patches']} patches of a {t['shape'][1]}x{t['shape'][2]} mosaic, batch "
             f"{t['batch_size']}, {t['epochs']} epochs each, last epoch reported "
             f"(`{commands['bench']} --sections train`).",
@@ -745,10 +736,7 @@ def render_doc(results: dict[str, Any], commands: dict[str, str]) -> str:
     if "memory" in results:
         mem = results["memory"]
         lines += [
-            "## 4. Peak memory vs mosaic size",
-            "",
-            _stamp(mem),
-            "",
+            *_heading("## 4. Peak memory vs mosaic size", mem),
             "Summed RSS of the driver and every Ray process it started (raylet, GCS, dashboard, "
             "workers, actors; sampled every 0.5 s with psutil; shared pages are counted once per "
             "process, so this over-states physical memory), and object store bytes in use "
@@ -775,10 +763,7 @@ def render_doc(results: dict[str, Any], commands: dict[str, str]) -> str:
     if "scale" in results:
         s = results["scale"]
         lines += [
-            "### Larger than RAM",
-            "",
-            _stamp(s),
-            "",
+            *_heading("### Larger than RAM", s),
             f"`{commands['scale']}`: a {s['store_gb']:.1f} GB ({s['store_gb'] * 1e9 / 2**30:.1f} GiB) "
             f"mosaic, {s['shape'][1]} x {s['shape'][2]} pixels, on a {s['ram_gib']} GiB machine, "
             f"labelled with a tiny fcn {s['model_widths']}.",
@@ -803,10 +788,7 @@ def render_doc(results: dict[str, Any], commands: dict[str, str]) -> str:
     if "accuracy" in results:
         a = results["accuracy"]
         lines += [
-            "## 5. Accuracy on the synthetic mosaic",
-            "",
-            _stamp(a),
-            "",
+            *_heading("## 5. Accuracy on the synthetic mosaic", a),
             f"SSCC (fcn {a['model']['widths']}, K = {a['model']['n_clusters']}, plain loop, "
             f"{a['train_epochs']} epochs, lr {a['lr']}, on {a['train_samples']} pixels sampled from "
             f"the smallest mosaic, {a['train_seconds']:.0f} s) labelled by the pipeline vs "
@@ -903,12 +885,13 @@ def save(out: Path, name: str, doc: dict[str, Any]) -> None:
     (out / f"{name}.json").write_text(json.dumps({**doc, "measured": measured}, indent=1, default=float))
 
 
-def _stamp(doc: dict[str, Any]) -> str:
-    """One line saying when a section was measured and how loaded the machine was."""
+def _heading(title: str, doc: dict[str, Any]) -> list[str]:
+    """A section's Markdown heading (``title`` with its ``#`` marks) and one line saying when it
+    was measured and how loaded the machine was."""
     m = doc.get("measured")
-    if not m:
-        return "_Measurement time and load not recorded._"
-    return f"_Measured {m['utc']}, load average {m['load_avg']} (1/5/15 min)._"
+    stamp = (f"_Measured {m['utc']}, load average {m['load_avg']} (1/5/15 min)._" if m
+             else "_Measurement time and load not recorded._")
+    return [title, "", stamp, ""]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
