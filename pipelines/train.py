@@ -1,13 +1,18 @@
 """Ray entry point: data-parallel SSCC training with Ray Data tiles and Ray Train (DDP).
 
 Driver: fit the pre-processing (streaming pass over the store), list the tiles holding training
-pixels, and build a Ray Dataset of tile descriptors whose ``map_batches`` actors reopen the store,
+pixels, and build a Ray Dataset of tile descriptors whose ``map_batches`` tasks reopen the store,
 read each tile with its halo, extract standardised PCA patches of its training pixels and draw two
 augmented views of each (seeded by run seed, epoch and tile; the epoch comes from a small clock
 actor, since Ray Data re-executes the dataset every epoch).
-Workers: a ``TorchTrainer`` whose loop takes its shard with ``get_dataset_shard`` and steps the
-SSCC loss (DDP across workers); rank 0 writes an SSCC checkpoint every epoch, and a relaunch with
-the same run name and storage path resumes from the latest one.
+Workers: a ``TorchTrainer`` of N workers trains one objective whatever N is. ``train.batch_size``
+is the global batch; rank 0 alone reads the dataset (seeded local shuffle, ``drop_last``) and
+scatters slice r of every global batch to rank r, so the global batches do not depend on N. The
+SSCC loss gathers the cluster outputs of all ranks with gradients and BatchNorm is synchronised
+(:class:`sscc_core.loss.SSCCLoss`, :class:`sscc_core.model.SyncBatchNorm2d`); DDP averages the
+gradients. Rank 0 posts every epoch's summary (loss parts, clusters used, assignment entropy) to
+the clock, which the driver logs as it arrives, and writes an SSCC checkpoint every epoch; a
+relaunch with the same run name and storage path resumes from the latest one.
 After training the driver fits what ``cfg.postprocess`` needs (BatchNorm recalibration, the
 k-means or spectral readout) on a sample of the training pixels and stores it in the final
 checkpoint.
@@ -26,7 +31,9 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +52,16 @@ from sscc_core.readout import fit_readout
 from sscc_core.preprocess import Preprocessor, fit_preprocessor
 from sscc_core.tiling import Tile, extract_patches_at, tile_grid, tile_valid
 from sscc_core.trainer import (
-    build_training, epoch_generator, mean_parts, tile_features, tile_training_mask, train_step,
+    EpochStats, build_training, clusters_warning, epoch_generator, progress_line, tile_features,
+    tile_training_mask, train_step,
 )
 
 log = logging.getLogger("sscc.train")
 
 
 class EpochClock:
-    """A tiny Ray actor holding the current epoch, read by the data workers.
+    """A tiny Ray actor holding the current epoch, read by the data workers, and the epoch
+    summaries rank 0 posts, read by the driver.
 
     Ray Data re-executes the dataset every epoch; the augmenting workers ask the clock which
     epoch they are producing, so views are new every epoch and identical for a rerun with the
@@ -61,6 +70,7 @@ class EpochClock:
 
     def __init__(self) -> None:
         self.epoch = 0
+        self.posted: list[dict[str, float]] = []
 
     def set(self, epoch: int) -> None:
         """Start producing ``epoch``."""
@@ -69,6 +79,55 @@ class EpochClock:
     def get(self) -> int:
         """The epoch being produced."""
         return self.epoch
+
+    def post(self, summary: dict[str, float]) -> None:
+        """Record a finished epoch's summary (rank 0)."""
+        self.posted.append(summary)
+
+    def since(self, n: int) -> list[dict[str, float]]:
+        """The summaries posted after the first ``n``."""
+        return self.posted[n:]
+
+
+class EpochMonitor:
+    """Driver side: while ``fit()`` runs, log every epoch summary posted to the clock as a JSON
+    event (``epoch``) and a progress line on stdout.
+
+    Args:
+        clock: The :class:`EpochClock` actor.
+        n_clusters: K, for the progress line.
+        interval: Seconds between polls.
+    """
+
+    def __init__(self, clock: Any, n_clusters: int, interval: float = 1.0) -> None:
+        self.clock = clock
+        self.n_clusters = n_clusters
+        self.interval = interval
+        self.seen = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="sscc-epoch-monitor", daemon=True)
+
+    def __enter__(self) -> "EpochMonitor":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.drain()
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.drain()
+
+    def drain(self) -> None:
+        """Log the summaries posted since the last call."""
+        import ray
+
+        for summary in ray.get(self.clock.since.remote(self.seen)):
+            self.seen += 1
+            log_event(log, "epoch", **summary)
+            print(progress_line(summary, self.n_clusters), flush=True)
 
 
 class TilePatches:
@@ -194,56 +253,93 @@ def advance_clock(clock: Any, epoch: int, rank: int, world_size: int) -> None:
         dist.barrier()
 
 
+def rank_batches(
+    shard: Any, cfg: SSCCConfig, config: dict[str, Any], epoch: int, rank: int, world_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's rows of every global batch of one epoch, in order.
+
+    Rank 0 alone iterates the (unsplit) dataset in global batches of ``train.batch_size`` (seeded
+    local shuffle, ``drop_last``) and scatters slice r of each to rank r, so the global batches,
+    and with the gathered loss the whole training, do not depend on the number of workers.
+
+    Args:
+        shard: This worker's iterator of the whole dataset (only rank 0 reads it).
+        cfg: Run configuration.
+        config: The loop's config (``shuffle_buffer``, ``n_batches``, ``in_channels``).
+        epoch: The epoch (mixed into the shuffle seed).
+        rank: This worker's rank.
+        world_size: Ranks.
+
+    Yields:
+        ``(view_a, view_b)``, each (batch_size / world_size, C, P, P).
+    """
+    import ray.train.torch
+    import torch.distributed as dist
+
+    local = cfg.train.batch_size // world_size
+    source = iter(shard.iter_torch_batches(
+        batch_size=cfg.train.batch_size,
+        drop_last=True,
+        local_shuffle_buffer_size=config["shuffle_buffer"],
+        local_shuffle_seed=cfg.train.seed * 100_003 + epoch,
+    )) if rank == 0 else None
+    p = cfg.preprocess.patch_size
+    for i in range(config["n_batches"]):
+        batch = next(source, None) if rank == 0 else None
+        if rank == 0 and batch is None:
+            raise RuntimeError(f"epoch {epoch}: the dataset gave {i} of {config['n_batches']} batches")
+        if world_size == 1:
+            yield batch["view_a"], batch["view_b"]
+            continue
+        pairs = torch.stack([batch["view_a"], batch["view_b"]], dim=1) if rank == 0 else None
+        mine = torch.empty((local, 2, config["in_channels"], p, p), device=ray.train.torch.get_device())
+        dist.scatter(mine, list(pairs.split(local)) if rank == 0 else None, src=0)
+        yield mine[:, 0], mine[:, 1]
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """The per-worker training loop (runs inside Ray Train workers)."""
     import ray.train
     import ray.train.torch
     import torch
 
+    from sscc_core.loss import SSCCLoss
     from sscc_core.model import TwinForward
 
     torch.set_num_threads(config["threads"])
     cfg = from_dict(SSCCConfig, config["cfg"])
     ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     resume = None
     reported = ray.train.get_checkpoint()
     if reported is not None:
         with reported.as_directory() as d:
             resume = load_checkpoint(d)
-    training = build_training(cfg, config["in_channels"], resume)
+    training = build_training(cfg, config["in_channels"], resume, sync_batchnorm=world_size > 1)
     twin = ray.train.torch.prepare_model(TwinForward(training.model))
+    loss = SSCCLoss(cfg.loss, gather_distributed=True)
     shard = ray.train.get_dataset_shard("train")
     while training.epoch < cfg.train.epochs:
         start = time.perf_counter()
-        advance_clock(config["clock"], training.epoch, rank, ctx.get_world_size())
+        advance_clock(config["clock"], training.epoch, rank, world_size)
         training.model.train()
-        parts, n = [], 0
-        for batch in shard.iter_torch_batches(
-            batch_size=cfg.train.batch_size,
-            drop_last=True,
-            local_shuffle_buffer_size=config["shuffle_buffer"],
-            local_shuffle_seed=cfg.train.seed * 100_003 + training.epoch,
-        ):
-            parts.append(train_step(twin, training.optimizer, batch["view_a"], batch["view_b"], cfg))
-            n += len(batch["view_a"])
-            if len(parts) == 1:
+        stats = EpochStats(cfg.model.n_clusters)
+        for xa, xb in rank_batches(shard, cfg, config, training.epoch, rank, world_size):
+            stats.add(train_step(twin, training.optimizer, xa, xb, loss))
+            if stats.batches == 1:
                 inject_failure(config, training.epoch, rank)
-        if not parts:
-            raise RuntimeError(
-                f"rank {rank}: no full batch of {cfg.train.batch_size} patches in epoch "
-                f"{training.epoch}; lower train.batch_size or use more data"
-            )
         lr = training.optimizer.param_groups[0]["lr"]
         training.scheduler.step()
         training.epoch += 1
         seconds = time.perf_counter() - start
-        summary = {"epoch": training.epoch, **mean_parts(parts), "lr": lr, "seconds": seconds,
-                   "samples_per_s": n / seconds, "rank": rank}
+        summary = {"epoch": training.epoch, **stats.summary(), "lr": lr, "seconds": seconds,
+                   "samples_per_s": stats.batches * cfg.train.batch_size / seconds,
+                   "workers": world_size}
         training.history.append(summary)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
+                config["clock"].post.remote(summary)
                 save_checkpoint(snapshot(training, cfg, config), tmp)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(summary, checkpoint=checkpoint)
@@ -293,8 +389,49 @@ def fit_or_reuse_preprocessor(store: str, cfg: SSCCConfig, run_dir: str) -> Prep
     return pre
 
 
-def check_training_size(n_pixels: int, cfg: SSCCConfig, workers: int, store: str) -> None:
-    """Refuse a run whose training pixels cannot fill one batch per worker or number fewer than
+def check_scaling(cfg: SSCCConfig, num_workers: int) -> None:
+    """Refuse a worker count the global batch cannot be split over (before anything starts).
+
+    Raises:
+        ValueError: ``num_workers`` < 0, ``train.batch_size`` not divisible by the workers, or
+            fewer than 2 rows per worker (the loss needs 2 rows; BatchNorm needs more than 1).
+    """
+    batch = cfg.train.batch_size
+    if num_workers < 0:
+        raise ValueError(f"--num-workers must be >= 0 (0 = Ray Train local mode), got {num_workers}")
+    world = max(1, num_workers)
+    if batch % world:
+        raise ValueError(f"train.batch_size={batch} is the global batch and must split evenly over "
+                         f"--num-workers={num_workers}; choose a batch divisible by the workers")
+    if batch // world < 2:
+        raise ValueError(f"train.batch_size={batch} over --num-workers={num_workers} leaves "
+                         f"{batch // world} row per worker; each worker needs at least 2")
+
+
+def check_gpus(num_workers: int) -> None:
+    """Refuse ``--use-gpu`` when the Ray cluster has fewer GPUs than workers, counting the GPUs
+    its autoscaler may add (a GPU node group scaled from zero counts at its maximum size).
+
+    Raises:
+        ValueError: Names the GPUs found and the workers asking for one each.
+    """
+    import ray
+
+    found = ray.cluster_resources().get("GPU", 0)
+    try:  # the autoscaler's node groups; a private API, absent on a fixed cluster
+        from ray._private.state import state
+
+        found = max(found, (state.get_max_resources_from_cluster_config() or {}).get("GPU", 0))
+    except (ImportError, AttributeError):
+        pass
+    needed = max(1, num_workers)
+    if found < needed:
+        raise ValueError(f"--use-gpu: the Ray cluster has {found:g} GPUs (autoscaling included) but "
+                         f"--num-workers={num_workers} needs {needed}; drop --use-gpu to train on CPUs")
+
+
+def check_training_size(n_pixels: int, cfg: SSCCConfig, store: str) -> None:
+    """Refuse a run whose training pixels cannot fill one global batch or number fewer than
     the clusters (K clusters cannot be formed from fewer than K samples).
 
     Raises:
@@ -304,10 +441,10 @@ def check_training_size(n_pixels: int, cfg: SSCCConfig, workers: int, store: str
     if n_pixels < cfg.model.n_clusters:
         raise ValueError(f"{store}: {n_pixels} training pixels (protocol {protocol!r}) are fewer "
                          f"than model.n_clusters={cfg.model.n_clusters}")
-    if n_pixels < cfg.train.batch_size * workers:
+    if n_pixels < cfg.train.batch_size:
         raise ValueError(f"{store}: {n_pixels} training pixels (protocol {protocol!r}) cannot fill "
-                         f"one batch of train.batch_size={cfg.train.batch_size} on each of "
-                         f"{workers} workers; lower train.batch_size or use more data")
+                         f"one batch of train.batch_size={cfg.train.batch_size}; lower "
+                         "train.batch_size or use more data")
 
 
 READOUT_TILE_FACTOR = 4  # the readout's tiles hold at least this many times its sample size
@@ -389,12 +526,13 @@ def run_training(
         cfg: Run configuration.
         run_name: Ray Train run name; relaunching with the same name and storage path resumes.
         storage_path: Directory (local or object storage URI) for checkpoints.
-        num_workers: Data-parallel workers (0 = Ray Train local mode, no DDP).
+        num_workers: Data-parallel workers (0 = Ray Train local mode, no DDP); the training is
+            the same for any count that divides ``train.batch_size`` (the global batch).
         use_gpu: One GPU per worker.
         cpus_per_worker: Logical CPUs per worker (fractional works on small machines).
         max_failures: Worker-group restarts from the last checkpoint before giving up.
         threads: torch intra-op threads per worker.
-        shuffle_buffer: Rows in the local shuffle buffer of each worker.
+        shuffle_buffer: Rows in rank 0's local shuffle buffer (seeded by seed and epoch).
         data_tasks: Concurrent Ray Data tasks reading and augmenting tiles.
         fail_at_epoch: Fault drill: kill worker rank 0 once, mid-way through this epoch (0-based).
     """
@@ -402,6 +540,10 @@ def run_training(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    check_scaling(cfg, num_workers)
+    if use_gpu:
+        ensure_ray()
+        check_gpus(num_workers)
     ds_cube = open_cube(store)
     n_bands = int(ds_cube.sizes["band"])
     wavelength = [float(w) for w in ds_cube["wavelength"].values] if "wavelength" in ds_cube.coords else []
@@ -412,10 +554,8 @@ def run_training(
     tiles = training_tiles(store, cfg.train.protocol, cfg.tile.tile_size)
     n_train = sum(t["n_pixels"] for t in tiles)
     log_event(log, "training tiles", n_tiles=len(tiles), n_pixels=n_train, protocol=cfg.train.protocol)
-    check_training_size(n_train, cfg, max(1, num_workers), store)
+    check_training_size(n_train, cfg, store)
     ensure_ray()
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True
     clock = ray.remote(num_cpus=0)(EpochClock).remote()
     dataset = ray.data.from_items(tiles).map_batches(
         tile_views,
@@ -443,6 +583,7 @@ def run_training(
             "shuffle_buffer": shuffle_buffer,
             "clock": clock,
             "run_dir": run_dir,
+            "n_batches": n_train // cfg.train.batch_size,
             "fail_at_epoch": fail_at_epoch,
             "fail_marker": storage.join(run_dir, "injected_failure") if fail_at_epoch is not None else None,
         },
@@ -456,15 +597,24 @@ def run_training(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
         datasets={"train": dataset},
+        dataset_config=ray.train.DataConfig(  # rank 0 reads everything: see rank_batches
+            datasets_to_split=[], execution_options=ray.data.ExecutionOptions(preserve_order=True)),
     )
-    trainer.fit()
+    with EpochMonitor(clock, cfg.model.n_clusters):
+        trainer.fit()
     path = checkpoint_file(storage.join(run_dir, "final"))
     ckpt = load_checkpoint(path)
     if cfg.postprocess.readout != "head" or cfg.postprocess.bn_recalibrate:
         ckpt = fit_final_readout(ckpt, store, pre, tiles)
         save_checkpoint(ckpt, path)
     log_event(log, "final checkpoint", path=path, model_version=ckpt.model_version, epoch=ckpt.epoch)
-    history = json.dumps((ckpt.extra or {}).get("history", []), indent=1)
+    history_list = (ckpt.extra or {}).get("history", [])
+    warning = clusters_warning(history_list[-1], cfg.model.n_clusters) if history_list else None
+    if warning:
+        log.warning(warning, extra={"fields": {"clusters_used": history_list[-1]["clusters_used"],
+                                               "n_clusters": cfg.model.n_clusters}})
+        print(f"warning: {warning}", flush=True)
+    history = json.dumps(history_list, indent=1)
     storage.write_bytes(storage.join(run_dir, "history.json"), history.encode())
     storage.write_bytes(storage.join(run_dir, "config.yaml"), dump_config(cfg).encode())
     return path

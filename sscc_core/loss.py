@@ -12,6 +12,10 @@ Given the softmax outputs ``Ya`` and ``Yb`` (N x K) of the two augmented views o
   temperature, the other view of the same sample as the positive, the remaining 2N - 2 rows as
   negatives, cross-entropy averaged over the 2N rows;
 * total ``= L_cc + ntxent_weight * L_nt``.
+
+Data-parallel training uses :class:`SSCCLoss` with ``gather_distributed=True``: each rank's
+outputs are gathered with gradients (:func:`sscc_core.distributed.gather_rows`), so every term is
+computed over the global batch and N above is the global batch size.
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from sscc_core.config import LossConfig
+from sscc_core.distributed import gather_rows
 
 BN_EPS = 1e-5  # nn.BatchNorm1d's default eps
+LOSS_PARTS = ("total", "cc", "diagonal", "off_diagonal", "ntxent")  # the scalar parts, logged
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,8 @@ class SSCCLossParts:
         diagonal: ``sum_k (1 - C_kk)^2``.
         off_diagonal: ``sum_{k != l} C_kl^2`` (unweighted).
         ntxent: NT-Xent on the rows (unweighted).
+        probs: (2N, K) detached cluster probabilities the loss saw, view a's rows then view
+            b's (the global batch when gathered), for label-free health statistics.
     """
 
     total: Tensor
@@ -44,11 +52,11 @@ class SSCCLossParts:
     diagonal: Tensor
     off_diagonal: Tensor
     ntxent: Tensor
+    probs: Tensor
 
     def as_floats(self) -> dict[str, float]:
         """The parts as plain floats, for logging."""
-        return {name: float(getattr(self, name).detach()) for name in
-                ("total", "cc", "diagonal", "off_diagonal", "ntxent")}
+        return {name: float(getattr(self, name).detach()) for name in LOSS_PARTS}
 
 
 def _check_pair(ya: Tensor, yb: Tensor) -> None:
@@ -124,4 +132,35 @@ def sscc_loss(ya: Tensor, yb: Tensor, cfg: LossConfig) -> SSCCLossParts:
         diagonal=diagonal,
         off_diagonal=off_diagonal,
         ntxent=ntxent,
+        probs=torch.cat([ya, yb]).detach(),
     )
+
+
+class SSCCLoss(nn.Module):
+    """The SSCC objective as a module, optionally over the global batch of all ranks.
+
+    With ``gather_distributed=True`` and an initialised process group, the (n, K) outputs of
+    every rank are all-gathered with gradients (rank order), so the column standardisation,
+    the cross-correlation and NT-Xent see the global batch of ``world_size * n`` rows and every
+    rank computes the same loss value, which equals the single-process loss on the concatenated
+    batch. Gradient scale: the gather's backward sums the ``world_size`` identical ranks'
+    gradients (each rank's rows receive ``world_size * dL/dy``) and DistributedDataParallel
+    averages parameter gradients over the ranks, so the applied gradient is exactly ``dL/dθ`` of
+    the single-process run; no further scaling is needed (``tests/test_distributed_objective.py``
+    checks it). Without a process group the module is :func:`sscc_loss`.
+
+    Args:
+        cfg: Loss weights and temperature.
+        gather_distributed: Gather the rows of all ranks before computing the loss.
+    """
+
+    def __init__(self, cfg: LossConfig, gather_distributed: bool = False) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.gather_distributed = gather_distributed
+
+    def forward(self, ya: Tensor, yb: Tensor) -> SSCCLossParts:
+        """(n, K) x 2 cluster probabilities of this rank -> :class:`SSCCLossParts`."""
+        if self.gather_distributed:
+            ya, yb = gather_rows(ya), gather_rows(yb)
+        return sscc_loss(ya, yb, self.cfg)

@@ -19,6 +19,13 @@ Two backbones, chosen by :attr:`ModelConfig.backbone`:
 
 Cluster head: ``Linear(D, head_hidden) -> ReLU -> Linear(head_hidden, K) -> Softmax``;
 label = argmax.
+
+Data-parallel training replaces every ``BatchNorm2d`` by :class:`SyncBatchNorm2d`
+(:func:`convert_sync_batchnorm`), whose training-mode statistics are those of the global batch
+over all ranks. ``torch.nn.SyncBatchNorm`` refuses CPU tensors (torch 2.13: "SyncBatchNorm
+expected input tensor to be on GPU"), and gloo/CPU workers are a supported way to train, so the
+synchronisation here is a small subclass that works on every device and keeps the state-dict
+keys of ``BatchNorm2d`` (a checkpoint loads into the plain network).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from sscc_core.config import ModelConfig
+from sscc_core.distributed import all_reduce_sum, world_size
 
 ConvSpec = tuple[int, int]  # (kernel size, padding)
 
@@ -39,6 +47,54 @@ def _conv_bn(c_in: int, c_out: int, spec: ConvSpec) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, kernel, padding=padding, bias=False), nn.BatchNorm2d(c_out)
     )
+
+
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """``BatchNorm2d`` whose training-mode statistics are computed over every rank's batch.
+
+    In training mode under an initialised process group of more than one rank, the per-channel
+    mean and the biased variance are those of the concatenation of all ranks' (N, C, H, W)
+    inputs (two differentiable all-reduces: sums and count, then squared deviations), and the
+    running statistics are updated with them exactly as ``BatchNorm2d`` does (unbiased variance,
+    ``momentum`` or the cumulative average). Otherwise it is ``BatchNorm2d``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) -> (N, C, H, W), normalised with the global batch's statistics."""
+        if not (self.training and world_size() > 1):
+            return super().forward(x)
+        c = x.shape[1]
+        local = torch.cat([x.sum(dim=(0, 2, 3)), x.new_tensor([x.numel() // c])])
+        total = all_reduce_sum(local)
+        count = total[c].detach()
+        mean = total[:c] / count
+        dev = x - mean.view(1, c, 1, 1)
+        var = all_reduce_sum(dev.pow(2).sum(dim=(0, 2, 3))) / count
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, factor)
+                self.running_var.lerp_(var * count / (count - 1), factor)
+        out = dev * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
+        return out * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1) if self.affine else out
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``BatchNorm2d`` in ``module`` by a :class:`SyncBatchNorm2d` sharing its
+    parameters and buffers (an optimiser built before keeps working); returns ``module``."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            sync = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                   child.track_running_stats)
+            sync.weight, sync.bias = child.weight, child.bias
+            for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+                setattr(sync, buffer, getattr(child, buffer))
+            sync.train(child.training)
+            setattr(module, name, sync)
+        else:
+            convert_sync_batchnorm(child)
+    return module
 
 
 class ResidualBlock(nn.Module):

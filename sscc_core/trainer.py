@@ -1,12 +1,18 @@
 """The single-process reference trainer: a plain PyTorch loop of the authors' protocol.
 
 The Ray Train loop in :mod:`pipelines.train` calls the same :func:`train_step`,
-:func:`build_training`, and :func:`epoch_generator`, so the two trainers differ only in how
-batches reach the step (an in-memory tensor here, a Ray Data shard there).
+:func:`build_training`, :func:`epoch_generator` and :class:`EpochStats`, so the two trainers
+differ only in how batches reach the step (an in-memory tensor here, a Ray Data stream there)
+and in the loss gathering the global batch across data-parallel ranks.
+
+Every epoch summary carries label-free health signals next to the loss parts: how many clusters
+the argmax uses and the mean entropy of the assignment rows (:class:`EpochStats`); a run that
+ends with fewer than K clusters used is warned about (:func:`clusters_warning`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,12 +25,14 @@ from torch import Tensor, nn
 from sscc_core.augment import two_views
 from sscc_core.checkpoint import Checkpoint
 from sscc_core.config import SSCCConfig
-from sscc_core.loss import sscc_loss
-from sscc_core.model import SSCCNet, TwinForward
+from sscc_core.loss import LOSS_PARTS, SSCCLoss, SSCCLossParts
+from sscc_core.model import SSCCNet, TwinForward, convert_sync_batchnorm
 from sscc_core.preprocess import Preprocessor
 from sscc_core.tiling import extract_patches_at, read_with_halo, tile_grid, tile_valid
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+
+log = logging.getLogger(__name__)
 
 
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
@@ -56,16 +64,22 @@ class Training:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def build_training(cfg: SSCCConfig, in_channels: int, resume: Checkpoint | None = None) -> Training:
+def build_training(
+    cfg: SSCCConfig, in_channels: int, resume: Checkpoint | None = None, sync_batchnorm: bool = False
+) -> Training:
     """Model, Adam and StepLR of the recipe, seeded; restored from ``resume`` when given.
 
     Args:
         cfg: Run configuration (model, train).
         in_channels: Input channels (PCA components).
         resume: A checkpoint to continue from (weights, optimiser, scheduler, epoch).
+        sync_batchnorm: Use :class:`sscc_core.model.SyncBatchNorm2d` (data-parallel training:
+            BatchNorm statistics over the global batch); same weights and state-dict keys.
     """
     torch.manual_seed(cfg.train.seed)
     model = SSCCNet(cfg.model, in_channels, cfg.preprocess.patch_size)
+    if sync_batchnorm:
+        convert_sync_batchnorm(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.train.step_size, cfg.train.gamma)
     training = Training(model, optimizer, scheduler)
@@ -81,30 +95,86 @@ def build_training(cfg: SSCCConfig, in_channels: int, resume: Checkpoint | None 
 
 
 def train_step(
-    twin: nn.Module, optimizer: torch.optim.Optimizer, xa: Tensor, xb: Tensor, cfg: SSCCConfig
-) -> dict[str, float]:
+    twin: nn.Module, optimizer: torch.optim.Optimizer, xa: Tensor, xb: Tensor, loss: SSCCLoss
+) -> SSCCLossParts:
     """One optimisation step on a batch of view pairs.
 
     Args:
         twin: A :class:`sscc_core.model.TwinForward` (or its DDP wrapper), in train mode.
         optimizer: Its optimiser.
-        xa: View a, (N, C, P, P).
-        xb: View b, (N, C, P, P).
-        cfg: Loss weights come from ``cfg.loss``.
+        xa: View a, (n, C, P, P) (this rank's rows of the batch).
+        xb: View b, (n, C, P, P).
+        loss: The objective (gathering the global batch when data-parallel).
 
     Returns:
-        The loss parts as floats.
+        The loss parts (``total`` already back-propagated and stepped).
     """
-    parts = sscc_loss(*twin(xa, xb), cfg.loss)
+    parts = loss(*twin(xa, xb))
     optimizer.zero_grad(set_to_none=True)
     parts.total.backward()
     optimizer.step()
-    return parts.as_floats()
+    return parts
 
 
-def mean_parts(parts: list[dict[str, float]]) -> dict[str, float]:
-    """Average a list of loss-part dicts key by key (empty list -> empty dict)."""
-    return {k: float(np.mean([p[k] for p in parts])) for k in parts[0]} if parts else {}
+@dataclass
+class EpochStats:
+    """Loss parts and label-free cluster-assignment health of one epoch, step by step.
+
+    The health signals are computed from the probabilities the loss saw (both views of every
+    batch; the global batch when data-parallel, so every rank holds the same values).
+
+    Attributes:
+        n_clusters: K.
+        batches: Steps added.
+        sums: Per loss part, the sum over steps of the batch value.
+        counts: (K,) int64 rows assigned to each cluster by argmax.
+        entropy: Sum over rows of the assignment entropy ``-sum_k p_k log p_k`` (nats).
+    """
+
+    n_clusters: int
+    batches: int = 0
+    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LOSS_PARTS, 0.0))
+    counts: Tensor = field(init=False)
+    entropy: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = torch.zeros(self.n_clusters, dtype=torch.int64)
+
+    def add(self, parts: SSCCLossParts) -> None:
+        """Account one step's loss parts and its (2N, K) probabilities."""
+        for name, value in parts.as_floats().items():
+            self.sums[name] += value
+        labels = parts.probs.argmax(dim=1)
+        self.counts += torch.bincount(labels, minlength=self.n_clusters).cpu()
+        self.entropy += float(torch.special.entr(parts.probs).sum())
+        self.batches += 1
+
+    def summary(self) -> dict[str, float]:
+        """Mean loss parts over the steps, ``clusters_used`` (clusters that won the argmax of
+        at least one row) and ``assign_entropy`` (mean row entropy, nats; 0 = one-hot rows,
+        log K = uniform rows)."""
+        if not self.batches:
+            raise ValueError("EpochStats.summary: no step was added")
+        rows = int(self.counts.sum())
+        return {**{name: value / self.batches for name, value in self.sums.items()},
+                "clusters_used": int((self.counts > 0).sum()), "assign_entropy": self.entropy / rows}
+
+
+def progress_line(summary: dict[str, float], n_clusters: int) -> str:
+    """One human-readable line of an epoch summary (loss parts, health signals, lr, time)."""
+    return (f"epoch {int(summary['epoch']):4d}  loss {summary['total']:.4f}  "
+            f"diag {summary['diagonal']:.4f}  offdiag {summary['off_diagonal']:.4f}  "
+            f"ntxent {summary['ntxent']:.4f}  clusters {int(summary['clusters_used'])}/{n_clusters}  "
+            f"entropy {summary['assign_entropy']:.3f}  lr {summary['lr']:.2e}  {summary['seconds']:.1f}s")
+
+
+def clusters_warning(summary: dict[str, float], n_clusters: int) -> str | None:
+    """The warning for a run whose last epoch used fewer than K clusters, else ``None``."""
+    used = int(summary["clusters_used"])
+    if used >= n_clusters:
+        return None
+    return (f"training ended with {used} of model.n_clusters={n_clusters} clusters used by the "
+            f"argmax (epoch {int(summary['epoch'])}): the assignments collapsed onto fewer clusters")
 
 
 def train_epoch(training: Training, patches: Tensor, cfg: SSCCConfig) -> dict[str, float]:
@@ -116,7 +186,7 @@ def train_epoch(training: Training, patches: Tensor, cfg: SSCCConfig) -> dict[st
         cfg: Run configuration.
 
     Returns:
-        Mean loss parts of the epoch plus ``seconds`` and ``lr``.
+        :meth:`EpochStats.summary` of the epoch plus ``epoch``, ``lr`` and ``seconds``.
     """
     start = time.perf_counter()
     gen = epoch_generator(cfg.train.seed, training.epoch)
@@ -127,15 +197,16 @@ def train_epoch(training: Training, patches: Tensor, cfg: SSCCConfig) -> dict[st
         raise ValueError(f"{len(patches)} training patches are fewer than one batch of {bs}")
     training.model.train()
     twin = TwinForward(training.model)
-    parts = []
+    loss = SSCCLoss(cfg.loss)
+    stats = EpochStats(cfg.model.n_clusters)
     for i in range(n_batches):
         batch = patches[order[i * bs : (i + 1) * bs]]
         xa, xb = two_views(batch, cfg.augment, gen)
-        parts.append(train_step(twin, training.optimizer, xa, xb, cfg))
+        stats.add(train_step(twin, training.optimizer, xa, xb, loss))
     lr = training.optimizer.param_groups[0]["lr"]
     training.scheduler.step()
     training.epoch += 1
-    summary = {"epoch": training.epoch, **mean_parts(parts), "lr": lr, "seconds": time.perf_counter() - start}
+    summary = {"epoch": training.epoch, **stats.summary(), "lr": lr, "seconds": time.perf_counter() - start}
     training.history.append(summary)
     return summary
 
@@ -153,12 +224,19 @@ def train_reference(
         cfg: Run configuration.
         resume: Continue from this checkpoint's epoch.
         on_epoch: Called after every epoch with ``(epoch, summary)`` (logging, checkpoints).
+
+    A run whose last epoch used fewer than K clusters logs :func:`clusters_warning` (logger
+    ``sscc_core.trainer``).
     """
     training = build_training(cfg, patches.shape[1], resume)
     while training.epoch < cfg.train.epochs:
         summary = train_epoch(training, patches, cfg)
         if on_epoch is not None:
             on_epoch(training.epoch, summary)
+    if training.history:
+        warning = clusters_warning(training.history[-1], cfg.model.n_clusters)
+        if warning:
+            log.warning(warning)
     return training
 
 
