@@ -1,15 +1,14 @@
-"""Differentiable collectives for data-parallel SSCC (``torch.distributed``; no Ray).
+"""A differentiable all-gather for data-parallel SSCC (``torch.distributed``; no Ray).
 
 SSCC's objective depends on batch statistics (column standardisation, cross-correlation,
 NT-Xent negatives) and so does BatchNorm: data-parallel training computes them over the global
-batch by gathering across ranks. Both collectives here keep autograd working through the
-exchange, and both backward passes *sum* the gradients that every rank computed for the shared
-result, so when every rank computes the same global quantity the gradient reaching a rank's
-inputs is ``world_size`` times the single-process one; DistributedDataParallel's mean over ranks
-divides that factor back out (see :class:`sscc_core.loss.SSCCLoss`).
+batch by gathering across ranks. :func:`gather_rows` keeps autograd working through the
+exchange, and its backward *sums* the gradients that every rank computed for the gathered rows,
+so when every rank computes the same global quantity the gradient reaching a rank's inputs is
+``world_size`` times the single-process one; DistributedDataParallel's mean over ranks divides
+that factor back out (see :class:`sscc_core.loss.SSCCLoss`).
 
-Outside an initialised process group (one process, Ray Train local mode) every function is the
-identity on its input.
+Outside an initialised process group (one process, Ray Train local mode) it is the identity.
 """
 
 from __future__ import annotations
@@ -43,22 +42,6 @@ class _GatherRows(torch.autograd.Function):
         return grad.chunk(dist.get_world_size())[dist.get_rank()]
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks; backward sums the gradient over ranks (the adjoint of a sum)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        out = x.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        grad = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(grad)
-        return grad
-
-
 def gather_rows(x: Tensor) -> Tensor:
     """Concatenate every rank's rows in rank order, with gradients.
 
@@ -69,8 +52,3 @@ def gather_rows(x: Tensor) -> Tensor:
         (world_size * n, ...): rank 0's rows first; ``x`` itself without a process group.
     """
     return _GatherRows.apply(x) if world_size() > 1 else x
-
-
-def all_reduce_sum(x: Tensor) -> Tensor:
-    """Element-wise sum of ``x`` over ranks, with gradients (``x`` itself without a group)."""
-    return _AllReduceSum.apply(x) if world_size() > 1 else x

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from sscc_core.config import ModelConfig
-from sscc_core.distributed import all_reduce_sum, world_size
+from sscc_core.distributed import gather_rows, world_size
 
 ConvSpec = tuple[int, int]  # (kernel size, padding)
 
@@ -53,10 +53,11 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
     """``BatchNorm2d`` whose training-mode statistics are computed over every rank's batch.
 
     In training mode under an initialised process group of more than one rank, the per-channel
-    mean and the biased variance are those of the concatenation of all ranks' (N, C, H, W)
-    inputs (two differentiable all-reduces: sums and count, then squared deviations), and the
-    running statistics are updated with them exactly as ``BatchNorm2d`` does (unbiased variance,
-    ``momentum`` or the cumulative average). Otherwise it is ``BatchNorm2d``.
+    mean and biased variance are those of the concatenation of all ranks' (N, C, H, W) inputs:
+    each rank's count, mean and sum of squared deviations are gathered with gradients in one
+    collective and combined (Chan et al.'s parallel variance), and the running statistics are
+    updated with them exactly as ``BatchNorm2d`` does (unbiased variance, ``momentum`` or the
+    cumulative average). Otherwise it is ``BatchNorm2d``.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -64,19 +65,20 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         if not (self.training and world_size() > 1):
             return super().forward(x)
         c = x.shape[1]
-        local = torch.cat([x.sum(dim=(0, 2, 3)), x.new_tensor([x.numel() // c])])
-        total = all_reduce_sum(local)
-        count = total[c].detach()
-        mean = total[:c] / count
-        dev = x - mean.view(1, c, 1, 1)
-        var = all_reduce_sum(dev.pow(2).sum(dim=(0, 2, 3))) / count
+        mean = x.mean(dim=(0, 2, 3))
+        m2 = (x - mean.view(1, c, 1, 1)).pow(2).sum(dim=(0, 2, 3))
+        stats = gather_rows(torch.cat([mean, m2, x.new_tensor([x.numel() // c])])[None])  # (W, 2C+1)
+        counts = stats[:, 2 * c :].detach()  # (W, 1)
+        count = counts.sum()
+        mean = (stats[:, :c] * counts).sum(dim=0) / count
+        var = (stats[:, c : 2 * c] + counts * (stats[:, :c] - mean).pow(2)).sum(dim=0) / count
         if self.track_running_stats:
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
             with torch.no_grad():
                 self.running_mean.lerp_(mean, factor)
                 self.running_var.lerp_(var * count / (count - 1), factor)
-        out = dev * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
+        out = (x - mean.view(1, c, 1, 1)) * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
         return out * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1) if self.affine else out
 
 

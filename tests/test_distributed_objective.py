@@ -122,8 +122,12 @@ def test_one_and_two_ray_workers_train_the_same_run(
 ) -> None:
     """`sscc train` with 1 and 2 workers, same seed: the same global batches and views, one
     objective, so one loss curve (and the same health signals); every epoch is logged as a JSON
-    event and a progress line, and a run ending with fewer than K clusters warns."""
-    cfg = tiny_config()  # global batch 256: 128 rows per worker with 2
+    event and a progress line, and a run ending with fewer than K clusters warns.
+
+    A small learning rate keeps Adam from amplifying float32 round-off (at lr 2e-4 the curves
+    drift apart by ~1e-3 over 2 epochs; with lr ~0 they agree to 1e-7), so the tolerance can
+    catch a per-rank objective, per-rank BatchNorm or a different batch composition."""
+    cfg = tiny_config(**{"train.batch_size": 512, "train.lr": 1e-5})  # 256 rows per worker with 2
     runs = {}
     for workers in (1, 2):
         log_file = tmp_path / f"w{workers}.jsonl"
@@ -135,10 +139,11 @@ def test_one_and_two_ray_workers_train_the_same_run(
     setup_logging("train")
     one, two = runs[1][0], runs[2][0]
     assert [h["epoch"] for h in one] == [h["epoch"] for h in two] == [1, 2]
-    for a, b in zip(one, two):
-        for key in (*LOSS_PARTS, "assign_entropy"):
-            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), (a["epoch"], key)
-        assert a["clusters_used"] == b["clusters_used"]
+    for key in (*LOSS_PARTS, "assign_entropy"):
+        drift = max(abs(b[key] - a[key]) / abs(a[key]) for a, b in zip(one, two))
+        assert drift < 2e-4, (key, drift)
+    assert [h["clusters_used"] for h in one] == [h["clusters_used"] for h in two]
+    assert one[1]["total"] != one[0]["total"]
     k = cfg.model.n_clusters
     for history, events, out in runs.values():
         logged = [e for e in events if e["event"] == "epoch"]
