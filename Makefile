@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_TRAIN_ENABLE_PRINT_PATCH := 0
 
-.PHONY: install demo test test-slow bench bench-scale clean
+.PHONY: install demo test test-slow accuracy bench bench-scale clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+accuracy: $(STAMP)
+	$(VENV)/bin/sscc reproduce --suite --out runs/accuracy --doc docs/RESULTS.md
 
 bench: $(STAMP)
 	$(PY) -m pipelines.bench --out docs/bench --doc docs/BENCHMARKS.md

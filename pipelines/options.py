@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from sscc_core.config import ConfigError, SSCCConfig, load_config
 
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config FILE`` and repeatable ``--set section.field=value`` overrides."""
-    parser.add_argument("--config", default=None, help="run configuration YAML (default: the authors' recipe)")
+
+def add_config_args(parser: argparse.ArgumentParser, default: Path | None = None) -> None:
+    """Add ``--config FILE`` (``default`` when not given; the authors' recipe when that is
+    ``None``) and repeatable ``--set section.field=value`` overrides."""
+    what = f"{default.relative_to(default.parents[1])}" if default is not None else "the authors' recipe"
+    parser.add_argument("--config", default=None if default is None else str(default),
+                        help=f"run configuration YAML (default: {what})")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
         help="override one config field, e.g. --set train.epochs=20 (repeatable; values are YAML)",

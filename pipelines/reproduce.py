@@ -8,6 +8,13 @@
 Runs in this process (no Ray): :func:`sscc_core.experiment.run_one` per seed. Prints one line
 per seed, then a Markdown table row of mean ± std (ACC, NMI, ARI, kappa) with the mean CPU and
 wall seconds per run; ``--json`` also writes every per-seed row and the summary.
+
+``--suite`` runs the whole accuracy suite instead (:mod:`sscc_core.suite`: every bundled scene x
+both protocols x the seeds, SSCC with ``configs/default.yaml`` unless ``--config`` says
+otherwise, its ablations and the three baselines), ``--jobs`` runs at a time, per-seed JSON under
+``--out``, and regenerates the tables of ``--doc`` (``docs/RESULTS.md``) once every run succeeded:
+
+    sscc reproduce --suite            # = make accuracy
 """
 
 from __future__ import annotations
@@ -15,12 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from pipelines.common import run_stage
-from pipelines.options import add_config_args, load_cli_config
+from pipelines.options import DEFAULT_CONFIG, add_config_args, load_cli_config
 from sscc_core.config import to_dict
 from sscc_core.experiment import (
     METHODS,
@@ -28,8 +37,10 @@ from sscc_core.experiment import (
     format_summary,
     load_scene,
     run_one,
+    scene_config,
     summarise,
 )
+from sscc_core import suite
 
 TABLE_HEADER = ("| dataset | method | protocol | ACC | NMI | ARI | kappa | CPU s/run | wall s/run |\n"
                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -42,8 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the SSCC accuracy protocol (or a k-means baseline) on a benchmark "
         "scene over several seeds and report mean ± std of ACC, NMI, ARI and kappa.",
     )
-    p.add_argument("--dataset", required=True,
-                   help="benchmark scene: indian_pines, salinas_a (salinasA), ...")
+    p.add_argument("--suite", action="store_true",
+                   help="run the whole accuracy suite (every scene, protocol, method) and "
+                        "regenerate the tables of --doc")
+    p.add_argument("--out", default="runs/accuracy", help="--suite: per-seed JSON directory")
+    p.add_argument("--jobs", type=int, default=2, help="--suite: runs at a time (default 2)")
+    p.add_argument("--doc", default="docs/RESULTS.md", help="--suite: document to regenerate")
+    p.add_argument("--dataset", default=None,
+                   help="benchmark scene: indian_pines, salinas_a (salinasA), samson, jasper_ridge")
     p.add_argument("--method", choices=METHODS, default="sscc",
                    help="sscc, kmeans (recipe features), kmeans_pca (PCA scores, not whitened) or "
                         "spectral_pca (spectral clustering of the smoothed recipe features; "
@@ -59,10 +76,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run_suite(args: argparse.Namespace, command: str) -> None:
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.config is None:
+        args.config = str(DEFAULT_CONFIG)
+    cfg = load_cli_config(args)
+    if not Path(args.doc).is_file():
+        raise FileNotFoundError(f"--doc {args.doc}: no such file")
+    start = time.perf_counter()
+
+    def progress(done: int, total: int, run: suite.Run, row: dict) -> None:
+        print(f"[{done}/{total}] {run.scene} {run.protocol} {run.method} seed {run.seed}: "
+              f"ACC {row['acc']:.3f} clusters {row['n_clusters_used']} CPU {row['cpu_seconds']:.0f} s",
+              flush=True)
+
+    rows = suite.run_suite(cfg, args.out, args.seeds, args.jobs, args.data_dir, progress)
+    seconds = time.perf_counter() - start
+    sscc_cpu = sum(r["cpu_seconds"] for r in rows
+                   if r["method"].startswith("sscc") and not r.get("reused_from"))
+    text = suite.render(rows, seconds, sscc_cpu, command)
+    suite.update_document(args.doc, text)
+    print(text)
+    print(f"suite: {len(rows)} rows in {seconds / 60:.1f} min; {args.doc} regenerated")
+
+
 def _run(args: argparse.Namespace) -> None:
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    command = "sscc reproduce " + " ".join(args.argv)
+    if args.suite:
+        _run_suite(args, command)
+        return
+    if args.dataset is None:
+        raise ValueError("--dataset is required (or --suite)")
     torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)
     cfg = load_cli_config(args)
     scene = load_scene(args.dataset, args.data_dir)
     print(f"{scene.name}: {scene.cube.shape[0]} bands x {scene.cube.shape[1]} x "
@@ -80,15 +129,21 @@ def _run(args: argparse.Namespace) -> None:
     print(TABLE_HEADER)
     print(format_summary(summary))
     if args.json:
-        doc = {"command": "sscc reproduce " + " ".join(sys.argv[1:]),
-               "config": to_dict(cfg), "runs": [r.row() for r in results], "summary": summary}
+        doc = {"command": command,
+               "config": to_dict(scene_config(cfg, scene, args.protocol, args.seeds[0])), "runs": [r.row() for r in results], "summary": summary}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(doc, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``sscc reproduce`` / ``python -m pipelines.reproduce``."""
-    return run_stage("reproduce", build_parser(), _run, argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def run(args: argparse.Namespace) -> None:
+        args.argv = argv
+        _run(args)
+
+    return run_stage("reproduce", build_parser(), run, argv)
 
 
 if __name__ == "__main__":

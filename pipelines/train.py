@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from pipelines.common import add_logging_args, ensure_ray, log_event, run_stage, setup_logging
-from pipelines.options import add_config_args, load_cli_config
+from pipelines.options import DEFAULT_CONFIG, add_config_args, load_cli_config
 from sscc_core import storage
 from sscc_core.augment import two_views
 from sscc_core.checkpoint import Checkpoint, checkpoint_file, load_checkpoint, save_checkpoint
@@ -479,7 +479,9 @@ def fit_final_readout(ckpt: Checkpoint, store: str, pre: Preprocessor, tiles: li
             sample is drawn from :func:`readout_tiles` of them.
 
     Returns:
-        ``ckpt`` with the recalibrated weights and the fitted ``readout_state``.
+        ``ckpt`` with the recalibrated weights and the fitted ``readout_state``. With
+        ``postprocess.readout: auto`` its config holds the chosen readout and smoothing, and
+        ``extra["selection"]`` the label-free choice with every candidate's criterion value.
     """
     import zarr
 
@@ -495,14 +497,25 @@ def fit_final_readout(ckpt: Checkpoint, store: str, pre: Preprocessor, tiles: li
     model = SSCCNet(cfg.model, ckpt.in_channels, cfg.preprocess.patch_size)
     model.load_state_dict(ckpt.model_state)
     readout = fit_readout(model, pre, group["reflectance"], group["valid"], mask, cfg,
-                          tile_size=cfg.tile.tile_size)
+                          tile_size=cfg.tile.tile_size,
+                          log=lambda row: log_event(log, "readout candidate", **row))
     seconds = time.perf_counter() - start
     n_pixels = min(int(mask.sum()), cfg.postprocess.readout_sample)
-    log_event(log, "readout fitted", readout=cfg.postprocess.readout,
+    log_event(log, "readout fitted", readout=readout.kind, smooth_sigma=readout.smooth_sigma,
               bn_recalibrate=cfg.postprocess.bn_recalibrate, n_pixels=n_pixels, seconds=seconds)
     extra = {**(ckpt.extra or {}), "readout": {"n_pixels": n_pixels, "seconds": seconds}}
-    return dataclasses.replace(ckpt, model_state=model.state_dict(), readout_state=readout.state,
-                               extra=extra)
+    if readout.selection is not None:
+        choice = readout.selection["choice"]
+        print(f"readout chosen from the data: {readout.kind}, smoothing {readout.smooth_sigma:g} px, "
+              f"{choice['spectra_scale']} spectra (most stable of "
+              f"{len(readout.selection['candidates'])} candidates)", flush=True)
+        log_event(log, "readout chosen", **choice, criterion=readout.selection["criterion"])
+        extra["selection"] = readout.selection
+        post = dataclasses.replace(cfg.postprocess, readout=readout.kind, smooth_sigma=readout.smooth_sigma,
+                                   spectra_scale=choice["spectra_scale"])
+        cfg = dataclasses.replace(cfg, postprocess=post)
+    return dataclasses.replace(ckpt, config=cfg, model_state=model.state_dict(),
+                               readout_state=readout.state, extra=extra)
 
 
 def run_training(
@@ -633,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--data-tasks", type=int, default=1,
                    help="concurrent Ray Data tasks reading and augmenting tiles (default 1)")
-    add_config_args(p)
+    add_config_args(p, DEFAULT_CONFIG)
     add_logging_args(p)
     return p
 

@@ -169,9 +169,20 @@ class PostprocessConfig:
         bn_recalibrate: Before labelling, re-estimate the BatchNorm running statistics on the
             clean (unaugmented) training patches; training only saw augmented views, whose
             statistics differ. Off in the recipe.
+        spectra_scale: How the appended PCA scores are weighted (with ``readout_spectra > 0``):
+            ``"whitened"`` gives every standardised score the weight ``readout_spectra``;
+            ``"unwhitened"`` keeps the components' relative spread, the first one weighing as
+            much as all D standardised features together (see :mod:`sscc_core.selection`).
+        select_kinds: ``readout: auto`` chooses among these readouts ...
+        select_sigmas: ... these smoothing scales (pixels) ...
+        select_scales: ... and these ``spectra_scale`` values, by the label-free stability
+            criterion of :mod:`sscc_core.selection`; the choice is written into the
+            checkpoint's config and its criterion values into the checkpoint's provenance.
+        select_resamples: Half-size resamples of the readout sample clustered per candidate
+            to measure its stability (>= 1).
     """
 
-    readout: Literal["head", "kmeans", "spectral"] = "head"
+    readout: Literal["head", "kmeans", "spectral", "auto"] = "head"
     smooth_sigma: float = 0.0
     spectral_neighbors: int = 10
     readout_spectra: float = 0.0
@@ -179,6 +190,11 @@ class PostprocessConfig:
     mode_window: int = 1
     mode_iterations: int = 1
     bn_recalibrate: bool = False
+    spectra_scale: Literal["whitened", "unwhitened"] = "whitened"
+    select_kinds: tuple[str, ...] = ("kmeans", "spectral")
+    select_sigmas: tuple[float, ...] = (0.0, 1.0, 2.0)
+    select_scales: tuple[str, ...] = ("whitened", "unwhitened")
+    select_resamples: int = 2
 
 
 @dataclass(frozen=True)
@@ -325,6 +341,14 @@ def _validate(obj: Any, prefix: str) -> None:
             fail("readout_spectra", f"must be >= 0, got {obj.readout_spectra}")
         if obj.readout_sample < 2:
             fail("readout_sample", f"must be >= 2, got {obj.readout_sample}")
+        if not obj.select_kinds or not set(obj.select_kinds) <= {"kmeans", "spectral"}:
+            fail("select_kinds", f"must be a non-empty list of 'kmeans'/'spectral', got {list(obj.select_kinds)}")
+        if not obj.select_sigmas or any(s < 0 for s in obj.select_sigmas):
+            fail("select_sigmas", f"must be a non-empty list of sigmas >= 0, got {list(obj.select_sigmas)}")
+        if not obj.select_scales or not set(obj.select_scales) <= {"whitened", "unwhitened"}:
+            fail("select_scales", f"must be a non-empty list of 'whitened'/'unwhitened', got {list(obj.select_scales)}")
+        if obj.select_resamples < 1:
+            fail("select_resamples", f"must be >= 1, got {obj.select_resamples}")
     elif isinstance(obj, AugmentConfig):
         for name in ("flip_p", "blur_p", "pixel_mask_p", "band_mask_p"):
             p = getattr(obj, name)

@@ -13,6 +13,11 @@ Methods:
 * ``"sscc"`` -- train the twin network with :func:`sscc_core.trainer.train_reference`, then read
   out labels by ``cfg.postprocess.readout`` (cluster head, or k-means on backbone features) and
   apply the ``cfg.postprocess`` mode filter.
+* ``"sscc_untrained"`` -- the same pipeline on the untrained network: one epoch at a learning
+  rate of 1e-12 (random weights; only the BatchNorm statistics see the data), then the same
+  readout (with ``readout: auto``, the same label-free choice). Does training matter?
+* ``"readout_pca"`` -- the same readout on the pixel's PCA scores alone (no network): the
+  ``readout: auto`` choice among the ``select_*`` grid on the smoothed recipe features.
 * ``"kmeans"`` -- mini-batch k-means on the recipe's features (band z-score, PCA, component
   z-score) of the training pixels; every valid pixel gets its nearest centroid.
 * ``"kmeans_pca"`` -- the same on PCA scores *without* the component z-score (``whiten=False``),
@@ -44,13 +49,16 @@ from sscc_core.metrics import evaluate
 from sscc_core.model import recalibrate_batchnorm  # noqa: F401 (re-exported, harness API)
 from sscc_core.postprocess import NODATA, mode_filter, smooth
 from sscc_core.preprocess import Preprocessor, fit_preprocessor
-from sscc_core.readout import Readout, fit_readout, fit_spectral, sample_mask
+from sscc_core.readout import Readout, extension, fit_readout, fit_spectral, readout_of, sample_mask
+from sscc_core.selection import select
 from sscc_core.trainer import gather_patches, train_reference, training_mask
 
-Method = Literal["sscc", "kmeans", "kmeans_pca", "spectral_pca"]
-METHODS: tuple[str, ...] = ("sscc", "kmeans", "kmeans_pca", "spectral_pca")
+Method = Literal["sscc", "sscc_untrained", "readout_pca", "kmeans", "kmeans_pca", "spectral_pca"]
+METHODS: tuple[str, ...] = ("sscc", "sscc_untrained", "readout_pca", "kmeans", "kmeans_pca", "spectral_pca")
+BASELINES: tuple[str, ...] = ("kmeans", "kmeans_pca", "spectral_pca")
 PROTOCOLS: tuple[str, ...] = ("labelled", "all")
 SCORES: tuple[str, ...] = ("acc", "nmi", "ari", "kappa", "purity", "aa")
+UNTRAINED_LR = 1e-12  # "untrained": one epoch at this rate moves no weight measurably
 DATASET_ALIASES = {"salinas_a": "salinasA", "salinasa": "salinasA"}
 
 
@@ -90,6 +98,7 @@ class RunResult:
         wall_seconds: Elapsed time of the run, seconds.
         label_map: (H, W) int64 final cluster map, -1 at nodata.
         history: SSCC per-epoch loss summaries (empty for k-means).
+        selection: The label-free readout choice (``readout: auto``), else ``None``.
     """
 
     dataset: str
@@ -101,6 +110,7 @@ class RunResult:
     wall_seconds: float
     label_map: np.ndarray
     history: list[dict[str, float]] = field(default_factory=list)
+    selection: dict[str, Any] | None = None
 
     def row(self) -> dict[str, Any]:
         """The headline scores and times as a flat JSON-serialisable dict."""
@@ -109,6 +119,7 @@ class RunResult:
             "seed": self.seed, **{k: self.metrics[k] for k in SCORES},
             "n_clusters_used": self.metrics["n_clusters"],
             "cpu_seconds": self.cpu_seconds, "wall_seconds": self.wall_seconds,
+            "choice": None if self.selection is None else self.selection["choice"],
         }
 
 
@@ -170,8 +181,26 @@ def _spectral_pca_map(scene: Scene, pre: Preprocessor, train_mask: np.ndarray, c
     return _scatter(labels.numpy(), scene.valid)
 
 
+def _readout_pca_map(scene: Scene, pre: Preprocessor, train_mask: np.ndarray,
+                     cfg: SSCCConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """The ``readout: auto`` choice and fit on the smoothed recipe features alone (no network);
+    every valid pixel gets the chosen readout's cluster."""
+    post, seed, k = cfg.postprocess, cfg.train.seed, scene.n_classes
+    feats = pre.transform(scene.cube, scene.valid)
+    sample = sample_mask(train_mask, post.readout_sample, seed)
+
+    def at(sigma: float, where: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(smooth(feats, scene.valid, sigma)[:, where].T))
+
+    chosen = select(lambda sigma: at(sigma, sample), 0, pre.comp_std, k, post, seed,
+                    lambda zf, lf: extension(zf, lf, k, seed))
+    readout = readout_of(chosen, k, seed, post.readout_spectra)
+    labels, _ = readout.assign(at(readout.smooth_sigma, scene.valid))
+    return _scatter(labels.numpy(), scene.valid), chosen.record()
+
+
 def _sscc_map(scene: Scene, pre: Preprocessor, train_mask: np.ndarray, cfg: SSCCConfig,
-              verbose: bool) -> tuple[np.ndarray, list[dict[str, float]]]:
+              verbose: bool) -> tuple[np.ndarray, list[dict[str, float]], dict[str, Any] | None]:
     """Train SSCC on ``train_mask``'s patches, fit the ``cfg.postprocess`` readout (as ``sscc
     train`` does) and label every valid pixel (before filtering)."""
     p = cfg.preprocess.patch_size
@@ -187,7 +216,7 @@ def _sscc_map(scene: Scene, pre: Preprocessor, train_mask: np.ndarray, cfg: SSCC
     readout = fit_readout(model, pre, scene.cube, scene.valid, train_mask, cfg)
     labeller = Labeller(model, pre, readout=readout)
     labels, _ = label_scene(labeller, scene.cube, scene.valid)
-    return labels, training.history
+    return labels, training.history, readout.selection
 
 
 def run_one(
@@ -220,19 +249,24 @@ def run_one(
     pre = fit_preprocessor(scene.cube, scene.valid, cfg.preprocess)
     train_mask = training_mask(scene.valid, scene.labels, protocol)
     history: list[dict[str, float]] = []
-    if method == "sscc":
-        label_map, history = _sscc_map(scene, pre, train_mask, cfg, verbose)
+    selection = None
+    if method in ("sscc", "sscc_untrained"):
+        if method == "sscc_untrained":
+            cfg = replace(cfg, train=replace(cfg.train, epochs=1, lr=UNTRAINED_LR))
+        label_map, history, selection = _sscc_map(scene, pre, train_mask, cfg, verbose)
+    elif method == "readout_pca":
+        label_map, selection = _readout_pca_map(scene, pre, train_mask, cfg)
     elif method == "spectral_pca":
         label_map = _spectral_pca_map(scene, pre, train_mask, cfg)
     else:
         label_map = _kmeans_map(scene, pre, train_mask, scene.n_classes, seed,
                                 whiten=method == "kmeans")
-    if method in ("sscc", "spectral_pca"):
+    if method not in ("kmeans", "kmeans_pca"):
         label_map = mode_filter(label_map, cfg.postprocess.mode_window, cfg.postprocess.mode_iterations)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     scored = scene.labels > 0
     metrics = evaluate(scene.labels[scored], label_map[scored])
-    return RunResult(scene.name, method, protocol, seed, metrics, cpu, wall, label_map, history)
+    return RunResult(scene.name, method, protocol, seed, metrics, cpu, wall, label_map, history, selection)
 
 
 def run_seeds(

@@ -34,11 +34,10 @@ order whatever the tile size, so every trainer fits the same readout.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import numpy as np
 import torch
-from sklearn.cluster import SpectralClustering
 from sklearn.linear_model import LogisticRegression
 from torch import Tensor
 
@@ -46,6 +45,7 @@ from sscc_core.baselines import fit_kmeans
 from sscc_core.config import PostprocessConfig, SSCCConfig
 from sscc_core.model import SSCCNet, recalibrate_batchnorm
 from sscc_core.preprocess import Preprocessor
+from sscc_core.selection import Selection, select, spectral_clusters, standardise, standardiser
 from sscc_core.tiling import tile_grid, tile_valid
 from sscc_core.trainer import gather_patches
 
@@ -88,13 +88,6 @@ def nearest_centroid(features: Tensor, centroids: Tensor) -> tuple[Tensor, Tenso
     return two.indices[:, 0].long(), conf.float()
 
 
-def spectral_clusters(vectors: np.ndarray, n_clusters: int, neighbors: int, seed: int) -> np.ndarray:
-    """Spectral clustering of (M, D) vectors on a k-nearest-neighbour graph -> (M,) int64 ids."""
-    model = SpectralClustering(n_clusters, affinity="nearest_neighbors", n_neighbors=neighbors,
-                               assign_labels="cluster_qr", random_state=seed)
-    return model.fit_predict(vectors).astype(np.int64)
-
-
 def fit_spectral(vectors: Tensor, n_clusters: int, neighbors: int, seed: int,
                  weights: Tensor | None = None) -> dict[str, Tensor]:
     """The spectral readout's state: standardise (N, V) sample vectors per dimension, weight the
@@ -115,11 +108,7 @@ def fit_spectral(vectors: Tensor, n_clusters: int, neighbors: int, seed: int,
     Raises:
         ValueError: The clustering put every sample vector in one cluster.
     """
-    mean = vectors.double().mean(0).float()
-    std = vectors.double().std(0, unbiased=False).clamp(min=1e-6).float()
-    state = {"mean": mean, "std": std}
-    if weights is not None:
-        state["weights"] = weights.float()
+    state = standardiser(vectors, weights)
     z = standardise(vectors, state).numpy()
     return {**state, **fit_extension(z, spectral_clusters(z, n_clusters, neighbors, seed), n_clusters, seed)}
 
@@ -150,14 +139,6 @@ def fit_extension(z: np.ndarray, labels: np.ndarray, n_clusters: int, seed: int)
     return {"coef": torch.from_numpy(coef).float(), "intercept": torch.from_numpy(intercept).float()}
 
 
-def standardise(vectors: Tensor, state: dict[str, Tensor]) -> Tensor:
-    """``(v - mean) / std * weights`` of (N, V) vectors with a spectral readout's state, (N, V)."""
-    z = (vectors.double() - state["mean"].double()) / state["std"].double()
-    if "weights" in state:
-        z = z * state["weights"].double()
-    return z.float()
-
-
 @dataclass(frozen=True)
 class Readout:
     """A readout of per-pixel vectors, fitted or not (see the module docstring).
@@ -168,12 +149,15 @@ class Readout:
         spectra_weight: Weight of the pixel's PCA scores appended to the features (0 = none).
         state: The fitted tensors (the checkpoint's ``readout_state``); ``None`` before fitting
             (and always for ``"head"``).
+        selection: With ``readout: auto``, the label-free choice that fixed ``kind`` and
+            ``smooth_sigma`` (:meth:`sscc_core.selection.Selection.record`); provenance only.
     """
 
     kind: Kind = "head"
     smooth_sigma: float = 0.0
     spectra_weight: float = 0.0
     state: dict[str, Tensor] | None = None
+    selection: dict[str, Any] | None = None
 
     @classmethod
     def from_config(cls, post: PostprocessConfig, state: dict[str, Tensor] | None = None) -> "Readout":
@@ -236,6 +220,8 @@ class Readout:
             best = vectors.max(dim=1)
             return best.indices.long(), best.values.float()
         if self.kind == "kmeans":
+            if "mean" in self.state:  # centroids of standardised vectors (readout: auto)
+                return nearest_centroid(standardise(vectors, self.state), self.state["centroids"])
             weights = self.state.get("weights")
             return nearest_centroid(vectors if weights is None else vectors * weights,
                                     self.state["centroids"])
@@ -307,7 +293,8 @@ def sample_vectors(labeller: "Labeller", cube: Any, valid: Any, mask: np.ndarray
 
 
 def fit_readout(model: SSCCNet, pre: Preprocessor, cube: Any, valid: Any, train_mask: np.ndarray,
-                cfg: SSCCConfig, tile_size: int = 256) -> Readout:
+                cfg: SSCCConfig, tile_size: int = 256,
+                log: Callable[[dict[str, Any]], None] | None = None) -> Readout:
     """Fit what ``cfg.postprocess`` needs after training, on the clean training pixels.
 
     With ``bn_recalibrate`` the model's BatchNorm statistics are re-estimated first (in place)
@@ -323,9 +310,12 @@ def fit_readout(model: SSCCNet, pre: Preprocessor, cube: Any, valid: Any, train_
         train_mask: (H, W) bool training pixels.
         cfg: The run configuration.
         tile_size: Tile side used to read the cube.
+        log: With ``readout: auto``, called with each candidate's criterion row (progress).
 
     Returns:
-        The fitted :class:`Readout`; its ``state`` is the checkpoint's ``readout_state``.
+        The fitted :class:`Readout`; its ``state`` is the checkpoint's ``readout_state``. With
+        ``readout: auto`` its ``kind`` and ``smooth_sigma`` are the chosen ones and
+        ``selection`` records the choice.
 
     Raises:
         ValueError: Fewer sample pixels than clusters (or than the spectral neighbours).
@@ -337,6 +327,8 @@ def fit_readout(model: SSCCNet, pre: Preprocessor, cube: Any, valid: Any, train_
         recalibrate_batchnorm(model, readout_patches(cube, valid, train_mask, pre, model.patch_size,
                                                      seed, post.readout_sample, tile_size))
     model.eval()
+    if post.readout == "auto":
+        return fit_auto(model, pre, cube, valid, train_mask, post, seed, tile_size, log)
     readout = Readout.from_config(post)
     if not readout.uses_features:
         return readout
@@ -352,3 +344,53 @@ def fit_readout(model: SSCCNet, pre: Preprocessor, cube: Any, valid: Any, train_
     km = fit_kmeans((vectors if weights is None else vectors * weights).numpy(), k, seed)
     state = {"centroids": torch.from_numpy(km.cluster_centers_.astype(np.float32))}
     return replace(readout, state=state if weights is None else {**state, "weights": weights})
+
+
+def extension(z_fit: np.ndarray, labels: np.ndarray, n_clusters: int, seed: int):
+    """The readout's extension of a clustering of (M, V) standardised vectors to any others:
+    a predictor ``(N, V) -> (N,)`` from the fitted logistic regression (:func:`fit_extension`)."""
+    fitted = fit_extension(z_fit, labels, n_clusters, seed)
+    coef, intercept = fitted["coef"].double().numpy(), fitted["intercept"].double().numpy()
+    return lambda z: np.argmax(z @ coef.T + intercept, axis=1).astype(np.int64)
+
+
+def fit_auto(model: SSCCNet, pre: Preprocessor, cube: Any, valid: Any, train_mask: np.ndarray,
+             post: PostprocessConfig, seed: int, tile_size: int = 256,
+             log: Callable[[dict[str, Any]], None] | None = None) -> Readout:
+    """``readout: auto``: choose the readout by :func:`sscc_core.selection.select` on the
+    labeller's vectors of a seeded sample of at most ``readout_sample`` training pixels, and fit
+    the chosen one (k-means: centroids of the standardised sample; spectral: the extension).
+
+    Returns:
+        The fitted :class:`Readout` with ``selection`` set.
+    """
+    from sscc_core.inference import Labeller  # inference imports this module
+
+    mask = sample_mask(train_mask, post.readout_sample, seed)
+    k = model.cfg.n_clusters
+
+    def vectors_at(sigma: float) -> Tensor:
+        labeller = Labeller(model, pre, readout=Readout("kmeans", sigma, post.readout_spectra))
+        vectors = sample_vectors(labeller, cube, valid, mask, tile_size)
+        if len(vectors) <= max(k, post.spectral_neighbors):
+            raise ValueError(f"readout 'auto': {len(vectors)} training pixels are too few for "
+                             f"{k} clusters")
+        return vectors
+
+    chosen: Selection = select(vectors_at, model.feature_dim, pre.comp_std, k, post, seed,
+                               lambda zf, lf: extension(zf, lf, k, seed), log)
+    return readout_of(chosen, k, seed, post.readout_spectra)
+
+
+def readout_of(chosen: Selection, n_clusters: int, seed: int, spectra_weight: float) -> Readout:
+    """The fitted :class:`Readout` of a selection: the chosen kind and smoothing, its
+    standardiser, and k-means centroids of the standardised sample (an empty cluster's centroid
+    is placed out of reach) or the spectral readout's extension."""
+    z, labels = chosen.z, chosen.labels
+    if chosen.choice.kind == "kmeans":
+        centroids = np.stack([z[labels == c].mean(0) if (labels == c).any() else np.full(z.shape[1], 1e15)
+                              for c in range(n_clusters)])
+        state = {**chosen.state, "centroids": torch.from_numpy(centroids).float()}
+    else:
+        state = {**chosen.state, **fit_extension(z, labels, n_clusters, seed)}
+    return Readout(chosen.choice.kind, chosen.choice.smooth_sigma, spectra_weight, state, chosen.record())
