@@ -143,7 +143,13 @@ def load_scene(name: str, data_dir: str | None = None) -> Scene:
 
 
 def scene_config(cfg: SSCCConfig, scene: Scene, protocol: str, seed: int) -> SSCCConfig:
-    """``cfg`` with K = the scene's class count, the run's protocol and seed filled in."""
+    """``cfg`` with K = the scene's class count, the run's protocol and seed filled in.
+
+    Raises:
+        ValueError: The scene has fewer than 2 classes (K >= 2).
+    """
+    if scene.n_classes < 2:
+        raise ValueError(f"{scene.name}: K = {scene.n_classes} ground-truth classes; clustering needs K >= 2")
     return replace(
         cfg,
         model=replace(cfg.model, n_clusters=scene.n_classes),
@@ -219,6 +225,22 @@ def _sscc_map(scene: Scene, pre: Preprocessor, train_mask: np.ndarray, cfg: SSCC
     return labels, training.history, readout.selection
 
 
+def check_training_pixels(n_pixels: int, cfg: SSCCConfig, method: str, scene: str) -> None:
+    """Refuse a run whose training pixels are fewer than K, or (for the SSCC methods) fewer than
+    one batch.
+
+    Raises:
+        ValueError: The message names the counts and the field to change.
+    """
+    k = cfg.model.n_clusters
+    if n_pixels < k:
+        raise ValueError(f"{scene}: {n_pixels} training pixels (protocol {cfg.train.protocol!r}) are "
+                         f"fewer than K = model.n_clusters = {k}")
+    if method.startswith("sscc") and n_pixels < cfg.train.batch_size:
+        raise ValueError(f"{scene}: {n_pixels} training pixels (protocol {cfg.train.protocol!r}) cannot "
+                         f"fill one batch of train.batch_size={cfg.train.batch_size}; lower train.batch_size")
+
+
 def run_one(
     scene: Scene, method: Method, protocol: str, seed: int, cfg: SSCCConfig,
     verbose: bool = False,
@@ -248,6 +270,7 @@ def run_one(
     torch.manual_seed(seed)
     pre = fit_preprocessor(scene.cube, scene.valid, cfg.preprocess)
     train_mask = training_mask(scene.valid, scene.labels, protocol)
+    check_training_pixels(int(train_mask.sum()), cfg, method, scene.name)
     history: list[dict[str, float]] = []
     selection = None
     if method in ("sscc", "sscc_untrained"):
