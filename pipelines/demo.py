@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", default="indian_pines", help="bundled scene (default indian_pines)")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="run configuration YAML")
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="config override passed to sscc train, e.g. --set model.n_clusters=3 (repeatable)")
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers")
     return p
 
@@ -56,7 +58,8 @@ def run(args: argparse.Namespace) -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     cube, labels, exported = out / "cube.zarr", out / "labels.zarr", out / "export"
-    overrides = ["--set", f"train.epochs={args.epochs}"] if args.epochs else []
+    overrides = [arg for item in args.overrides for arg in ("--set", item)]
+    overrides += ["--set", f"train.epochs={args.epochs}"] if args.epochs else []
     stage("ingest", ingest, ["--benchmark", args.benchmark, "--out", str(cube), "--chunk", "64"])
     stage("train", train, ["--store", str(cube), "--run-name", "demo", "--storage-path", str(out / "train"),
                            "--config", args.config, "--num-workers", str(args.num_workers),
