@@ -178,7 +178,8 @@ def read_envi(
 
     Raises:
         FileNotFoundError: Header or data file missing.
-        ValueError: Malformed header, unsupported data type/interleave, or truncated data file.
+        ValueError: Malformed header, unsupported data type/interleave, or a data file whose size
+            differs from the one the header implies.
     """
     hdr, data_file = find_pair(path)
     fields = parse_header(hdr.read_text(errors="replace"), hdr)
@@ -200,9 +201,13 @@ def read_envi(
         raise ValueError(f"{hdr}: unknown interleave {interleave!r} (bsq, bil or bip)")
     shape, axes = shapes[interleave]
     needed = offset + int(np.prod(shape)) * dtype.itemsize
-    if data_file.stat().st_size < needed:
+    size = data_file.stat().st_size
+    if size != needed:
         raise ValueError(
-            f"{data_file}: truncated: {data_file.stat().st_size} bytes, header needs {needed}"
+            f"{data_file}: {'truncated' if size < needed else 'longer than its header says'}: "
+            f"the file holds {size} bytes, the header implies {needed} (header offset {offset} + "
+            f"{n_bands} bands x {height} lines x {width} samples x {dtype.itemsize} bytes of "
+            f"data type {code}); fix bands/lines/samples/data type/header offset in {hdr.name}"
         )
     raw = np.memmap(data_file, dtype=dtype, mode="r", offset=offset, shape=shape)
     rows = max(1, (64 << 20) // max(1, n_bands * width * dtype.itemsize))

@@ -60,6 +60,25 @@ def band_wavelengths(src: rasterio.DatasetReader) -> tuple[np.ndarray | None, np
     return None, None
 
 
+def tiff_data_end(src: rasterio.DatasetReader) -> int | None:
+    """Byte just past the last image block of a TIFF (GDAL ``TIFF`` metadata), or ``None``.
+
+    ``None`` when the driver does not report block offsets (not a TIFF).
+    """
+    block_h, block_w = src.block_shapes[0]
+    bands = src.indexes if src.interleaving == rasterio.enums.Interleaving.band else (1,)
+    end = None
+    for bidx in bands:
+        for row in range(-(-src.height // block_h)):
+            for col in range(-(-src.width // block_w)):
+                offset = src.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=bidx)
+                size = src.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=bidx)
+                if offset is None or size is None:
+                    return None
+                end = max(end or 0, int(offset) + int(size))
+    return end
+
+
 def read_geotiff(path: str | Path, *, name: str | None = None) -> xr.Dataset:
     """Read a multi-band GeoTIFF into the canonical cube (dask-backed).
 
@@ -69,7 +88,8 @@ def read_geotiff(path: str | Path, *, name: str | None = None) -> xr.Dataset:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: Unreadable raster, or band scales/offsets that are not uniform.
+        ValueError: Unreadable raster, a file shorter than its image blocks, or band
+            scales/offsets that are not uniform.
     """
     p = Path(path)
     if not p.is_file():
@@ -80,8 +100,14 @@ def read_geotiff(path: str | Path, *, name: str | None = None) -> xr.Dataset:
             scales, offsets = set(src.scales), set(src.offsets)
             nodata, crs, transform = src.nodata, src.crs, src.transform
             dtype = np.dtype(src.dtypes[0])
+            end = tiff_data_end(src)
     except rasterio.errors.RasterioIOError as exc:
         raise ValueError(f"{p}: not a readable raster ({exc})") from exc
+    if end is not None and end > p.stat().st_size:
+        raise ValueError(
+            f"{p}: truncated: the file holds {p.stat().st_size} bytes, its image blocks end at "
+            f"byte {end}"
+        )
     if len(scales) != 1 or offsets != {0.0}:
         raise ValueError(f"{p}: per-band scales {scales} / offsets {offsets} are not supported")
     if nodata is not None and np.issubdtype(dtype, np.integer):

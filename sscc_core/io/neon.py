@@ -18,6 +18,7 @@ dimension, or from the EMIT group ``sensor_band_parameters``; ``_FillValue`` is 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import dask.array as da
@@ -31,6 +32,7 @@ from sscc_core.io.cube import make_cube
 from sscc_core.io.envi import parse_map_info
 
 BAND_DIMS = ("band", "bands", "wavelength", "wavelengths")
+_TRUNCATED = re.compile(r"truncated file: eof = (?P<eof>\d+).*stored_eof = (?P<stored>\d+)")
 
 
 def _text(value: object) -> str:
@@ -38,6 +40,24 @@ def _text(value: object) -> str:
     arr = np.asarray(value).ravel()
     item = arr[0] if arr.size else ""
     return item.decode() if isinstance(item, bytes) else str(item)
+
+
+def check_hdf5_size(path: Path) -> None:
+    """Refuse an HDF5 file shorter than the end of file its superblock records.
+
+    Raises:
+        ValueError: The file is truncated (the message names both sizes in bytes).
+    """
+    try:
+        h5py.File(path, "r").close()
+    except OSError as exc:
+        found = _TRUNCATED.search(str(exc))
+        if found is None:
+            raise
+        raise ValueError(
+            f"{path}: truncated: the file holds {found['eof']} bytes, its HDF5 superblock records "
+            f"{found['stored']}"
+        ) from exc
 
 
 def neon_site(f: h5py.File) -> str | None:

@@ -39,7 +39,8 @@ def detect_format(path: str | Path) -> str:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: The format is not recognised (the message names the file).
+        ValueError: The format is not recognised (the message names the file), or an HDF5
+            file is truncated.
     """
     p = Path(path)
     if not p.is_file():
@@ -52,6 +53,7 @@ def detect_format(path: str | Path) -> str:
     if kind is None:
         kind = _EXTENSIONS.get(p.suffix.lower())
     if kind == "hdf5":
+        neon.check_hdf5_size(p)
         kind = "neon" if neon.is_neon(p) else "netcdf"
     if kind is None:
         raise ValueError(

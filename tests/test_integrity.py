@@ -1,0 +1,93 @@
+"""Nothing silently wrong (issue 12): each case that once gave a wrong result with exit 0, or a
+traceback, now ends in one documented line ``sscc <stage>: error: ...`` with exit 2 (or the
+documented handling). One test per case; each asserts the exact message."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import rasterio
+
+from pipelines import ingest
+from test_io_readers import write_envi
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("integrity")
+
+
+def one_line_error(capsys, stage: str) -> str:
+    """The whole of stderr, asserted to be exactly one ``sscc <stage>: error: ...`` line."""
+    err = capsys.readouterr().err
+    assert err.startswith(f"sscc {stage}: error: ") and err.count("\n") == 1, err[-2000:]
+    return err.removeprefix(f"sscc {stage}: error: ").rstrip("\n")
+
+
+# --- inputs are checked against their own description --------------------------------------
+
+@pytest.mark.parametrize(
+    ("field", "value", "relation", "implied"),
+    [("bands", 200, "longer than its header says", 240000),
+     ("lines", 17, "longer than its header says", 208080),
+     ("samples", 40, "truncated", 326400)],
+)
+def test_envi_data_size_must_match_the_header(root, salinas, capsys, field, value, relation,
+                                              implied):
+    """``bands = 200`` for a 204-band file (rows band-shifted) or ``lines`` too small (rows
+    dropped) were read with exit 0; now both sizes and the header's terms are named."""
+    hdr = write_envi(root / f"envi_{field}", np.ascontiguousarray(salinas[:, :20, :30]))
+    hdr.write_text(hdr.read_text().replace(f"{field} = ", f"{field} = {value}\n# was ", 1))
+    dims = {"bands": 204, "lines": 20, "samples": 30, field: value}
+    assert ingest.main([str(hdr), "--out", str(root / f"{field}.zarr")]) == 2
+    data = hdr.with_suffix(".img")
+    assert one_line_error(capsys, "ingest") == (
+        f"{data}: {relation}: the file holds 244800 bytes, the header implies {implied} (header "
+        f"offset 0 + {dims['bands']} bands x {dims['lines']} lines x {dims['samples']} samples x "
+        f"2 bytes of data type 2); fix bands/lines/samples/data type/header offset in "
+        f"{hdr.name}"
+    )
+    assert not (root / f"{field}.zarr").exists()
+
+
+def test_envi_header_offset_counts(root, salinas, capsys):
+    """A header offset that the file does not hold is a size mismatch too."""
+    hdr = write_envi(root / "envi_offset", np.ascontiguousarray(salinas[:4, :20, :30]))
+    hdr.write_text(hdr.read_text().replace("header offset = 0", "header offset = 512"))
+    assert ingest.main([str(hdr), "--out", str(root / "offset.zarr")]) == 2
+    assert one_line_error(capsys, "ingest") == (
+        f"{hdr.with_suffix('.img')}: truncated: the file holds 4800 bytes, the header implies "
+        f"5312 (header offset 512 + 4 bands x 20 lines x 30 samples x 2 bytes of data type 2); "
+        f"fix bands/lines/samples/data type/header offset in {hdr.name}"
+    )
+
+
+def test_truncated_geotiff(root, salinas, capsys):
+    path = root / "cut.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=20, width=30, count=4, dtype="int16",
+                       crs="EPSG:32610", transform=rasterio.Affine(30, 0, 6e5, 0, -30, 4e6)) as dst:
+        dst.write(salinas[:4, :20, :30])
+    full = path.stat().st_size
+    os.truncate(path, full - 1000)
+    assert ingest.main([str(path), "--out", str(root / "cut.zarr")]) == 2
+    assert one_line_error(capsys, "ingest") == (
+        f"{path}: truncated: the file holds {full - 1000} bytes, its image blocks end at byte "
+        f"{full}"
+    )
+
+
+def test_truncated_hdf5(root, capsys):
+    path = root / "cut.h5"
+    with h5py.File(path, "w") as f:
+        f["reflectance"] = np.ones((20, 30, 4), dtype="int16")
+    full = path.stat().st_size
+    os.truncate(path, full - 1000)
+    assert ingest.main([str(path), "--out", str(root / "h5.zarr")]) == 2
+    assert one_line_error(capsys, "ingest") == (
+        f"{path}: truncated: the file holds {full - 1000} bytes, its HDF5 superblock records "
+        f"{full}"
+    )
