@@ -52,8 +52,8 @@ from sscc_core.readout import fit_readout
 from sscc_core.preprocess import Preprocessor, fit_preprocessor
 from sscc_core.tiling import Tile, extract_patches_at, tile_grid, tile_valid
 from sscc_core.trainer import (
-    EpochStats, build_training, clusters_warning, epoch_generator, progress_line, tile_features,
-    tile_training_mask, train_step,
+    EpochStats, TrainingDiverged, build_training, check_finite_weights, clusters_warning,
+    epoch_generator, progress_line, tile_features, tile_training_mask, train_step,
 )
 
 log = logging.getLogger("sscc.train")
@@ -71,6 +71,7 @@ class EpochClock:
     def __init__(self) -> None:
         self.epoch = 0
         self.posted: list[dict[str, float]] = []
+        self.failure: str | None = None
 
     def set(self, epoch: int) -> None:
         """Start producing ``epoch``."""
@@ -87,6 +88,14 @@ class EpochClock:
     def since(self, n: int) -> list[dict[str, float]]:
         """The summaries posted after the first ``n``."""
         return self.posted[n:]
+
+    def fail(self, message: str) -> None:
+        """Record why the run stopped with a user error (rank 0)."""
+        self.failure = message
+
+    def failed(self) -> str | None:
+        """The recorded user error, or ``None``."""
+        return self.failure
 
 
 class EpochMonitor:
@@ -298,7 +307,23 @@ def rank_batches(
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """The per-worker training loop (runs inside Ray Train workers)."""
+    """The per-worker training function (runs inside Ray Train workers).
+
+    A diverged run (:class:`TrainingDiverged`, raised at the same step on every rank) ends every
+    worker normally and rank 0 records the message on the clock, for the driver to raise: raised
+    from the workers it would be retried ``max_failures`` times from the same checkpoint.
+    """
+    import ray.train
+
+    try:
+        run_epochs(config)
+    except TrainingDiverged as exc:
+        if ray.train.get_context().get_world_rank() == 0:
+            ray.get(config["clock"].fail.remote(str(exc)))
+
+
+def run_epochs(config: dict[str, Any]) -> None:
+    """The per-worker training loop: resume, then train and checkpoint epoch by epoch."""
     import ray.train
     import ray.train.torch
     import torch
@@ -325,12 +350,14 @@ def train_loop(config: dict[str, Any]) -> None:
         training.model.train()
         stats = EpochStats(cfg.model.n_clusters)
         for xa, xb in rank_batches(shard, cfg, config, training.epoch, rank, world_size):
-            stats.add(train_step(twin, training.optimizer, xa, xb, loss))
+            stats.add(train_step(twin, training.optimizer, xa, xb, loss, epoch=training.epoch,
+                                 step=stats.batches))
             if stats.batches == 1:
                 inject_failure(config, training.epoch, rank)
         lr = training.optimizer.param_groups[0]["lr"]
         training.scheduler.step()
         training.epoch += 1
+        check_finite_weights(training.model, training.epoch)  # on every rank, before any report
         seconds = time.perf_counter() - start
         summary = {"epoch": training.epoch, **stats.summary(), "lr": lr, "seconds": seconds,
                    "samples_per_s": stats.batches * cfg.train.batch_size / seconds,
@@ -615,6 +642,9 @@ def run_training(
     )
     with EpochMonitor(clock, cfg.model.n_clusters):
         trainer.fit()
+    failure = ray.get(clock.failed.remote())
+    if failure is not None:
+        raise TrainingDiverged(failure)
     path = checkpoint_file(storage.join(run_dir, "final"))
     ckpt = load_checkpoint(path)
     if cfg.postprocess.readout != "head" or cfg.postprocess.bn_recalibrate:

@@ -84,6 +84,21 @@ class Checkpoint:
         return h.hexdigest()[:12]
 
 
+def non_finite_tensors(*states: dict[str, Any] | None) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity, over ``states``."""
+    return [
+        name for state in states for name, value in (state or {}).items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point()
+        and not bool(torch.isfinite(value).all())
+    ]
+
+
+def _non_finite_message(names: list[str]) -> str:
+    """``'a, b and 3 more tensors'`` for :func:`non_finite_tensors`' result."""
+    more = f" and {len(names) - 2} more" if len(names) > 2 else ""
+    return ", ".join(names[:2]) + more
+
+
 def checkpoint_file(path: str | Path) -> str:
     """The file a checkpoint path names: an existing file, or ``path/model.pt`` for a directory
     (an existing one, a local path without suffix, or a URL not ending in ``.pt``)."""
@@ -99,8 +114,18 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> str:
 
     Returns:
         The file written (``path/model.pt`` for a directory).
+
+    Raises:
+        CheckpointError: A weight, pre-processing or readout tensor is NaN or infinite (a
+            diverged run); nothing is written.
     """
     path = checkpoint_file(path)
+    bad = non_finite_tensors(ckpt.model_state, ckpt.preprocess_state, ckpt.readout_state)
+    if bad:
+        raise CheckpointError(
+            f"{path}: not written: the state after epoch {ckpt.epoch} is not finite "
+            f"({_non_finite_message(bad)})"
+        )
     payload = {
         "format": FORMAT,
         "sscc_version": __version__,
@@ -130,7 +155,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         path: The ``model.pt`` file or the directory holding it (local or object storage).
 
     Raises:
-        CheckpointError: Missing, unreadable, not an SSCC checkpoint, or with a malformed config.
+        CheckpointError: Missing, unreadable, not an SSCC checkpoint, with a malformed config,
+            or holding NaN or infinite tensors (written by a diverged run).
     """
     path = checkpoint_file(path)
     if not storage.exists(path):
@@ -146,7 +172,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: not an SSCC checkpoint (format {found!r}, expected {FORMAT!r})")
     try:
         config = from_dict(SSCCConfig, json.loads(payload["config_json"]))
-        return Checkpoint(
+        ckpt = Checkpoint(
             config=config,
             in_channels=int(payload["in_channels"]),
             n_bands=int(payload["n_bands"]),
@@ -161,3 +187,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: malformed SSCC checkpoint ({exc})") from exc
+    bad = non_finite_tensors(ckpt.model_state, ckpt.preprocess_state, ckpt.readout_state)
+    if bad:
+        raise CheckpointError(
+            f"{path}: the checkpoint holds non-finite values ({_non_finite_message(bad)}): the "
+            f"run that wrote it diverged; train again with a lower train.lr"
+        )
+    return ckpt

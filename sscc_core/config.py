@@ -9,6 +9,7 @@ mistyped fields with one message that names the dotted field (``train.lr: expect
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -223,6 +224,13 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(asdict(cfg))
 
 
+def _finite(value: float, where: str) -> float:
+    """``value`` unless it is NaN or infinite (a NaN learning rate trains a NaN model)."""
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, got {value}")
+    return value
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check ``value`` against a type hint, converting lists to tuples; raise naming ``where``."""
     origin = typing.get_origin(hint)
@@ -257,12 +265,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise ConfigError(f"{where}: expected float, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected float, got {value!r}")
-        return float(value)
+        return _finite(float(value), where)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected int, got {value!r}")

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from sscc_core.augment import two_views
-from sscc_core.checkpoint import Checkpoint
+from sscc_core.checkpoint import Checkpoint, non_finite_tensors
 from sscc_core.config import SSCCConfig
 from sscc_core.loss import LOSS_PARTS, SSCCLoss, SSCCLossParts
 from sscc_core.model import SSCCNet, TwinForward, convert_sync_batchnorm
@@ -94,8 +94,31 @@ def build_training(
     return training
 
 
+class TrainingDiverged(ValueError):
+    """The loss or the weights became NaN or infinite: a user error (the settings, typically
+    ``train.lr``, or extreme input values), so it is reported in one line and never retried."""
+
+
+_DIVERGED_HINT = ("training stopped and no checkpoint of this epoch was written (lower "
+                  "train.lr, or check the input cube for extreme values)")
+
+
+def check_finite_weights(model: nn.Module, epoch: int) -> None:
+    """Raise :class:`TrainingDiverged` if a parameter or buffer of ``model`` is not finite.
+
+    Args:
+        model: The network after the last step of ``epoch``.
+        epoch: The epoch just completed (1-based), named in the message.
+    """
+    bad = non_finite_tensors(model.state_dict())
+    if bad:
+        raise TrainingDiverged(f"epoch {epoch}: the weights are not finite ({bad[0]}); "
+                               + _DIVERGED_HINT)
+
+
 def train_step(
-    twin: nn.Module, optimizer: torch.optim.Optimizer, xa: Tensor, xb: Tensor, loss: SSCCLoss
+    twin: nn.Module, optimizer: torch.optim.Optimizer, xa: Tensor, xb: Tensor, loss: SSCCLoss,
+    *, epoch: int, step: int,
 ) -> SSCCLossParts:
     """One optimisation step on a batch of view pairs.
 
@@ -105,11 +128,20 @@ def train_step(
         xa: View a, (n, C, P, P) (this rank's rows of the batch).
         xb: View b, (n, C, P, P).
         loss: The objective (gathering the global batch when data-parallel).
+        epoch: Epochs completed before this one (0-based), for the error message.
+        step: Steps completed in this epoch (0-based), for the error message.
 
     Returns:
         The loss parts (``total`` already back-propagated and stepped).
+
+    Raises:
+        TrainingDiverged: The loss is NaN or infinite; nothing was stepped. The loss is a
+            function of the global batch, so every data-parallel rank raises at the same step.
     """
     parts = loss(*twin(xa, xb))
+    if not bool(torch.isfinite(parts.total)):
+        raise TrainingDiverged(f"epoch {epoch + 1}, step {step + 1}: the loss is "
+                               f"{float(parts.total)}; " + _DIVERGED_HINT)
     optimizer.zero_grad(set_to_none=True)
     parts.total.backward()
     optimizer.step()
@@ -202,10 +234,12 @@ def train_epoch(training: Training, patches: Tensor, cfg: SSCCConfig) -> dict[st
     for i in range(n_batches):
         batch = patches[order[i * bs : (i + 1) * bs]]
         xa, xb = two_views(batch, cfg.augment, gen)
-        stats.add(train_step(twin, training.optimizer, xa, xb, loss))
+        stats.add(train_step(twin, training.optimizer, xa, xb, loss, epoch=training.epoch,
+                             step=stats.batches))
     lr = training.optimizer.param_groups[0]["lr"]
     training.scheduler.step()
     training.epoch += 1
+    check_finite_weights(training.model, training.epoch)
     summary = {"epoch": training.epoch, **stats.summary(), "lr": lr, "seconds": time.perf_counter() - start}
     training.history.append(summary)
     return summary

@@ -4,6 +4,7 @@ documented handling). One test per case; each asserts the exact message."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -11,9 +12,15 @@ import h5py
 import numpy as np
 import pytest
 import rasterio
+import torch
 
-from pipelines import ingest
+from pipelines import ingest, predict, train
+from sscc_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from sscc_core.io.matlab import read_benchmark
+from sscc_core.io.store import write_cube
 from test_io_readers import write_envi
+from test_predict import TILE, make_checkpoint
+from test_train_pipeline import TINY, salinas_store  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +98,59 @@ def test_truncated_hdf5(root, capsys):
         f"{path}: truncated: the file holds {full - 1000} bytes, its HDF5 superblock records "
         f"{full}"
     )
+
+
+# --- numbers are checked ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-.inf"])
+def test_config_rejects_non_finite_floats(root, value, capsys):
+    """``--set train.lr=inf`` trained a NaN model with exit 0; now the config refuses it."""
+    argv = ["--store", str(root / "unused.zarr"), "--run-name", "x", "--set", f"train.lr={value}"]
+    assert train.main(argv) == 2
+    shown = {"inf": "inf", "nan": "nan", "-.inf": "-inf"}[value]
+    assert one_line_error(capsys, "train") == f"train.lr: must be a finite number, got {shown}"
+
+
+def test_non_finite_loss_stops_training_once_without_a_checkpoint(ray_session, salinas_store,
+                                                                  tmp_path, capsys):
+    """A diverging run stops at the first non-finite loss, naming epoch and step, in one line,
+    without Ray Train's retries (``--max-failures 2``) and without writing any checkpoint."""
+    argv = ["--store", str(salinas_store), "--run-name", "diverged", "--storage-path",
+            str(tmp_path), "--num-workers", "1", "--cpus-per-worker", "0.5", "--max-failures", "2",
+            "--log-file", str(tmp_path / "log.jsonl"),
+            *[f"--set={k}={v}" for k, v in {**TINY, "train.lr": 1e30}.items()]]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.rstrip("\n").splitlines()
+    assert err[-1] == (
+        "sscc train: error: epoch 1, step 2: the loss is nan; training stopped and no checkpoint "
+        "of this epoch was written (lower train.lr, or check the input cube for extreme values)"
+    )
+    run = tmp_path / "diverged"
+    assert not list(run.glob("checkpoint_*")) and not (run / "final").exists()
+
+
+def test_checkpoints_with_non_finite_weights_are_neither_written_nor_used(root, capsys):
+    """A NaN checkpoint labelled every pixel cluster 0 with exit 0; now saving one fails and
+    predict refuses one written elsewhere."""
+    store = write_cube(read_benchmark("salinasA"), root / "sa_nan.zarr", chunk=TILE)
+    good = Path(make_checkpoint(root, store, "fcn", seed=0))
+    ckpt = load_checkpoint(good)
+    weight = ckpt.model_state["head.mlp.0.weight"]
+    state = {**ckpt.model_state, "head.mlp.0.weight": torch.full_like(weight, float("nan"))}
+    with pytest.raises(CheckpointError) as info:
+        save_checkpoint(dataclasses.replace(ckpt, model_state=state), root / "nan")
+    assert str(info.value) == (
+        f"{root / 'nan' / 'model.pt'}: not written: the state after epoch 0 is not finite "
+        f"(head.mlp.0.weight)"
+    )
+    payload = torch.load(good, weights_only=True)
+    payload["model_state"] = state
+    bad = root / "nan.pt"
+    torch.save(payload, bad)
+    assert predict.main(["--checkpoint", str(bad), "--store", str(store), "--out",
+                         str(root / "nan_labels.zarr")]) == 2
+    assert one_line_error(capsys, "predict") == (
+        f"{bad}: the checkpoint holds non-finite values (head.mlp.0.weight): the run that wrote it "
+        f"diverged; train again with a lower train.lr"
+    )
+    assert not (root / "nan_labels.zarr").exists()
