@@ -9,7 +9,12 @@ Writes (:func:`sscc_core.export.export_all`) ``labels.tif`` (Cloud-Optimized Geo
 table and provenance tags), ``quicklook.png``, ``spectra.csv`` / ``spectra_std.csv`` /
 ``spectra.png`` (per-cluster mean spectra of the cube), ``cluster_class_counts.csv`` when the
 cube has ground truth, and ``metrics.json`` when ``--metrics`` (an ``sscc evaluate --out`` file)
-is given. Provenance comes from the label store's attributes. Refuses an incomplete label store.
+is given. Provenance comes from the label store's attributes. Refuses an incomplete label store,
+a ``--store`` that is not the input the labels were made from (its
+:func:`sscc_core.io.store.cube_identity` differs from the one the label store recorded), and an
+``--out`` folder that is not empty unless ``--overwrite`` (which replaces a previous export only).
+The products are written into a temporary sibling folder that is renamed to ``--out`` only when
+every product is written: the folder holds one whole export or none.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import xarray as xr
+
 from pipelines.common import (
     add_logging_args, label_provenance, log_event, run_stage, setup_logging,
 )
 from sscc_core.export import export_all
-from sscc_core.io.store import open_cube
-from sscc_core.labelstore import open_label_store
+from sscc_core.io.store import atomic_output, cube_identity, open_cube
+from sscc_core.labelstore import LabelStore, open_label_store
 from sscc_core.versioning import resolve_labels
 
 
@@ -39,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="the cube store the labels were computed from")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--metrics", default=None, help="metrics JSON written by `sscc evaluate --out`")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a previous export in --out (default: refuse a non-empty --out)")
     add_logging_args(p)
     return p
 
@@ -62,12 +71,36 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
     return doc["metrics"]
 
 
+def check_input(store: LabelStore, cube: xr.Dataset, store_path: str) -> None:
+    """Refuse a cube that is not the input the labels were made from.
+
+    Label stores written before identities were recorded are not checked.
+
+    Raises:
+        ValueError: The cube's identity differs from the label store's ``input_identity``.
+    """
+    recorded, identity = store.attrs.get("input_identity"), cube_identity(cube)
+    if recorded and recorded != identity:
+        raise ValueError(
+            f"{store_path}: not the cube the labels {store.path} were made from (they record "
+            f"{store.attrs.get('input_store')}, identity {recorded}; this store's identity is "
+            f"{identity}); pass that store as --store"
+        )
+
+
+def is_export(path: Path) -> bool:
+    """Whether ``path`` is a folder holding a previous export (its ``labels.tif``)."""
+    return (path / "labels.tif").is_file()
+
+
 def run(args: argparse.Namespace) -> dict[str, Path]:
     """Execute a parsed command line; returns ``{product: path}``.
 
     Raises:
-        ValueError: Incomplete label store, grids that differ, or a malformed metrics file.
+        ValueError: Incomplete label store, a cube that is not the labels' input, grids that
+            differ, or a malformed metrics file.
         FileNotFoundError: A store or the metrics file is missing.
+        FileExistsError: ``--out`` is not empty (without ``--overwrite``), or is not an export.
     """
     log = setup_logging("export", args.log_file)
     store = open_label_store(resolve_labels(args.labels))
@@ -78,12 +111,18 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
     if labels.shape != (cube.sizes["y"], cube.sizes["x"]):
         raise ValueError(f"{args.labels}: label grid {labels.shape} != cube grid "
                          f"{(cube.sizes['y'], cube.sizes['x'])} of {args.store}")
-    paths = export_all(
-        labels, args.out, provenance=label_provenance(store, args.store), cube=cube,
-        ground_truth=cube["labels"] if "labels" in cube else None, metrics=metrics,
-        k=store.n_clusters, title=f"{cube.attrs.get('name') or Path(args.store).stem}: "
-        f"model {store.model_version}",
-    )
+    check_input(store, cube, args.store)
+    out = Path(args.out)
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # an empty folder is no output to protect
+    with atomic_output(out, args.overwrite, is_export, "an sscc export") as tmp:
+        written = export_all(
+            labels, tmp, provenance=label_provenance(store, args.store), cube=cube,
+            ground_truth=cube["labels"] if "labels" in cube else None, metrics=metrics,
+            k=store.n_clusters, title=f"{cube.attrs.get('name') or Path(args.store).stem}: "
+            f"model {store.model_version}",
+        )
+    paths = {name: out / path.name for name, path in written.items()}
     for name, path in paths.items():
         print(f"export: {name:<16} {path}")
     log_event(log, "exported", labels=args.labels, out=args.out,

@@ -11,6 +11,9 @@ reopens) the label store (:mod:`sscc_core.labelstore`), lists the non-empty tile
 already marked done, so a rerun after a crash, or after new tiles gained data, labels only the
 rest. With ``--recheck`` the done tiles are kept in the list: their input window is re-read and
 only those whose fingerprint differs from their marker's are relabelled (``sscc reprocess``).
+An existing store made from another input (its recorded
+:func:`sscc_core.io.store.cube_identity` differs) is refused without ``--recheck``; with it,
+the new input is recorded once every tile has been rechecked.
 The tile descriptors go through ``ray.data.from_items(...).map_batches(LabelTiles, ...)`` on an
 actor pool: each actor loads the checkpoint once, reopens the input store with zarr (through a
 small cache of decoded chunks, :class:`ChunkCache`, so a tile's fingerprint and label reads and
@@ -42,7 +45,7 @@ from pipelines.common import add_logging_args, ensure_ray, log_event, run_stage,
 from sscc_core.checkpoint import load_checkpoint
 from sscc_core.config import to_dict
 from sscc_core.inference import Labeller, check_wavelengths
-from sscc_core.io.store import open_cube
+from sscc_core.io.store import cube_identity, open_cube
 from sscc_core.labelstore import LabelStore, LabelStoreSpec, prepare_label_store, tile_fingerprint
 from sscc_core.tiling import Tile, nonempty_tiles
 
@@ -325,8 +328,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model_version=ckpt.model_version, n_clusters=ckpt.config.model.n_clusters,
         tile_size=args.tile_size or ckpt.config.tile.tile_size, confidence=args.confidence,
         config=to_dict(ckpt.config), input_store=str(Path(args.store).resolve()),
+        input_identity=cube_identity(cube),
     )
-    out = prepare_label_store(args.out, cube, spec)
+    out = prepare_label_store(args.out, cube, spec, relabel=args.recheck)
     valid = zarr.open_group(args.store, mode="r")["valid"]
     nonempty = nonempty_tiles(valid, out.tiles())
     done = out.done_tiles()
@@ -351,7 +355,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out.mark_incomplete()
         n_tiles, n_pixels, busy = _label_on_ray(todo, args, log)
     seconds = time.perf_counter() - start
-    out.mark_complete(valid)
+    out.mark_complete(valid, spec)
     summary = {
         "out": str(args.out), "model_version": ckpt.model_version, "tiles": len(nonempty),
         "tiles_labelled": n_tiles, "tiles_unchanged": len(todo) - n_tiles,

@@ -44,9 +44,11 @@ from pipelines.common import add_logging_args, ensure_ray, log_event, run_stage,
 from pipelines.options import DEFAULT_CONFIG, add_config_args, load_cli_config
 from sscc_core import storage
 from sscc_core.augment import two_views
-from sscc_core.checkpoint import Checkpoint, checkpoint_file, load_checkpoint, save_checkpoint
+from sscc_core.checkpoint import (
+    Checkpoint, RunRecord, check_run_record, checkpoint_file, load_checkpoint, save_checkpoint,
+)
 from sscc_core.config import SSCCConfig, dump_config, from_dict, to_dict
-from sscc_core.io.store import open_cube
+from sscc_core.io.store import cube_identity, open_cube
 from sscc_core.model import SSCCNet
 from sscc_core.readout import fit_readout
 from sscc_core.preprocess import Preprocessor, fit_preprocessor
@@ -390,6 +392,15 @@ def snapshot(training: Any, cfg: SSCCConfig, config: dict[str, Any]) -> Checkpoi
     )
 
 
+def finished_run(run_dir: str, cfg: SSCCConfig) -> str | None:
+    """The final checkpoint of a run that already completed ``train.epochs`` (its readout fitted
+    and ``history.json`` written, the last step of :func:`run_training`), else ``None``."""
+    path = checkpoint_file(storage.join(run_dir, "final"))
+    if not (storage.exists(storage.join(run_dir, "history.json")) and storage.exists(path)):
+        return None
+    return path if load_checkpoint(path).epoch >= cfg.train.epochs else None
+
+
 def fit_or_reuse_preprocessor(store: str, cfg: SSCCConfig, run_dir: str) -> Preprocessor:
     """Fit the pre-processing once per run and keep it beside the run (a relaunch reuses it).
 
@@ -590,6 +601,12 @@ def run_training(
     if not storage.is_url(storage_path):
         storage_path = str(Path(storage_path).resolve())
     run_dir = storage.join(storage_path, run_name)
+    check_run_record(run_dir, RunRecord.of(str(store), cube_identity(ds_cube), cfg))
+    finished = finished_run(run_dir, cfg)
+    if finished is not None:
+        print(f"train: run {run_name} already finished at epoch {cfg.train.epochs}; kept "
+              f"{finished} (raise train.epochs to continue it)", flush=True)
+        return finished
     pre = fit_or_reuse_preprocessor(store, cfg, run_dir)
     tiles = training_tiles(store, cfg.train.protocol, cfg.tile.tile_size)
     n_train = sum(t["n_pixels"] for t in tiles)

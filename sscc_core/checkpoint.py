@@ -1,4 +1,5 @@
-"""The SSCC checkpoint: model weights, optimiser, epoch, pre-processing stats and config in one file.
+"""The SSCC checkpoint: model weights, optimiser, epoch, pre-processing stats and config in one file,
+and the run record that says what a training run continues.
 
 A checkpoint holds only tensors and plain Python values, so it loads with
 ``torch.load(weights_only=True)``: no pickled code is ever executed, and a foreign or corrupt file
@@ -10,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from sscc_core.config import PostprocessConfig, SSCCConfig, from_dict, to_dict
 
 FORMAT = "sscc-checkpoint/1"
 FILENAME = "model.pt"
+RUN_RECORD = "run.json"
 
 
 class CheckpointError(ValueError):
@@ -194,3 +197,65 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             f"run that wrote it diverged; train again with a lower train.lr"
         )
     return ckpt
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a training run continues, kept as ``run.json`` in the run's directory.
+
+    Attributes:
+        store: Path of the input cube store (shown in messages; a moved store with the same
+            identity continues the run).
+        input_identity: :func:`sscc_core.io.store.cube_identity` of the input.
+        config_hash: :func:`sscc_core.export.config_hash` of the config with ``train.epochs``
+            set to 0: raising the epoch count continues the same run, any other change does not.
+        protocol: ``train.protocol`` (also inside the hash; named on its own in messages).
+    """
+
+    store: str
+    input_identity: str
+    config_hash: str
+    protocol: str
+
+    @classmethod
+    def of(cls, store: str, input_identity: str, cfg: SSCCConfig) -> "RunRecord":
+        """The record of a launch on ``store`` with ``cfg``."""
+        from sscc_core.export import config_hash
+
+        resumable = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=0))
+        return cls(store=store, input_identity=input_identity,
+                   config_hash=config_hash(resumable), protocol=cfg.train.protocol)
+
+
+class RunMismatchError(ValueError):
+    """A relaunch under an existing run name differs in input, config or protocol."""
+
+
+def check_run_record(run_dir: str, record: RunRecord) -> None:
+    """Record a new run's :class:`RunRecord`; require an existing run's to be the same.
+
+    Args:
+        run_dir: The run's directory (local or object storage).
+        record: This launch's record.
+
+    Raises:
+        RunMismatchError: The run was started with another input, config or protocol (the
+            message names each difference); nothing in ``run_dir`` is changed.
+    """
+    path = storage.join(run_dir, RUN_RECORD)
+    if not storage.exists(path):
+        storage.write_bytes(path, json.dumps(asdict(record), indent=1).encode())
+        return
+    old = json.loads(storage.read_bytes(path))
+    differences = [
+        f"{label} {old.get(name)} -> {getattr(record, name)}"
+        for name, label in (("input_identity", f"input ({old.get('store')} -> {record.store}) "
+                             "identity"), ("config_hash", "config hash"), ("protocol", "protocol"))
+        if old.get(name) != getattr(record, name)
+    ]
+    if differences:
+        raise RunMismatchError(
+            f"{run_dir}: this run was started with other settings ({'; '.join(differences)}); "
+            "relaunching resumes only the same input, config and protocol (train.epochs may "
+            "grow): use a new --run-name"
+        )

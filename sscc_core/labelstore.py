@@ -10,8 +10,10 @@ Layout of ``LABELS.zarr``:
 - ``confidence`` (y, x) float32, optional: max softmax probability, 0 at nodata; same chunks.
 - coords ``y``, ``x`` and (when the input is georeferenced) ``spatial_ref``, copied from the
   input cube, so the labels lie on the input's grid.
-- group attrs: ``format``, ``model_version``, ``config``, ``input_store``, ``created``,
-  ``sscc_version``, ``n_clusters``, ``nodata``, ``tile_size``, ``confidence`` and ``complete``.
+- group attrs: ``format``, ``model_version``, ``config``, ``input_store``, ``input_identity``
+  (:func:`sscc_core.io.store.cube_identity` of the input the labels were last completed from),
+  ``created``, ``sscc_version``, ``n_clusters``, ``nodata``, ``tile_size``, ``confidence`` and
+  ``complete``.
 - ``_sscc_done/r{row}_c{col}.json``: one marker per finished tile (``seconds``, ``n_valid`` and
   the ``fingerprint`` of the input window the labels were computed from, see
   :func:`tile_fingerprint`), written atomically *after* the tile's chunk, so a marker always means
@@ -66,6 +68,7 @@ class LabelStoreSpec:
         confidence: Whether a ``confidence`` array is written beside ``labels``.
         config: The run's configuration as a plain dict (:func:`sscc_core.config.to_dict`).
         input_store: Path of the input cube store.
+        input_identity: :func:`sscc_core.io.store.cube_identity` of that store.
     """
 
     model_version: str
@@ -74,6 +77,7 @@ class LabelStoreSpec:
     confidence: bool = False
     config: dict[str, Any] | None = None
     input_store: str = ""
+    input_identity: str = ""
 
 
 def encode_labels(labels: np.ndarray, n_clusters: int) -> np.ndarray:
@@ -160,6 +164,7 @@ def create_label_store(path: str | Path, cube: xr.Dataset, spec: LabelStoreSpec)
         "model_version": spec.model_version,
         "config": spec.config or {},
         "input_store": str(spec.input_store),
+        "input_identity": spec.input_identity,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "sscc_version": __version__,
         "n_clusters": spec.n_clusters,
@@ -199,15 +204,19 @@ def create_label_store(path: str | Path, cube: xr.Dataset, spec: LabelStoreSpec)
     return LabelStore(path)
 
 
-def prepare_label_store(path: str | Path, cube: xr.Dataset, spec: LabelStoreSpec) -> "LabelStore":
+def prepare_label_store(
+    path: str | Path, cube: xr.Dataset, spec: LabelStoreSpec, relabel: bool = False
+) -> "LabelStore":
     """Open the label store at ``path`` for ``spec``, creating it when it does not exist.
 
     Reopening (to resume or to label tiles added since) requires the same model version, the
-    same grid, tile size and confidence setting.
+    same grid, tile size and confidence setting, and the same input (``input_identity``) unless
+    ``relabel``: then the store is marked incomplete and the caller rechecks every tile's
+    fingerprint; :meth:`LabelStore.mark_complete` records the new input once all are done.
 
     Raises:
-        LabelStoreError: The existing store was made by another model version or differs in
-            grid, tile size or confidence.
+        LabelStoreError: The existing store was made by another model version, differs in
+            grid, tile size or confidence, or (without ``relabel``) was made from another input.
     """
     if not Path(path).exists():
         return create_label_store(path, cube, spec)
@@ -228,6 +237,16 @@ def prepare_label_store(path: str | Path, cube: xr.Dataset, spec: LabelStoreSpec
     if problems:
         raise LabelStoreError(f"{path}: existing label store does not match this run: "
                               + "; ".join(problems) + " (write to a new path)")
+    attrs = store.attrs
+    if attrs.get("input_identity", "") != spec.input_identity:
+        if not relabel:
+            raise LabelStoreError(
+                f"{path}: holds labels of input {attrs.get('input_store')} (identity "
+                f"{attrs.get('input_identity') or 'unrecorded'}), not of {spec.input_store} "
+                f"(identity {spec.input_identity}); relabel its changed tiles with --recheck, or "
+                "write to a new path"
+            )
+        store.mark_incomplete()
     return store
 
 
@@ -495,8 +514,13 @@ class LabelStore:
         done = self.done_tiles()
         return [t for t in nonempty_tiles(valid, self.tiles()) if (t.row, t.col) not in done]
 
-    def mark_complete(self, valid: Any) -> None:
+    def mark_complete(self, valid: Any, spec: LabelStoreSpec | None = None) -> None:
         """Set ``complete: true``, after checking that every non-empty tile has a marker.
+
+        Args:
+            valid: (H, W) bool array-like of the input cube.
+            spec: The run that labelled (or rechecked) every tile: its ``input_store`` and
+                ``input_identity`` are recorded with the completion.
 
         Raises:
             LabelStoreError: Some non-empty tile is not done (the message counts them).
@@ -506,7 +530,9 @@ class LabelStore:
             first = ", ".join(f"r{t.row}_c{t.col}" for t in missing[:5])
             raise LabelStoreError(f"{self.path}: {len(missing)} non-empty tiles are not labelled "
                                   f"yet ({first}{', ...' if len(missing) > 5 else ''})")
-        self.group.attrs["complete"] = True
+        inputs = {} if spec is None else {"input_store": str(spec.input_store),
+                                          "input_identity": spec.input_identity}
+        self.group.attrs.update({**inputs, "complete": True})
 
     def mark_incomplete(self) -> None:
         """Set ``complete: false`` (before labelling tiles added to a completed store)."""

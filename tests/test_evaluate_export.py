@@ -11,7 +11,7 @@ import zarr
 
 from pipelines import evaluate, export
 from sscc_core.io.matlab import read_benchmark
-from sscc_core.io.store import open_cube, write_cube
+from sscc_core.io.store import cube_identity, open_cube, write_cube
 from sscc_core.labelstore import LabelStoreSpec, create_label_store
 
 TILE = 32
@@ -26,13 +26,15 @@ def cube_store(tmp_path_factory):
     return write_cube(read_benchmark("salinasA"), path, chunk=TILE)
 
 
-def label_store_from(cube_path, out, cluster_of_class: np.ndarray, complete: bool = True):
+def label_store_from(cube_path, out, cluster_of_class: np.ndarray, complete: bool = True,
+                     model_version: str = "perfect00001"):
     """A label store whose clusters are ``cluster_of_class[ground truth]`` (a relabelled ground
     truth: a perfect clustering), written tile by tile like the pipeline does."""
     cube = open_cube(cube_path)
     store = create_label_store(out, cube, LabelStoreSpec(
-        model_version="perfect00001", n_clusters=8, tile_size=TILE,
-        config={"model": {"n_clusters": 8}}, input_store=str(cube_path)))
+        model_version=model_version, n_clusters=8, tile_size=TILE,
+        config={"model": {"n_clusters": 8}}, input_store=str(cube_path),
+        input_identity=cube_identity(cube)))
     gt = cube["labels"].values
     valid = zarr.open_group(cube_path, mode="r")["valid"]
     tiles = store.missing_tiles(valid)

@@ -5,6 +5,7 @@ documented handling). One test per case; each asserts the exact message."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -14,10 +15,13 @@ import pytest
 import rasterio
 import torch
 
-from pipelines import ingest, predict, train
-from sscc_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pipelines import export, ingest, predict, train
+from pipelines.options import DEFAULT_CONFIG
+from sscc_core.checkpoint import CheckpointError, RunRecord, load_checkpoint, save_checkpoint
+from sscc_core.config import load_config
 from sscc_core.io.matlab import read_benchmark
-from sscc_core.io.store import write_cube
+from sscc_core.io.store import cube_identity, open_cube, write_cube
+from test_evaluate_export import label_store_from
 from test_io_readers import write_envi
 from test_predict import TILE, make_checkpoint
 from test_train_pipeline import TINY, salinas_store  # noqa: F401  (fixture)
@@ -29,10 +33,13 @@ def root(tmp_path_factory) -> Path:
 
 
 def one_line_error(capsys, stage: str) -> str:
-    """The whole of stderr, asserted to be exactly one ``sscc <stage>: error: ...`` line."""
-    err = capsys.readouterr().err
-    assert err.startswith(f"sscc {stage}: error: ") and err.count("\n") == 1, err[-2000:]
-    return err.removeprefix(f"sscc {stage}: error: ").rstrip("\n")
+    """The message of the one ``sscc <stage>: error: ...`` line that ends stderr (warnings and
+    JSON log lines may come before it; a traceback may not)."""
+    lines = capsys.readouterr().err.splitlines()
+    prefix = f"sscc {stage}: error: "
+    assert lines and lines[-1].startswith(prefix), lines[-20:]
+    assert not any("Traceback" in line or line.startswith(prefix) for line in lines[:-1])
+    return lines[-1].removeprefix(prefix)
 
 
 # --- inputs are checked against their own description --------------------------------------
@@ -120,9 +127,8 @@ def test_non_finite_loss_stops_training_once_without_a_checkpoint(ray_session, s
             "--log-file", str(tmp_path / "log.jsonl"),
             *[f"--set={k}={v}" for k, v in {**TINY, "train.lr": 1e30}.items()]]
     assert train.main(argv) == 2
-    err = capsys.readouterr().err.rstrip("\n").splitlines()
-    assert err[-1] == (
-        "sscc train: error: epoch 1, step 2: the loss is nan; training stopped and no checkpoint "
+    assert one_line_error(capsys, "train") == (
+        "epoch 1, step 2: the loss is nan; training stopped and no checkpoint "
         "of this epoch was written (lower train.lr, or check the input cube for extreme values)"
     )
     run = tmp_path / "diverged"
@@ -154,3 +160,103 @@ def test_checkpoints_with_non_finite_weights_are_neither_written_nor_used(root, 
         f"diverged; train again with a lower train.lr"
     )
     assert not (root / "nan_labels.zarr").exists()
+
+
+# --- every stage knows what it is continuing -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_cubes(root):
+    """Salinas-A ingested twice: two stores of the same grid with different identities."""
+    ds = read_benchmark("salinasA")
+    first = write_cube(ds, root / "first.zarr", chunk=TILE)
+    second = write_cube(ds.assign_attrs(created="2030-01-01T00:00:00+00:00"),
+                        root / "second.zarr", chunk=TILE)
+    return first, second
+
+
+def test_predict_refuses_a_label_store_made_from_another_cube(root, two_cubes, capsys):
+    """Another cube of the same grid gave '0 to label' and 78% stale labels with exit 0."""
+    first, second = two_cubes
+    ckpt = make_checkpoint(root, first, "fcn", seed=0)
+    labels = label_store_from(first, root / "first_labels.zarr", np.arange(7),
+                              model_version=load_checkpoint(ckpt).model_version)
+    argv = ["--checkpoint", str(ckpt), "--out", str(labels.path), "--tile-size", str(TILE)]
+    assert predict.main([*argv, "--store", str(second)]) == 2
+    assert one_line_error(capsys, "predict") == (
+        f"{labels.path}: holds labels of input {first} (identity "
+        f"{cube_identity(open_cube(first))}), not of {second} (identity "
+        f"{cube_identity(open_cube(second))}); relabel its changed tiles with --recheck, or "
+        f"write to a new path"
+    )
+    assert labels.complete and labels.attrs["input_store"] == str(first)
+
+
+def test_export_checks_its_input_and_output_folder(root, two_cubes, capsys):
+    """Spectra from the wrong cube, and two runs' products side by side, were written with
+    exit 0; now the cube must be the labels' input and --out empty, or --overwrite given."""
+    first, second = two_cubes
+    labels = label_store_from(first, root / "export_labels.zarr", np.arange(7))
+    out = root / "products"
+
+    def export_to(store: Path, *extra: str) -> int:
+        return export.main(["--labels", str(labels.path), "--store", str(store), "--out",
+                            str(out), *extra])
+
+    assert export_to(second) == 2
+    assert one_line_error(capsys, "export") == (
+        f"{second}: not the cube the labels {labels.path} were made from (they record {first}, "
+        f"identity {cube_identity(open_cube(first))}; this store's identity is "
+        f"{cube_identity(open_cube(second))}); pass that store as --store"
+    )
+    assert not out.exists()
+    assert export_to(first) == 0
+    capsys.readouterr()
+    before = (out / "labels.tif").stat().st_mtime_ns
+    assert export_to(first) == 2
+    assert one_line_error(capsys, "export") == (
+        f"{out}: output already exists (pass overwrite=True / --overwrite)")
+    assert (out / "labels.tif").stat().st_mtime_ns == before
+    assert export_to(first, "--overwrite") == 0
+    assert (out / "labels.tif").stat().st_mtime_ns != before
+    assert not list(root.glob("products.tmp-*"))
+    (root / "notes").mkdir()
+    (root / "notes" / "mine.txt").write_text("not an export")
+    assert export.main(["--labels", str(labels.path), "--store", str(first), "--out",
+                        str(root / "notes"), "--overwrite"]) == 2
+    assert one_line_error(capsys, "export") == (
+        f"{root / 'notes'}: exists and is not an sscc export; refusing to replace it")
+
+
+def test_training_relaunch_continues_only_the_same_work(root, two_cubes, tmp_path, capsys):
+    """A relaunch under an existing run name on another store or protocol trained 0 epochs,
+    kept the old weights and overwrote final/ with exit 0; now it is refused in one line, and
+    an identical relaunch of a finished run keeps final/ as it is."""
+    first, second = two_cubes
+    settings = {**TINY, "train.epochs": 1, "postprocess.readout": "head"}
+    base = ["--run-name", "same", "--storage-path", str(tmp_path), "--num-workers", "0",
+            "--log-file", str(tmp_path / "log.jsonl")]
+
+    def launch(store: Path, **extra: object) -> int:
+        sets = [f"--set={k}={v}" for k, v in {**settings, **extra}.items()]
+        return train.main(["--store", str(store), *base, *sets])
+
+    assert launch(first) == 0
+    final = tmp_path / "same" / "final" / "model.pt"
+    written = final.stat().st_mtime_ns
+    capsys.readouterr()
+    record = json.loads((tmp_path / "same" / "run.json").read_text())
+    assert launch(second, **{"train.protocol": "labelled"}) == 2
+    other = load_config(DEFAULT_CONFIG, {**settings, "train.protocol": "labelled"})
+    assert one_line_error(capsys, "train") == (
+        f"{tmp_path / 'same'}: this run was started with other settings (input ({first} -> "
+        f"{second}) identity {record['input_identity']} -> {cube_identity(open_cube(second))}; "
+        f"config hash {record['config_hash']} -> "
+        f"{RunRecord.of('', '', other).config_hash}; protocol all -> labelled); relaunching resumes only the same input, config and "
+        f"protocol (train.epochs may grow): use a new --run-name"
+    )
+    assert launch(first) == 0
+    assert capsys.readouterr().out == (
+        f"train: run same already finished at epoch 1; kept {final} (raise train.epochs to "
+        f"continue it)\ncheckpoint: {final}\n"
+    )
+    assert final.stat().st_mtime_ns == written

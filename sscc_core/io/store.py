@@ -9,14 +9,17 @@ failed write never leaves a half-written store at the target path.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dask
+import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor on opened cubes)
 import xarray as xr
 
@@ -62,14 +65,16 @@ def _is_store(path: Path) -> bool:
     return (path / "zarr.json").is_file()
 
 
-def _check_target(path: Path, overwrite: bool) -> None:
-    """Refuse an existing target unless ``overwrite``; never replace something that is no store."""
+def _check_target(path: Path, overwrite: bool, replaceable: Callable[[Path], bool],
+                  what: str) -> None:
+    """Refuse an existing target unless ``overwrite``; never replace something that is not
+    ``what`` (``replaceable(path)`` is false)."""
     if not path.exists():
         return
     if not overwrite:
         raise FileExistsError(f"{path}: output already exists (pass overwrite=True / --overwrite)")
-    if not _is_store(path):
-        raise FileExistsError(f"{path}: exists and is not a Zarr store; refusing to replace it")
+    if not replaceable(path):
+        raise FileExistsError(f"{path}: exists and is not {what}; refusing to replace it")
 
 
 @contextlib.contextmanager
@@ -81,13 +86,29 @@ def atomic_store(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is false, or it is not a Zarr store.
     """
+    with atomic_output(path, overwrite, _is_store, "a Zarr store") as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path, overwrite: bool, replaceable: Callable[[Path], bool],
+                  what: str) -> Iterator[Path]:
+    """Yield a temporary sibling directory path; rename it to ``path`` when the block succeeds.
+
+    An existing ``path`` is replaced only with ``overwrite`` and when ``replaceable(path)``
+    (it holds output of the same kind, ``what``). On an exception the temporary directory is
+    removed and ``path`` is left as it was.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is false, or it is not ``what``.
+    """
     target = Path(path)
-    _check_target(target, overwrite)
+    _check_target(target, overwrite, replaceable, what)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:12]}")
     try:
         yield tmp
-        _check_target(target, overwrite)
+        _check_target(target, overwrite, replaceable, what)
         if target.exists():
             trash = target.with_name(f"{target.name}.tmp-old-{uuid.uuid4().hex[:12]}")
             target.rename(trash)
@@ -207,3 +228,29 @@ def open_cube(path: str | Path) -> xr.Dataset:
     if missing:
         raise ValueError(f"{p}: not a cube store (missing variables {missing})")
     return ds
+
+
+def cube_identity(cube: xr.Dataset) -> str:
+    """Identity of a cube store: a hash of its provenance and layout, not of its pixels.
+
+    Covers the ``name``, ``source`` paths, ``created`` time and non-finite pixel count written at
+    ingest, the sizes and dtype of ``reflectance`` and the ``wavelength``/``y``/``x`` coordinate
+    values. Every ingest records a new creation time, so another cube, or the same path ingested
+    again, has another identity; reading it costs no pixel reads. Pixel changes inside one store
+    are found tile by tile by :func:`sscc_core.labelstore.tile_fingerprint`.
+
+    Args:
+        cube: An opened cube store (:func:`open_cube`).
+
+    Returns:
+        16 hex digits (BLAKE2b-64).
+    """
+    h = hashlib.blake2b(digest_size=8)
+    attrs = {k: cube.attrs.get(k) for k in ("name", "source", "created", "n_nonfinite")}
+    h.update(json.dumps([attrs, dict(cube.sizes), str(cube["reflectance"].dtype)],
+                        sort_keys=True, default=str).encode())
+    for name in ("wavelength", "y", "x"):
+        if name in cube.coords:
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(cube[name].values, dtype=np.float64).tobytes())
+    return h.hexdigest()
