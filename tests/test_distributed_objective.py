@@ -18,7 +18,7 @@ from sscc_core.checkpoint import load_checkpoint
 from sscc_core.config import SSCCConfig, load_config
 from sscc_core.loss import LOSS_PARTS, SSCCLoss
 from sscc_core.model import TwinForward
-from sscc_core.trainer import build_training
+from sscc_core.trainer import build_training, train_step
 from test_train_pipeline import salinas_store, tiny_config  # noqa: F401  (fixture)
 
 WORLD = 2
@@ -30,7 +30,9 @@ SMALL = {
     "model.head_hidden": 16,
     "model.n_clusters": 5,
     "preprocess.patch_size": 7,
+    "train.lr": 1e-3,
 }
+STEPS = 6
 
 
 def small_config() -> SSCCConfig:
@@ -55,8 +57,28 @@ def step(twin: torch.nn.Module, loss: SSCCLoss, xa: torch.Tensor, xb: torch.Tens
     return {"parts": parts.as_floats(), "grads": grads, "buffers": buffers}
 
 
+def trajectory(cfg: SSCCConfig, sync: bool, rank: int, world: int) -> list[float]:
+    """Losses of STEPS Adam steps (:func:`train_step`) on fresh float64 batches, this rank
+    taking its rows of each; DDP-wrapped when ``world`` > 1."""
+    training = build_training(cfg, CHANNELS, sync_batchnorm=sync)
+    twin = TwinForward(training.model.double().train())
+    if world > 1:
+        twin = DistributedDataParallel(twin)
+    loss = SSCCLoss(cfg.loss, gather_distributed=True)
+    gen = torch.Generator().manual_seed(11)
+    losses = []
+    for i in range(STEPS):
+        xa = torch.randn(BATCH, CHANNELS, 7, 7, generator=gen, dtype=torch.float64)
+        xb = xa + 0.5 * torch.randn(xa.shape, generator=gen, dtype=torch.float64)
+        parts = train_step(twin, training.optimizer, xa.chunk(world)[rank], xb.chunk(world)[rank], loss,
+                           epoch=0, step=i)
+        losses.append(parts.as_floats()["total"])
+    return losses
+
+
 def rank_main(rank: int, init_file: str, out: str) -> None:
-    """One gloo rank: the gathered objective with synced BatchNorm, then the per-rank one."""
+    """One gloo rank: the gathered objective with synced BatchNorm, then the per-rank one, then
+    a short training trajectory."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     cfg = small_config()
@@ -66,6 +88,7 @@ def rank_main(rank: int, init_file: str, out: str) -> None:
         net = build_training(cfg, CHANNELS, sync_batchnorm=distributed).model.double().train()
         ddp = DistributedDataParallel(TwinForward(net))
         results[mode] = step(ddp, SSCCLoss(cfg.loss, gather_distributed=distributed), xa, xb, net)
+    results["trajectory"] = trajectory(cfg, True, rank, WORLD)
     if rank == 0:
         torch.save(results, out)
     dist.destroy_process_group()
@@ -106,6 +129,16 @@ def test_two_gathered_ranks_equal_one_process_on_the_whole_batch(two_ranks, sing
         assert close(got["grads"][name], grad), (name, (got["grads"][name] - grad).abs().max())
     for name, buffer in single["buffers"].items():
         assert close(got["buffers"][name], buffer), name
+
+
+def test_two_ranks_follow_the_single_process_training_trajectory(two_ranks) -> None:
+    """Six Adam steps through the real train_step (DDP, gathered loss, synced BatchNorm): each
+    step's loss equals the single-process run's on the whole batches. In float32 the same runs
+    drift apart (Adam amplifies round-off); in float64 they stay equal."""
+    torch.set_num_threads(1)
+    single = trajectory(small_config(), False, 0, 1)
+    assert two_ranks["trajectory"] == pytest.approx(single, rel=1e-9)
+    assert len(set(single)) == STEPS  # the network does learn along the way
 
 
 def test_per_rank_objective_is_a_different_objective(two_ranks, single) -> None:
