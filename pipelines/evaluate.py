@@ -7,7 +7,8 @@ Usage::
 Only pixels with a ground-truth class (``labels`` > 0 in the cube store) are scored; the label map
 and the ground truth are streamed window by window, so only the labelled pixels are held in
 memory. Labelled pixels that got no cluster (nodata in the label map) are not scored and are
-counted as ``n_gt_without_label``. Refuses a label store that is not marked complete.
+counted as ``n_gt_without_label``. Refuses a label store that is not marked complete or whose
+chunks do not hold what its tile markers record (``sscc verify``).
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log = setup_logging("evaluate", args.log_file)
     store = open_label_store(resolve_labels(args.labels))
     store.require_complete()
+    store.require_intact()
     cube = open_cube(args.store)
     y_true, y_pred, missing = labelled_pairs(ground_truth(cube, args.store), store.labels(),
                                              store.nodata)

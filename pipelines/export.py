@@ -9,7 +9,8 @@ Writes (:func:`sscc_core.export.export_all`) ``labels.tif`` (Cloud-Optimized Geo
 table and provenance tags), ``quicklook.png``, ``spectra.csv`` / ``spectra_std.csv`` /
 ``spectra.png`` (per-cluster mean spectra of the cube), ``cluster_class_counts.csv`` when the
 cube has ground truth, and ``metrics.json`` when ``--metrics`` (an ``sscc evaluate --out`` file)
-is given. Provenance comes from the label store's attributes. Refuses an incomplete label store,
+is given. Provenance comes from the label store's attributes. Refuses an incomplete label store
+or one whose chunks do not hold what its tile markers record (``sscc verify``),
 a ``--store`` that is not the input the labels were made from (its
 :func:`sscc_core.io.store.cube_identity` differs from the one the label store recorded), and an
 ``--out`` folder that is not empty unless ``--overwrite`` (which replaces a previous export only).
@@ -105,6 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
     log = setup_logging("export", args.log_file)
     store = open_label_store(resolve_labels(args.labels))
     store.require_complete()
+    store.require_intact()
     metrics = read_metrics(args.metrics) if args.metrics else None
     cube = open_cube(args.store)
     labels = store.labels()

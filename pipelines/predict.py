@@ -11,7 +11,9 @@ reopens) the label store (:mod:`sscc_core.labelstore`), lists the non-empty tile
 already marked done, so a rerun after a crash, or after new tiles gained data, labels only the
 rest. With ``--recheck`` the done tiles are kept in the list: their input window is re-read and
 only those whose fingerprint differs from their marker's are relabelled (``sscc reprocess``).
-An existing store made from another input (its recorded
+Done tiles whose chunks are missing, unreadable or do not hold what their markers record
+(:meth:`sscc_core.labelstore.LabelStore.damaged_tiles`) are labelled again. An existing store
+made from another input (its recorded
 :func:`sscc_core.io.store.cube_identity` differs) is refused without ``--recheck``; with it,
 the new input is recorded once every tile has been rechecked.
 The tile descriptors go through ``ray.data.from_items(...).map_batches(LabelTiles, ...)`` on an
@@ -331,6 +333,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         input_identity=cube_identity(cube),
     )
     out = prepare_label_store(args.out, cube, spec, relabel=args.recheck)
+    damaged = out.damaged_tiles()
+    if damaged:  # a chunk lost or corrupted since it was written: label the tile again
+        out.forget_tiles(damaged)
+    for problem in damaged.values():
+        print(f"predict: warning: {out.path}: {problem}; relabelling it", file=sys.stderr,
+              flush=True)
+        log_event(log, "tile_damaged", problem=problem)
     valid = zarr.open_group(args.store, mode="r")["valid"]
     nonempty = nonempty_tiles(valid, out.tiles())
     done = out.done_tiles()

@@ -210,9 +210,11 @@ def prepare_label_store(
     """Open the label store at ``path`` for ``spec``, creating it when it does not exist.
 
     Reopening (to resume or to label tiles added since) requires the same model version, the
-    same grid, tile size and confidence setting, and the same input (``input_identity``) unless
-    ``relabel``: then the store is marked incomplete and the caller rechecks every tile's
-    fingerprint; :meth:`LabelStore.mark_complete` records the new input once all are done.
+    same grid, tile size and confidence setting, and, once it holds labelled tiles, the same
+    input (``input_identity``; stores written before identities were recorded are not checked)
+    unless ``relabel``: then the store is marked incomplete and the
+    caller rechecks every tile's fingerprint; :meth:`LabelStore.mark_complete` records the new
+    input once all are done.
 
     Raises:
         LabelStoreError: The existing store was made by another model version, differs in
@@ -237,12 +239,12 @@ def prepare_label_store(
     if problems:
         raise LabelStoreError(f"{path}: existing label store does not match this run: "
                               + "; ".join(problems) + " (write to a new path)")
-    attrs = store.attrs
-    if attrs.get("input_identity", "") != spec.input_identity:
+    recorded = store.attrs.get("input_identity")
+    if recorded and recorded != spec.input_identity and store.done_tiles():
         if not relabel:
             raise LabelStoreError(
-                f"{path}: holds labels of input {attrs.get('input_store')} (identity "
-                f"{attrs.get('input_identity') or 'unrecorded'}), not of {spec.input_store} "
+                f"{path}: holds labels of input {store.attrs.get('input_store')} (identity "
+                f"{recorded}), not of {spec.input_store} "
                 f"(identity {spec.input_identity}); relabel its changed tiles with --recheck, or "
                 "write to a new path"
             )
@@ -548,6 +550,76 @@ class LabelStore:
             raise LabelStoreError(
                 f"{self.path}: label store is incomplete ({len(self.done_tiles())} tiles done); "
                 "rerun `sscc predict` with the same arguments to finish it"
+            )
+
+    # ---- verification ------------------------------------------------------------------------
+
+    def damaged_tiles(self) -> dict[tuple[int, int], str]:
+        """Done tiles whose chunks do not hold what their markers record.
+
+        A tile's chunk of every array must exist (a marker with ``n_valid > 0`` means a chunk
+        was written: labels of valid pixels never equal the fill value), decode, and hold
+        exactly ``n_valid`` labelled pixels. Reads the whole store (a byte or two per pixel).
+
+        Returns:
+            ``{(row, col): problem}``, each problem one line naming the tile and the chunk.
+        """
+        tiles = {(t.row, t.col): t for t in self.tiles()}
+        names = ["labels"] + (["confidence"] if self.has_confidence else [])
+        damaged: dict[tuple[int, int], str] = {}
+        for record in self.tile_records():
+            key = (record["row"], record["col"])
+            tile = tiles.get(key)
+            if tile is None:
+                damaged[key] = f"tile r{key[0]}_c{key[1]}: marker outside the {self.height} x " \
+                               f"{self.width} grid"
+                continue
+            for name in names if record["n_valid"] > 0 else []:
+                problem = self._chunk_problem(name, tile, record["n_valid"])
+                if problem:
+                    damaged[key] = f"tile r{tile.row}_c{tile.col}: {problem}"
+                    break
+        return damaged
+
+    def _chunk_problem(self, name: str, tile: Tile, n_valid: int) -> str | None:
+        """What is wrong with array ``name``'s chunk of a done tile, or ``None``."""
+        arr = self.group[name]
+        chunk = f"{name}/{arr.metadata.encode_chunk_key((tile.row, tile.col))}"
+        if not (self.path / chunk).is_file():
+            return f"chunk {chunk} is missing"
+        try:
+            block = np.asarray(arr[tile.y0 : tile.y1, tile.x0 : tile.x1])
+        except Exception as exc:  # codecs raise many types for corrupt bytes
+            return f"chunk {chunk} is unreadable ({type(exc).__name__}: {exc})"
+        if name == "labels" and int((block != self.nodata).sum()) != n_valid:
+            return (f"chunk {chunk} holds {int((block != self.nodata).sum())} labelled pixels, "
+                    f"its marker records {n_valid}")
+        return None
+
+    def forget_tiles(self, keys: Any) -> None:
+        """Drop the markers of tiles ``(row, col)`` and mark the store incomplete, so that a
+        rerun of ``sscc predict`` labels them again."""
+        self.mark_incomplete()
+        for row, col in keys:
+            (self.path / DONE_GROUP / f"r{row}_c{col}.json").unlink(missing_ok=True)
+
+    def require_intact(self) -> None:
+        """Raise unless every done tile's chunks hold what its marker records.
+
+        A damaged store is marked incomplete and the damaged tiles lose their markers, so
+        ``sscc predict`` with the same arguments relabels exactly them.
+
+        Raises:
+            LabelStoreError: Names the count of damaged tiles and the first problem.
+        """
+        damaged = self.damaged_tiles()
+        if damaged:
+            n_done = len(self.done_tiles())
+            self.forget_tiles(damaged)
+            raise LabelStoreError(
+                f"{self.path}: {len(damaged)} of {n_done} labelled tiles are damaged, first "
+                f"{damaged[min(damaged)]}; the store is marked incomplete: rerun `sscc predict` "
+                "with the same arguments to relabel them"
             )
 
     # ---- reading -----------------------------------------------------------------------------

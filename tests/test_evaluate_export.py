@@ -27,13 +27,13 @@ def cube_store(tmp_path_factory):
 
 
 def label_store_from(cube_path, out, cluster_of_class: np.ndarray, complete: bool = True,
-                     model_version: str = "perfect00001"):
+                     model_version: str = "perfect00001", n_clusters: int = 8):
     """A label store whose clusters are ``cluster_of_class[ground truth]`` (a relabelled ground
     truth: a perfect clustering), written tile by tile like the pipeline does."""
     cube = open_cube(cube_path)
     store = create_label_store(out, cube, LabelStoreSpec(
-        model_version=model_version, n_clusters=8, tile_size=TILE,
-        config={"model": {"n_clusters": 8}}, input_store=str(cube_path),
+        model_version=model_version, n_clusters=n_clusters, tile_size=TILE,
+        config={"model": {"n_clusters": n_clusters}}, input_store=str(cube_path),
         input_identity=cube_identity(cube)))
     gt = cube["labels"].values
     valid = zarr.open_group(cube_path, mode="r")["valid"]

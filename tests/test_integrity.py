@@ -15,7 +15,7 @@ import pytest
 import rasterio
 import torch
 
-from pipelines import export, ingest, predict, train
+from pipelines import evaluate, export, ingest, predict, train, verify
 from pipelines.options import DEFAULT_CONFIG
 from sscc_core.checkpoint import CheckpointError, RunRecord, load_checkpoint, save_checkpoint
 from sscc_core.config import load_config
@@ -260,3 +260,38 @@ def test_training_relaunch_continues_only_the_same_work(root, two_cubes, tmp_pat
         f"continue it)\ncheckpoint: {final}\n"
     )
     assert final.stat().st_mtime_ns == written
+
+
+# --- outputs are whole or absent ----------------------------------------------------------------
+
+def test_damaged_label_chunks_are_named_and_relabelled(ray_session, root, two_cubes, tmp_path,
+                                                        capsys):
+    """A label chunk deleted from a complete store left it 'complete: true', predict found
+    nothing to do and export wrote a hole; now verify, export and evaluate name the tile and
+    chunk, and predict relabels exactly that tile."""
+    first, _ = two_cubes
+    ckpt = make_checkpoint(root, first, "fcn", seed=0)
+    labels = label_store_from(first, root / "damaged.zarr", np.arange(7),
+                              model_version=load_checkpoint(ckpt).model_version, n_clusters=16)
+    (labels.path / "labels" / "c" / "1" / "2").unlink()
+    damaged = (f"{labels.path}: 1 of 9 labelled tiles are damaged, first tile r1_c2: chunk "
+               f"labels/c/1/2 is missing; the store is marked incomplete: rerun `sscc predict` "
+               f"with the same arguments to relabel them")
+    assert export.main(["--labels", str(labels.path), "--store", str(first), "--out",
+                        str(tmp_path / "products")]) == 2
+    assert one_line_error(capsys, "export") == damaged
+    assert not (tmp_path / "products").exists() and not labels.complete
+    assert verify.main(["--labels", str(labels.path)]) == 0
+    assert capsys.readouterr().out == (
+        f"verify: {labels.path}: all 8 labelled tiles intact (store not complete yet)\n")
+    assert predict.main(["--checkpoint", str(ckpt), "--store", str(first), "--out",
+                         str(labels.path), "--tile-size", str(TILE), "--actors", "1",
+                         "--log-file", str(tmp_path / "log.jsonl")]) == 0
+    assert "1 to label" in capsys.readouterr().out
+    assert labels.complete and verify.main(["--labels", str(labels.path)]) == 0
+    chunk = labels.path / "labels" / "c" / "0" / "1"
+    chunk.write_bytes(b"garbage")
+    assert evaluate.main(["--labels", str(labels.path), "--store", str(first)]) == 2
+    assert one_line_error(capsys, "evaluate").startswith(
+        f"{labels.path}: 1 of 9 labelled tiles are damaged, first tile r0_c1: chunk "
+        f"labels/c/0/1 is unreadable (")
