@@ -7,13 +7,16 @@ Conventions of every stage:
   tests (the session's Ray).
 - Human-readable progress goes to stdout; structured events go to a JSON-lines log (stderr, or
   ``--log-file``), one object per line with ``time``, ``level``, ``stage``, ``event`` and fields.
-- A user error (bad path, bad argument, incompatible input) prints ``sscc <stage>: error: ...``
-  to stderr and exits with status 2, like argparse; anything else is a bug and raises.
+- A user error (bad path, bad argument, incompatible input, and an OS error of the
+  environment: a full disk, a file-size limit, a read-only or unwritable path) prints
+  ``sscc <stage>: error: ...`` to stderr and exits with status 2, like argparse, also when it was
+  raised inside a Ray task, actor or Train worker; anything else is a bug and raises.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from sscc_core.labelstore import LabelStore
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES})
 
 
 def ensure_ray() -> None:
@@ -112,20 +116,39 @@ def label_provenance(store: "LabelStore", cube_path: str | Path) -> dict[str, st
     )
 
 
+def _wrapped(exc: BaseException) -> BaseException | None:
+    """The exception Ray wrapped in ``exc``: a task's cause (``RayTaskError`` also subclasses
+    its cause's type), a Train controller's failure, or the first failed Train worker's error."""
+    workers = getattr(exc, "worker_failures", None)  # ray.train.WorkerGroupError
+    candidates = [getattr(exc, "cause", None), getattr(exc, "controller_failure", None),
+                  *(workers.values() if isinstance(workers, dict) else ())]
+    return next((c for c in candidates if isinstance(c, BaseException)), None)
+
+
 def user_error(exc: BaseException) -> BaseException | None:
     """The user-facing error behind ``exc`` (following Ray's wrapping and ``__cause__``), or
-    ``None`` when it is not one of :data:`USER_ERRORS`."""
+    ``None`` when it is neither one of :data:`USER_ERRORS` nor an OS error of the environment
+    (:data:`ENVIRONMENT_ERRNOS`: full disk, file-size limit, read-only or unwritable path)."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        wrapped = getattr(exc, "cause", None)  # RayTaskError also subclasses its cause's type
-        if isinstance(wrapped, BaseException):
+        wrapped = _wrapped(exc)
+        if wrapped is not None:
             exc = wrapped
             continue
-        if isinstance(exc, USER_ERRORS):
+        if isinstance(exc, USER_ERRORS) or (isinstance(exc, OSError)
+                                            and exc.errno in ENVIRONMENT_ERRNOS):
             return exc
         exc = exc.__cause__
     return None
+
+
+def error_line(error: BaseException) -> str:
+    """One line for a user error; an OS error reads ``[PATH: ]<strerror> (ENOSPC)``."""
+    if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
+        where = f"{error.filename}: " if error.filename else ""
+        return f"{where}{error.strerror} ({errno.errorcode[error.errno]})"
+    return " ".join(str(error).split("\n"))
 
 
 def run_stage(
@@ -149,6 +172,6 @@ def run_stage(
         error = user_error(exc)
         if error is None:
             raise
-        print(f"sscc {stage}: error: {error}", file=sys.stderr)
+        print(f"sscc {stage}: error: {error_line(error)}", file=sys.stderr)
         return 2
     return 0

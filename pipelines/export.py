@@ -21,6 +21,7 @@ every product is written: the folder holds one whole export or none.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -102,6 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
             differ, or a malformed metrics file.
         FileNotFoundError: A store or the metrics file is missing.
         FileExistsError: ``--out`` is not empty (without ``--overwrite``), or is not an export.
+        ValueError: Writing failed (full disk, file-size limit, ...): names what is left.
     """
     log = setup_logging("export", args.log_file)
     store = open_label_store(resolve_labels(args.labels))
@@ -117,13 +119,20 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
     out = Path(args.out)
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()  # an empty folder is no output to protect
-    with atomic_output(out, args.overwrite, is_export, "an sscc export") as tmp:
-        written = export_all(
-            labels, tmp, provenance=label_provenance(store, args.store), cube=cube,
-            ground_truth=cube["labels"] if "labels" in cube else None, metrics=metrics,
-            k=store.n_clusters, title=f"{cube.attrs.get('name') or Path(args.store).stem}: "
-            f"model {store.model_version}",
-        )
+    try:
+        with atomic_output(out, args.overwrite, is_export, "an sscc export") as tmp:
+            written = export_all(
+                labels, tmp, provenance=label_provenance(store, args.store), cube=cube,
+                ground_truth=cube["labels"] if "labels" in cube else None, metrics=metrics,
+                k=store.n_clusters, title=f"{cube.attrs.get('name') or Path(args.store).stem}: "
+                f"model {store.model_version}",
+            )
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        left = "the previous export is kept" if out.exists() else "nothing was written"
+        raise ValueError(f"{out}: export failed ({exc.strerror}, {errno.errorcode[exc.errno]}); "
+                         f"{left}") from exc
     paths = {name: out / path.name for name, path in written.items()}
     for name, path in paths.items():
         print(f"export: {name:<16} {path}")

@@ -45,7 +45,8 @@ from pipelines.options import DEFAULT_CONFIG, add_config_args, load_cli_config
 from sscc_core import storage
 from sscc_core.augment import two_views
 from sscc_core.checkpoint import (
-    Checkpoint, RunRecord, check_run_record, checkpoint_file, load_checkpoint, save_checkpoint,
+    Checkpoint, CheckpointError, RunRecord, check_run_record, checkpoint_file, load_checkpoint,
+    save_checkpoint,
 )
 from sscc_core.config import SSCCConfig, dump_config, from_dict, to_dict
 from sscc_core.io.store import cube_identity, open_cube
@@ -59,6 +60,7 @@ from sscc_core.trainer import (
 )
 
 log = logging.getLogger("sscc.train")
+RANK_SYMMETRIC_ERRORS = (TrainingDiverged, CheckpointError)
 
 
 class EpochClock:
@@ -73,7 +75,7 @@ class EpochClock:
     def __init__(self) -> None:
         self.epoch = 0
         self.posted: list[dict[str, float]] = []
-        self.failure: str | None = None
+        self.failure: Exception | None = None
 
     def set(self, epoch: int) -> None:
         """Start producing ``epoch``."""
@@ -91,11 +93,11 @@ class EpochClock:
         """The summaries posted after the first ``n``."""
         return self.posted[n:]
 
-    def fail(self, message: str) -> None:
-        """Record why the run stopped with a user error (rank 0)."""
-        self.failure = message
+    def fail(self, error: Exception) -> None:
+        """Record the user error the run stopped with (rank 0)."""
+        self.failure = error
 
-    def failed(self) -> str | None:
+    def failed(self) -> Exception | None:
         """The recorded user error, or ``None``."""
         return self.failure
 
@@ -311,17 +313,18 @@ def rank_batches(
 def train_loop(config: dict[str, Any]) -> None:
     """The per-worker training function (runs inside Ray Train workers).
 
-    A diverged run (:class:`TrainingDiverged`, raised at the same step on every rank) ends every
-    worker normally and rank 0 records the message on the clock, for the driver to raise: raised
-    from the workers it would be retried ``max_failures`` times from the same checkpoint.
+    User errors that every rank raises at the same point (:data:`RANK_SYMMETRIC_ERRORS`: a
+    diverged loss, a checkpoint that cannot be resumed) end every worker normally and rank 0
+    records the error on the clock, for the driver to raise: raised from the workers they would
+    be retried ``max_failures`` times from the same checkpoint, to the same end.
     """
     import ray.train
 
     try:
         run_epochs(config)
-    except TrainingDiverged as exc:
+    except RANK_SYMMETRIC_ERRORS as exc:
         if ray.train.get_context().get_world_rank() == 0:
-            ray.get(config["clock"].fail.remote(str(exc)))
+            ray.get(config["clock"].fail.remote(exc))
 
 
 def run_epochs(config: dict[str, Any]) -> None:
@@ -661,7 +664,7 @@ def run_training(
         trainer.fit()
     failure = ray.get(clock.failed.remote())
     if failure is not None:
-        raise TrainingDiverged(failure)
+        raise failure
     path = checkpoint_file(storage.join(run_dir, "final"))
     ckpt = load_checkpoint(path)
     if cfg.postprocess.readout != "head" or cfg.postprocess.bn_recalibrate:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -16,6 +18,7 @@ import rasterio
 import torch
 
 from pipelines import evaluate, export, ingest, predict, train, verify
+from pipelines.common import user_error
 from pipelines.options import DEFAULT_CONFIG
 from sscc_core.checkpoint import CheckpointError, RunRecord, load_checkpoint, save_checkpoint
 from sscc_core.config import load_config
@@ -295,3 +298,48 @@ def test_damaged_label_chunks_are_named_and_relabelled(ray_session, root, two_cu
     assert one_line_error(capsys, "evaluate").startswith(
         f"{labels.path}: 1 of 9 labelled tiles are damaged, first tile r0_c1: chunk "
         f"labels/c/0/1 is unreadable (")
+
+
+# --- one line, not a traceback -----------------------------------------------------------------
+
+def test_object_storage_url_is_refused_not_written_as_a_local_folder(tmp_path, monkeypatch,
+                                                                      capsys):
+    """``--out s3://bucket/sa.zarr`` wrote the cube to a local folder named ``s3:``."""
+    monkeypatch.chdir(tmp_path)
+    assert ingest.main(["--benchmark", "salinasA", "--out", "s3://bucket/sa.zarr"]) == 2
+    assert one_line_error(capsys, "ingest") == (
+        "s3://bucket/sa.zarr: object-storage URLs are not supported for cubes, label stores and "
+        "exports; write to a local path or a filesystem every Ray node mounts")
+    assert not list(tmp_path.iterdir())
+
+
+def test_train_worker_errors_are_unwrapped():
+    """A user error inside a Ray Train worker reached the user as a ``WorkerGroupError``
+    traceback; it is now found behind the worker group's failures."""
+    from ray.train import WorkerGroupError
+
+    cause = CheckpointError("runs/x/checkpoint_000001/model.pt: not a loadable SSCC checkpoint")
+    assert user_error(WorkerGroupError("rank 0 failed", {0: cause})) is cause
+    assert user_error(WorkerGroupError("rank 0 failed", {0: RuntimeError("bug")})) is None
+
+
+def test_full_disk_during_export_is_one_line_and_leaves_nothing(root, two_cubes, tmp_path):
+    """A file-size limit (EFBIG, like a full disk) mid-export gave a traceback and 4 of 7
+    products; now one line names the file and the error, and --out is absent."""
+    first, _ = two_cubes
+    labels = label_store_from(first, root / "efbig_labels.zarr", np.arange(7))
+    out = tmp_path / "products"
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
+        "from pipelines import cli\n"
+        f"sys.exit(cli.main(['export', '--labels', {str(labels.path)!r}, '--store', "
+        f"{str(first)!r}, '--out', {str(out)!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"sscc export: error: {out}: export failed (File too large, EFBIG); nothing was written")
+    assert "Traceback" not in done.stderr and not list(tmp_path.iterdir())

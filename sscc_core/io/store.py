@@ -23,6 +23,8 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor on opened cubes)
 import xarray as xr
 
+from sscc_core import storage
+
 REQUIRED_VARS = ("reflectance", "valid")
 
 
@@ -101,7 +103,13 @@ def atomic_output(path: str | Path, overwrite: bool, replaceable: Callable[[Path
 
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is false, or it is not ``what``.
+        ValueError: ``path`` is an object-storage URL (written as a local path, ``s3://b/x``
+            would become a folder named ``s3:``).
     """
+    if storage.is_url(path):
+        raise ValueError(f"{path}: object-storage URLs are not supported for cubes, label stores "
+                         "and exports; write to a local path or a filesystem every Ray node "
+                         "mounts")
     target = Path(path)
     _check_target(target, overwrite, replaceable, what)
     target.parent.mkdir(parents=True, exist_ok=True)
