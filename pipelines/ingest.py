@@ -122,6 +122,7 @@ def ingest(args: argparse.Namespace) -> dict[str, Any]:
     """Execute a parsed command line; returns the summary of the final store(s)."""
     if bool(args.inputs) == bool(args.benchmark):
         raise ValueError("give INPUT files or --benchmark NAME (exactly one of them)")
+    store.require_local(args.out)  # several inputs make OUT/<stem>.zarr paths, losing "://"
     if args.benchmark:
         ds = matlab.read_benchmark(args.benchmark)
         out = store.write_cube(ds, args.out, chunk=args.chunk, shard=args.shard,

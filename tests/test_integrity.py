@@ -302,11 +302,13 @@ def test_damaged_label_chunks_are_named_and_relabelled(ray_session, root, two_cu
 
 # --- one line, not a traceback -----------------------------------------------------------------
 
+@pytest.mark.parametrize("inputs", [["--benchmark", "salinasA"], ["a.tif", "b.tif"]])
 def test_object_storage_url_is_refused_not_written_as_a_local_folder(tmp_path, monkeypatch,
-                                                                      capsys):
-    """``--out s3://bucket/sa.zarr`` wrote the cube to a local folder named ``s3:``."""
+                                                                      capsys, inputs):
+    """``--out s3://bucket/sa.zarr`` wrote the cube to a local folder named ``s3:`` (one store
+    per input with several inputs)."""
     monkeypatch.chdir(tmp_path)
-    assert ingest.main(["--benchmark", "salinasA", "--out", "s3://bucket/sa.zarr"]) == 2
+    assert ingest.main([*inputs, "--out", "s3://bucket/sa.zarr"]) == 2
     assert one_line_error(capsys, "ingest") == (
         "s3://bucket/sa.zarr: object-storage URLs are not supported for cubes, label stores and "
         "exports; write to a local path or a filesystem every Ray node mounts")

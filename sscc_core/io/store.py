@@ -79,6 +79,19 @@ def _check_target(path: Path, overwrite: bool, replaceable: Callable[[Path], boo
         raise FileExistsError(f"{path}: exists and is not {what}; refusing to replace it")
 
 
+def require_local(path: str | Path) -> None:
+    """Refuse an object-storage URL where a local (or shared-filesystem) path is needed.
+
+    Raises:
+        ValueError: ``path`` is a URL (as a local path, ``s3://b/x`` would become a folder
+            named ``s3:``).
+    """
+    if storage.is_url(path):
+        raise ValueError(f"{path}: object-storage URLs are not supported for cubes, label stores "
+                         "and exports; write to a local path or a filesystem every Ray node "
+                         "mounts")
+
+
 @contextlib.contextmanager
 def atomic_store(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling path to write a store into; rename it to ``path`` on success.
@@ -103,13 +116,9 @@ def atomic_output(path: str | Path, overwrite: bool, replaceable: Callable[[Path
 
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is false, or it is not ``what``.
-        ValueError: ``path`` is an object-storage URL (written as a local path, ``s3://b/x``
-            would become a folder named ``s3:``).
+        ValueError: ``path`` is an object-storage URL (:func:`require_local`).
     """
-    if storage.is_url(path):
-        raise ValueError(f"{path}: object-storage URLs are not supported for cubes, label stores "
-                         "and exports; write to a local path or a filesystem every Ray node "
-                         "mounts")
+    require_local(path)
     target = Path(path)
     _check_target(target, overwrite, replaceable, what)
     target.parent.mkdir(parents=True, exist_ok=True)
