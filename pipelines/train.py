@@ -607,8 +607,8 @@ def run_training(
     check_run_record(run_dir, RunRecord.of(str(store), cube_identity(ds_cube), cfg))
     finished = finished_run(run_dir, cfg)
     if finished is not None:
-        print(f"train: run {run_name} already finished at epoch {cfg.train.epochs}; kept "
-              f"{finished} (raise train.epochs to continue it)", flush=True)
+        print(f"train: run {run_name} already finished (train.epochs={cfg.train.epochs} reached); "
+              f"kept {finished} (raise train.epochs to continue it)", flush=True)
         return finished
     pre = fit_or_reuse_preprocessor(store, cfg, run_dir)
     tiles = training_tiles(store, cfg.train.protocol, cfg.tile.tile_size)

@@ -259,8 +259,8 @@ def test_training_relaunch_continues_only_the_same_work(root, two_cubes, tmp_pat
     )
     assert launch(first) == 0
     assert capsys.readouterr().out == (
-        f"train: run same already finished at epoch 1; kept {final} (raise train.epochs to "
-        f"continue it)\ncheckpoint: {final}\n"
+        f"train: run same already finished (train.epochs=1 reached); kept {final} (raise "
+        f"train.epochs to continue it)\ncheckpoint: {final}\n"
     )
     assert final.stat().st_mtime_ns == written
 
