@@ -150,6 +150,7 @@ def test_per_rank_objective_is_a_different_objective(two_ranks, single) -> None:
     assert len(differing) == len(single["grads"])
 
 
+@pytest.mark.slow  # two full Ray Train runs: ~1-4 min on 2 cores; `make test-slow`
 def test_one_and_two_ray_workers_train_the_same_run(
     ray_session, salinas_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
