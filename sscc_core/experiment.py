@@ -195,8 +195,10 @@ def _readout_pca_map(scene: Scene, pre: Preprocessor, train_mask: np.ndarray,
     feats = pre.transform(scene.cube, scene.valid)
     sample = sample_mask(train_mask, post.readout_sample, seed)
 
+    smoothed = {sigma: smooth(feats, scene.valid, sigma) for sigma in post.select_sigmas}
+
     def at(sigma: float, where: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(smooth(feats, scene.valid, sigma)[:, where].T))
+        return torch.from_numpy(np.ascontiguousarray(smoothed[sigma][:, where].T))
 
     chosen = select(lambda sigma: at(sigma, sample), 0, pre.comp_std, k, post, seed,
                     lambda zf, lf: extension(zf, lf, k, seed))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from sscc_core import storage
 from sscc_core.config import SSCCConfig, dump_config, from_dict, replace, to_dict
 from sscc_core.experiment import BASELINES, PROTOCOLS, Scene, load_scene, run_one
 from sscc_core.trainer import training_mask
@@ -105,11 +105,7 @@ def _execute(run: Run, cfg_dict: dict[str, Any], data_dir: str | None, out: str,
                          method_config(cfg, run.method))
     row = {**result.row(), "config_fingerprint": key, "history": result.history,
            "selection": result.selection}
-    path = run.path(Path(out))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(row, indent=1))
-    tmp.replace(path)
+    storage.write_bytes(run.path(Path(out)), json.dumps(row, indent=1).encode())
     return row
 
 
@@ -256,7 +252,4 @@ def update_document(path: str | Path, text: str) -> None:
     start, stop = doc.find(BEGIN), doc.find(END)
     if start < 0 or stop < start:
         raise ValueError(f"{path}: no generated block (lines {BEGIN!r} ... {END!r})")
-    new = doc[: start + len(BEGIN)] + "\n" + text + "\n" + doc[stop:]
-    tmp = path.with_suffix(path.suffix + f".tmp-{os.getpid()}")
-    tmp.write_text(new)
-    tmp.replace(path)
+    storage.write_bytes(path, (doc[: start + len(BEGIN)] + "\n" + text + "\n" + doc[stop:]).encode())
