@@ -15,6 +15,7 @@ STAGES = {
     "predict": "pipelines.predict",
     "evaluate": "pipelines.evaluate",
     "export": "pipelines.export",
+    "report": "pipelines.report",
     "verify": "pipelines.verify",
     "demo": "pipelines.demo",
     "reproduce": "pipelines.reproduce",

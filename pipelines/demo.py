@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> None:
     stage("evaluate", evaluate, ["--labels", str(labels), "--store", str(cube), "--out", str(metrics),
                                  "--log-file", str(out / "evaluate.log.jsonl")])
     stage("export", export, ["--labels", str(labels), "--store", str(cube), "--out", str(exported),
-                             "--metrics", str(metrics), "--log-file", str(out / "export.log.jsonl")])
+                             "--metrics", str(metrics), "--run", str(out / "train" / "demo"),
+                             "--log-file", str(out / "export.log.jsonl")])
     summary = json.loads(metrics.read_text())
     rows = {"SSCC (this run)": summary.get("metrics", summary), "k-means": kmeans_metrics(cube, checkpoint)}
     print(f"\n{args.benchmark}: labelled pixels, K = {load_checkpoint(checkpoint).config.model.n_clusters}")

@@ -9,8 +9,10 @@ Writes (:func:`sscc_core.export.export_all`) ``labels.tif`` (Cloud-Optimized Geo
 table and provenance tags), ``quicklook.png``, ``spectra.csv`` / ``spectra_std.csv`` /
 ``spectra.png`` (per-cluster mean spectra of the cube), ``cluster_class_counts.csv`` when the
 cube has ground truth, and ``metrics.json`` when ``--metrics`` (an ``sscc evaluate --out`` file)
-is given. Provenance comes from the label store's attributes. Refuses an incomplete label store
-or one whose chunks do not hold what its tile markers record (``sscc verify``),
+is given, and the run report ``report/index.html`` (:mod:`sscc_core.report`; training curves
+with ``--run``; ``--no-report`` skips it). Provenance comes from the label store's attributes.
+Refuses an incomplete label store or one whose chunks do not hold what its tile markers record
+(``sscc verify``),
 a ``--store`` that is not the input the labels were made from (its
 :func:`sscc_core.io.store.cube_identity` differs from the one the label store recorded), and an
 ``--out`` folder that is not empty unless ``--overwrite`` (which replaces a previous export only).
@@ -35,6 +37,7 @@ from pipelines.common import (
 from sscc_core.export import export_all
 from sscc_core.io.store import atomic_output, cube_identity, open_cube
 from sscc_core.labelstore import LabelStore, open_label_store
+from sscc_core.report import find_training, write_report
 from sscc_core.versioning import resolve_labels
 
 
@@ -48,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="the cube store the labels were computed from")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--metrics", default=None, help="metrics JSON written by `sscc evaluate --out`")
+    p.add_argument("--run", default=None, help="training run directory or checkpoint of the model, "
+                   "for the report's training curves and label-free choices")
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="do not write the HTML run report (report/index.html)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a previous export in --out (default: refuse a non-empty --out)")
     add_logging_args(p)
@@ -116,6 +123,7 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
         raise ValueError(f"{args.labels}: label grid {labels.shape} != cube grid "
                          f"{(cube.sizes['y'], cube.sizes['x'])} of {args.store}")
     check_input(store, cube, args.store)
+    training, missing = find_training(args.run, args.labels) if args.report else (None, "")
     out = Path(args.out)
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()  # an empty folder is no output to protect
@@ -127,13 +135,17 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
                 k=store.n_clusters, title=f"{cube.attrs.get('name') or Path(args.store).stem}: "
                 f"model {store.model_version}",
             )
+            if args.report:
+                written["report"] = write_report(
+                    tmp / "report", store, cube, cube_path=args.store, training=training,
+                    training_missing=missing).index
     except OSError as exc:
         if exc.errno is None:
             raise
         left = "the previous export is kept" if out.exists() else "nothing was written"
         raise ValueError(f"{out}: export failed ({exc.strerror}, {errno.errorcode[exc.errno]}); "
                          f"{left}") from exc
-    paths = {name: out / path.name for name, path in written.items()}
+    paths = {name: out / path.relative_to(tmp) for name, path in written.items()}
     for name, path in paths.items():
         print(f"export: {name:<16} {path}")
     log_event(log, "exported", labels=args.labels, out=args.out,

@@ -15,7 +15,10 @@ Labels go to ``LABELS_DIR/<model_version>.zarr`` (:mod:`sscc_core.versioning`):
   (:meth:`sscc_core.labelstore.LabelStore.grow`), keeping the tiles whose windows did not change;
   any other change of grid is refused with a clear error (label into a new ``--out-root``);
 - a new model version writes a new store beside the old ones and never touches them;
-- ``LABELS_DIR/current`` is switched (atomically) to the version only once its store is complete.
+- ``LABELS_DIR/current`` is switched (atomically) to the version only once its store is complete;
+- then the version's run report is written to ``LABELS_DIR/<model_version>.report/index.html``
+  (:mod:`sscc_core.report`), with the change from the version ``current`` pointed to before
+  (``--no-report`` skips it).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 from pipelines import predict
 from pipelines.common import run_stage
+from pipelines.report import version_report
 from sscc_core.checkpoint import load_checkpoint
 from sscc_core.io.store import open_cube
 from sscc_core.labelstore import open_label_store
@@ -42,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out-root", required=True,
                    help="labels directory holding one <model_version>.zarr per model and `current`")
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="do not write LABELS_DIR/<model_version>.report (the HTML run report)")
     predict.add_labelling_args(p)
     return p
 
@@ -60,7 +66,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if out.exists() and open_label_store(out, model_version=version).grow(cube):
         print(f"reprocess: {out} grown to the input grid {cube.sizes['y']} x {cube.sizes['x']}",
               flush=True)
-    fields = {k: v for k, v in vars(args).items() if k != "out_root"}
+    fields = {k: v for k, v in vars(args).items() if k not in ("out_root", "report")}
     summary = predict.run(argparse.Namespace(**fields, out=str(out), recheck=True))
     pointer = switch_current(
         args.out_root, version, checkpoint=str(Path(args.checkpoint).resolve()),
@@ -69,6 +75,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"reprocess: {Path(args.out_root) / 'current'} -> {pointer['store']} "
           f"({summary['tiles_labelled']} tiles labelled, {summary['tiles_unchanged']} unchanged)",
           flush=True)
+    if args.report:
+        written = version_report(args.out_root, version, args.store, args.checkpoint)
+        print(f"reprocess: report {written.index}", flush=True)
     return {**summary, "current": pointer}
 
 

@@ -16,7 +16,7 @@ import json
 import math
 import re
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -395,6 +395,7 @@ def cluster_mean_spectra(
     *,
     nodata: int | None = None,
     tile_size: int = 256,
+    windows: Iterable[tuple[slice, slice]] | None = None,
 ) -> ClusterSpectra:
     """Per-cluster count, mean and std spectrum, streamed tile by tile.
 
@@ -412,6 +413,9 @@ def cluster_mean_spectra(
         scale: Physical value = raw * scale (the cube's ``reflectance_scale``).
         nodata: Label value to ignore.
         tile_size: Window side in pixels (align with the store's chunks for best I/O).
+        windows: ``(rows, cols)`` slices to read instead of every ``tile_size`` window (e.g. a
+            sample of windows of a mosaic too large to read whole); the statistics are then
+            those of the pixels in these windows.
 
     Returns:
         :class:`ClusterSpectra`.
@@ -436,7 +440,7 @@ def cluster_mean_spectra(
     mean = np.zeros((n_bands, k))
     m2 = np.zeros((n_bands, k))
     offsets = (np.arange(n_bands) * k)[:, None]
-    for rows, cols in _windows(height, width, tile_size):
+    for rows, cols in _windows(height, width, tile_size) if windows is None else windows:
         lab = _read(labels, rows, cols).astype(np.int64).ravel()
         keep = lab != nodata if nodata is not None else np.ones(lab.shape, bool)
         if valid is not None:
