@@ -11,6 +11,12 @@ One input is ingested in this process. Several inputs are ingested in parallel a
 into ``OUT/<stem>.zarr``; with ``--mosaic`` the lines go to ``<OUT>.lines/<stem>.zarr`` and are
 then mosaicked onto their union grid (first valid line wins where they overlap) into ``OUT``,
 window by window in Ray tasks that each write whole chunk- (shard-) aligned regions.
+
+A rerun of a killed multi-line ingest resumes: a line store already in place (stores are renamed
+into place only when whole) whose source files have the size and modification time recorded in it
+(``source_stamp``), with the same ``--chunk``/``--shard``, is kept; the other lines are ingested,
+and the temporaries the killed run left are removed. A line store whose source changed is refused
+unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ def _line(label: str, s: dict[str, Any]) -> str:
 def ingest_file(path: str, out: str, chunk: int, shard: int | None, overwrite: bool) -> dict:
     """Read one input, write its store, and return its :func:`summarize` (plus ``store``)."""
     ds = read_any(path)
+    ds = ds.assign_attrs({store.SOURCE_STAMP: store.source_stamp(ds.attrs["source"], chunk, shard)})
     written = store.write_cube(ds, out, chunk=chunk, shard=shard, overwrite=overwrite)
     return {"store": str(written), **summarize(store.open_cube(written))}
 
@@ -92,12 +99,35 @@ def _stores_for(inputs: list[str], out: Path, use_mosaic: bool) -> list[Path]:
     return [root / f"{n}.zarr" for n in names]
 
 
+def _lines_to_ingest(inputs: list[str], targets: list[Path],
+                     args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """The (input, store) pairs still to ingest: a store already ingested from its input as the
+    input is now (:func:`sscc_core.io.store.ingested_unchanged`) is kept, unless --overwrite.
+
+    Raises:
+        FileExistsError: A store exists that was not ingested from its input as it is now.
+    """
+    todo = []
+    for path, target in zip(inputs, targets):
+        if args.overwrite or not target.exists():
+            todo.append((path, target))
+        elif store.ingested_unchanged(target, args.chunk, args.shard):
+            print(f"kept {target}: ingested from {path} as it is now", flush=True)
+        else:
+            raise FileExistsError(
+                f"{target}: output already exists and was not ingested from {path} as it is now "
+                "(the file changed, or --chunk/--shard differ); pass --overwrite to ingest it again")
+    return todo
+
+
 def _ingest_lines(inputs: list[str], targets: list[Path], args: argparse.Namespace) -> None:
-    """Ingest several inputs in parallel Ray tasks, printing one line per finished input."""
+    """Ingest several inputs in parallel Ray tasks, printing one line per finished input; the
+    lines a killed earlier run finished are kept (:func:`_lines_to_ingest`)."""
+    todo = _lines_to_ingest(inputs, targets, args)
     task = ray.remote(ingest_file)
-    refs = [task.remote(i, str(t), args.chunk, args.shard, args.overwrite)
-            for i, t in zip(inputs, targets)]
-    gather_tasks(refs, lambda i, s: print(_line(f"ingested {inputs[i]} -> {s['store']}", s), flush=True))
+    refs = [task.remote(i, str(t), args.chunk, args.shard, args.overwrite) for i, t in todo]
+    gather_tasks(refs, lambda i, s: print(_line(f"ingested {todo[i][0]} -> {s['store']}", s),
+                                          flush=True))
 
 
 def _mosaic(lines: list[Path], args: argparse.Namespace) -> dict[str, Any]:

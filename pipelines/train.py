@@ -45,8 +45,8 @@ from pipelines.options import DEFAULT_CONFIG, add_config_args, load_cli_config
 from sscc_core import storage
 from sscc_core.augment import two_views
 from sscc_core.checkpoint import (
-    Checkpoint, CheckpointError, RunRecord, check_run_record, checkpoint_file, load_checkpoint,
-    save_checkpoint,
+    Checkpoint, CheckpointError, RunRecord, check_run_record, checkpoint_file, fallback_warning,
+    load_checkpoint, newest_loadable, run_checkpoints, save_checkpoint,
 )
 from sscc_core.config import SSCCConfig, dump_config, from_dict, to_dict
 from sscc_core.io.store import cube_identity, open_cube
@@ -61,11 +61,12 @@ from sscc_core.trainer import (
 
 log = logging.getLogger("sscc.train")
 RANK_SYMMETRIC_ERRORS = (TrainingDiverged, CheckpointError)
+PREPROCESS_FILE = "preprocess.pt"  # the run's fitted pre-processing, beside its checkpoints
 
 
 class EpochClock:
     """A tiny Ray actor holding the current epoch, read by the data workers, and the epoch
-    summaries rank 0 posts, read by the driver.
+    summaries and warnings rank 0 posts, read by the driver.
 
     Ray Data re-executes the dataset every epoch; the augmenting workers ask the clock which
     epoch they are producing, so views are new every epoch and identical for a rerun with the
@@ -74,7 +75,7 @@ class EpochClock:
 
     def __init__(self) -> None:
         self.epoch = 0
-        self.posted: list[dict[str, float]] = []
+        self.posted: list[dict[str, Any]] = []
         self.failure: Exception | None = None
 
     def set(self, epoch: int) -> None:
@@ -85,12 +86,12 @@ class EpochClock:
         """The epoch being produced."""
         return self.epoch
 
-    def post(self, summary: dict[str, float]) -> None:
-        """Record a finished epoch's summary (rank 0)."""
+    def post(self, summary: dict[str, Any]) -> None:
+        """Record a finished epoch's summary, or ``{"warning": message}`` (rank 0)."""
         self.posted.append(summary)
 
-    def since(self, n: int) -> list[dict[str, float]]:
-        """The summaries posted after the first ``n``."""
+    def since(self, n: int) -> list[dict[str, Any]]:
+        """The summaries and warnings posted after the first ``n``."""
         return self.posted[n:]
 
     def fail(self, error: Exception) -> None:
@@ -104,19 +105,24 @@ class EpochClock:
 
 class EpochMonitor:
     """Driver side: while ``fit()`` runs, log every epoch summary posted to the clock as a JSON
-    event (``epoch``) and a progress line on stdout.
+    event (``epoch``) and a progress line on stdout (epoch k/N, loss, clusters, elapsed, ETA),
+    and every warning as a ``warning:`` line and a warning event.
 
     Args:
         clock: The :class:`EpochClock` actor.
         n_clusters: K, for the progress line.
+        epochs: ``train.epochs``, for the progress line.
         interval: Seconds between polls.
     """
 
-    def __init__(self, clock: Any, n_clusters: int, interval: float = 1.0) -> None:
+    def __init__(self, clock: Any, n_clusters: int, epochs: int, interval: float = 1.0) -> None:
         self.clock = clock
         self.n_clusters = n_clusters
+        self.epochs = epochs
         self.interval = interval
         self.seen = 0
+        self.epochs_seen = 0
+        self.start = time.perf_counter()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="sscc-epoch-monitor", daemon=True)
 
@@ -139,8 +145,14 @@ class EpochMonitor:
 
         for summary in ray.get(self.clock.since.remote(self.seen)):
             self.seen += 1
+            if "warning" in summary:
+                log.warning(summary["warning"])
+                print(f"warning: {summary['warning']}", flush=True)
+                continue
+            self.epochs_seen += 1
             log_event(log, "epoch", **summary)
-            print(progress_line(summary, self.n_clusters), flush=True)
+            print(progress_line(summary, self.n_clusters, self.epochs,
+                                time.perf_counter() - self.start, self.epochs_seen), flush=True)
 
 
 class TilePatches:
@@ -340,11 +352,7 @@ def run_epochs(config: dict[str, Any]) -> None:
     cfg = from_dict(SSCCConfig, config["cfg"])
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
-    resume = None
-    reported = ray.train.get_checkpoint()
-    if reported is not None:
-        with reported.as_directory() as d:
-            resume = load_checkpoint(d)
+    resume = resumed_state(ray.train.get_checkpoint(), config, rank)
     training = build_training(cfg, config["in_channels"], resume, sync_batchnorm=world_size > 1)
     twin = ray.train.torch.prepare_model(TwinForward(training.model))
     loss = SSCCLoss(cfg.loss, gather_distributed=True)
@@ -377,6 +385,22 @@ def run_epochs(config: dict[str, Any]) -> None:
             ray.train.report(summary, checkpoint=checkpoint)
     if rank == 0:  # the run's product, on the run's storage (shared by every node)
         save_checkpoint(snapshot(training, cfg, config), storage.join(config["run_dir"], "final"))
+
+
+def resumed_state(reported: Any, config: dict[str, Any], rank: int) -> Checkpoint | None:
+    """The checkpoint to resume from: the newest loadable one up to the one Ray Train reports
+    (``None`` for a new run). Rank 0 posts a warning naming each newer one that did not load
+    (:func:`sscc_core.checkpoint.newest_loadable`), so a truncated or corrupt per-epoch
+    checkpoint costs an epoch, not a hand-deleted file."""
+    if reported is None:
+        return None
+    paths = run_checkpoints(config["run_dir"], newest=Path(reported.path).name)
+    resume, errors = newest_loadable(paths)
+    if errors and rank == 0:
+        resumed = paths[len(errors)] if resume is not None else None
+        warning = fallback_warning(errors, resumed, resume.epoch if resume is not None else 0)
+        config["clock"].post.remote({"warning": warning})
+    return resume
 
 
 def snapshot(training: Any, cfg: SSCCConfig, config: dict[str, Any]) -> Checkpoint:
@@ -414,7 +438,7 @@ def fit_or_reuse_preprocessor(store: str, cfg: SSCCConfig, run_dir: str) -> Prep
     """
     import zarr
 
-    path = storage.join(run_dir, "preprocess.pt")
+    path = storage.join(run_dir, PREPROCESS_FILE)
     if storage.exists(path):
         return Preprocessor.from_state(torch.load(io.BytesIO(storage.read_bytes(path)), weights_only=True))
 
@@ -528,6 +552,8 @@ def fit_final_readout(ckpt: Checkpoint, store: str, pre: Preprocessor, tiles: li
 
     start = time.perf_counter()
     cfg = ckpt.config
+    print(f"train: fitting the readout ({cfg.postprocess.readout}) on up to "
+          f"{cfg.postprocess.readout_sample} training pixels", flush=True)
     group = zarr.open_group(store, mode="r")
     labels = group["labels"] if "labels" in group else None
     mask = np.zeros(group["valid"].shape, dtype=bool)
@@ -604,7 +630,13 @@ def run_training(
     if not storage.is_url(storage_path):
         storage_path = str(Path(storage_path).resolve())
     run_dir = storage.join(storage_path, run_name)
-    check_run_record(run_dir, RunRecord.of(str(store), cube_identity(ds_cube), cfg))
+    final = checkpoint_file(storage.join(run_dir, "final"))
+    progress = bool(run_checkpoints(run_dir)) or storage.exists(final)
+    if check_run_record(run_dir, RunRecord.of(str(store), cube_identity(ds_cube), cfg), progress):
+        storage.remove(storage.join(run_dir, PREPROCESS_FILE))  # fitted for the other settings
+        print(f"train: run {run_name} has no checkpoint from its earlier launch (refused, "
+              f"diverged or stopped before epoch 1 ended); starting it again with these settings",
+              flush=True)
     finished = finished_run(run_dir, cfg)
     if finished is not None:
         print(f"train: run {run_name} already finished (train.epochs={cfg.train.epochs} reached); "
@@ -660,7 +692,7 @@ def run_training(
         dataset_config=ray.train.DataConfig(  # rank 0 reads everything: see rank_batches
             datasets_to_split=[], execution_options=ray.data.ExecutionOptions(preserve_order=True)),
     )
-    with EpochMonitor(clock, cfg.model.n_clusters):
+    with EpochMonitor(clock, cfg.model.n_clusters, cfg.train.epochs):
         trainer.fit()
     failure = ray.get(clock.failed.remote())
     if failure is not None:

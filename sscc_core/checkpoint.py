@@ -199,6 +199,50 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return ckpt
 
 
+RUN_CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train's per-epoch checkpoint folders
+
+
+def run_checkpoints(run_dir: str, newest: str | None = None) -> list[str]:
+    """The per-epoch checkpoint files of a training run, newest first.
+
+    Args:
+        run_dir: The run's directory (local or object storage).
+        newest: Name of the newest checkpoint folder to include (the one Ray Train resumes
+            from); newer folders are left out. ``None``: all of them.
+
+    Returns:
+        ``run_dir/checkpoint_<time>/model.pt`` paths; Ray Train names the folders by their
+        creation time, so name order is epoch order.
+    """
+    names = [n for n in storage.list_names(run_dir)
+             if n.startswith(RUN_CHECKPOINT_PREFIX) and (newest is None or n <= newest)]
+    return [storage.join(run_dir, n, FILENAME) for n in sorted(names, reverse=True)]
+
+
+def newest_loadable(paths: list[str]) -> tuple[Checkpoint | None, list[CheckpointError]]:
+    """The first checkpoint of ``paths`` (newest first) that loads, and why the newer ones did
+    not (a run killed while its storage filled up, a truncated copy).
+
+    Returns:
+        ``(checkpoint, errors)``; the checkpoint is ``None`` when none loads (training then
+        starts again from epoch 0, as the first launch did).
+    """
+    errors: list[CheckpointError] = []
+    for path in paths:
+        try:
+            return load_checkpoint(path), errors
+        except CheckpointError as exc:
+            errors.append(exc)
+    return None, errors
+
+
+def fallback_warning(errors: list[CheckpointError], resumed: str | None, epoch: int) -> str:
+    """The warning of a resume that skipped unloadable checkpoints (:func:`newest_loadable`)."""
+    start = (f"resuming from {resumed} (epoch {epoch})" if resumed is not None
+             else "no loadable checkpoint left, training again from epoch 0")
+    return f"{start}; skipped {len(errors)} newer checkpoint(s): " + "; ".join(map(str, errors))
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """What a training run continues, kept as ``run.json`` in the run's directory.
@@ -231,21 +275,30 @@ class RunMismatchError(ValueError):
     """A relaunch under an existing run name differs in input, config or protocol."""
 
 
-def check_run_record(run_dir: str, record: RunRecord) -> None:
-    """Record a new run's :class:`RunRecord`; require an existing run's to be the same.
+def check_run_record(run_dir: str, record: RunRecord, progress: bool) -> bool:
+    """Record a new run's :class:`RunRecord`; require an existing run's to be the same once it
+    has made progress.
 
     Args:
         run_dir: The run's directory (local or object storage).
         record: This launch's record.
+        progress: Whether the run has a checkpoint (per-epoch or final). A run without one
+            (its first launch was refused, diverged or killed before epoch 1 ended) holds
+            nothing to continue: a differing record replaces the old one.
+
+    Returns:
+        Whether a differing record was replaced (what the earlier launch left, such as its
+        fitted pre-processing, belongs to other settings).
 
     Raises:
-        RunMismatchError: The run was started with another input, config or protocol (the
-            message names each difference); nothing in ``run_dir`` is changed.
+        RunMismatchError: The run has progress and was started with another input, config or
+            protocol (the message names each difference); nothing in ``run_dir`` is changed.
     """
     path = storage.join(run_dir, RUN_RECORD)
+    new = json.dumps(asdict(record), indent=1).encode()
     if not storage.exists(path):
-        storage.write_bytes(path, json.dumps(asdict(record), indent=1).encode())
-        return
+        storage.write_bytes(path, new)
+        return False
     old = json.loads(storage.read_bytes(path))
     differences = [
         f"{label} {old.get(name)} -> {getattr(record, name)}"
@@ -253,9 +306,13 @@ def check_run_record(run_dir: str, record: RunRecord) -> None:
                              "identity"), ("config_hash", "config hash"), ("protocol", "protocol"))
         if old.get(name) != getattr(record, name)
     ]
+    if differences and not progress:
+        storage.write_bytes(path, new)
+        return True
     if differences:
         raise RunMismatchError(
             f"{run_dir}: this run was started with other settings ({'; '.join(differences)}); "
             "relaunching resumes only the same input, config and protocol (train.epochs may "
             "grow): use a new --run-name"
         )
+    return False

@@ -3,14 +3,24 @@
 Checkpoints, the fitted pre-processing and run histories go through here, so a run's storage path
 may be a local directory or object storage (through fsspec; install the filesystem's package,
 e.g. ``s3fs``, on every node). Local writes are atomic (temp file then rename).
+
+Temporaries of a local target ``T`` (``T.tmp-*`` folders of :func:`sscc_core.io.store.atomic_output`,
+``.T.tmp-*`` files of :func:`write_bytes`) that a killed run left behind are removed by the next
+write of ``T`` (:func:`remove_stale_temporaries`): only those last modified before the writing
+process started, so no temporary of this process is touched. Two processes writing the same
+target at the same time are not supported (the later one would remove the earlier one's work).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import fsspec
+import psutil
+
+PROCESS_START = psutil.Process().create_time()
 
 
 def is_url(path: str | Path) -> bool:
@@ -31,6 +41,51 @@ def exists(path: str | Path) -> bool:
         return Path(path).is_file()
     fs, inner = fsspec.core.url_to_fs(str(path))
     return fs.isfile(inner)
+
+
+def list_names(path: str | Path) -> list[str]:
+    """Names of the entries of a directory at a path or URL (empty when it does not exist)."""
+    if not is_url(path):
+        return sorted(p.name for p in Path(path).iterdir()) if Path(path).is_dir() else []
+    fs, inner = fsspec.core.url_to_fs(str(path))
+    if not fs.isdir(inner):
+        return []
+    return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(inner, detail=False))
+
+
+def remove(path: str | Path) -> None:
+    """Remove a file at a path or URL if it exists."""
+    if not is_url(path):
+        Path(path).unlink(missing_ok=True)
+        return
+    fs, inner = fsspec.core.url_to_fs(str(path))
+    if fs.isfile(inner):
+        fs.rm(inner)
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Remove the temporaries an earlier, killed process left beside a local ``target``.
+
+    A temporary of ``target`` is a sibling named ``<name>.tmp-*`` or ``.<name>.tmp-*`` (file or
+    folder). It is stale when it was last modified before this process started: it cannot be
+    this process's own, and no other process is expected to write ``target`` concurrently.
+
+    Returns:
+        The temporaries removed.
+    """
+    parent = target.parent
+    if not parent.is_dir():
+        return []
+    stale = [
+        p for pattern in (f"{target.name}.tmp-*", f".{target.name}.tmp-*")
+        for p in parent.glob(pattern) if p.lstat().st_mtime < PROCESS_START
+    ]
+    for p in stale:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return stale
 
 
 def read_bytes(path: str | Path) -> bytes:
@@ -55,6 +110,7 @@ def write_bytes(path: str | Path, data: bytes) -> str:
         return str(path)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, target)

@@ -192,12 +192,32 @@ class EpochStats:
                 "clusters_used": int((self.counts > 0).sum()), "assign_entropy": self.entropy / rows}
 
 
-def progress_line(summary: dict[str, float], n_clusters: int) -> str:
-    """One human-readable line of an epoch summary (loss parts, health signals, lr, time)."""
-    return (f"epoch {int(summary['epoch']):4d}  loss {summary['total']:.4f}  "
+def progress_line(summary: dict[str, float], n_clusters: int, epochs: int, elapsed: float,
+                  done: int) -> str:
+    """One human-readable line of an epoch summary: epoch k/N, loss parts, health signals, lr,
+    the epoch's time, the time elapsed and the estimated time left.
+
+    Args:
+        summary: The epoch's summary (``epoch`` is the count of epochs completed).
+        n_clusters: K.
+        epochs: ``train.epochs``, the epoch the run ends at.
+        elapsed: Seconds since this launch started training.
+        done: Epochs this launch has completed (the ETA assumes they were typical).
+    """
+    epoch = int(summary["epoch"])
+    eta = elapsed / max(done, 1) * max(epochs - epoch, 0)
+    return (f"epoch {epoch}/{epochs}  loss {summary['total']:.4f}  "
             f"diag {summary['diagonal']:.4f}  offdiag {summary['off_diagonal']:.4f}  "
             f"ntxent {summary['ntxent']:.4f}  clusters {int(summary['clusters_used'])}/{n_clusters}  "
-            f"entropy {summary['assign_entropy']:.3f}  lr {summary['lr']:.2e}  {summary['seconds']:.1f}s")
+            f"entropy {summary['assign_entropy']:.3f}  lr {summary['lr']:.2e}  {summary['seconds']:.1f}s  "
+            f"elapsed {_clock(elapsed)}  ETA {_clock(eta)}")
+
+
+def _clock(seconds: float) -> str:
+    """``h:mm:ss`` (``m:ss`` under an hour)."""
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def clusters_warning(summary: dict[str, float], n_clusters: int) -> str | None:

@@ -39,7 +39,9 @@ def test_epoch_stats_equal_a_direct_computation() -> None:
     for name in LOSS_PARTS:
         assert got[name] == pytest.approx(np.mean([p.as_floats()[name] for p in parts]), rel=1e-12)
     summary = {**got, "epoch": 3, "lr": 2e-4, "seconds": 1.5}
-    assert f"clusters {K - 1}/{K}" in progress_line(summary, K)
+    line = progress_line(summary, K, epochs=10, elapsed=4.0, done=2)
+    assert line.startswith("epoch 3/10  loss ") and line.endswith("1.5s  elapsed 0:04  ETA 0:14")
+    assert f"clusters {K - 1}/{K}" in line
     assert clusters_warning(summary, K) == (
         f"training ended with {K - 1} of model.n_clusters={K} clusters used by the argmax "
         "(epoch 3): the assignments collapsed onto fewer clusters")

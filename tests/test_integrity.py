@@ -20,11 +20,16 @@ import torch
 from pipelines import evaluate, export, ingest, predict, train, verify
 from pipelines.common import user_error
 from pipelines.options import DEFAULT_CONFIG
-from sscc_core.checkpoint import CheckpointError, RunRecord, load_checkpoint, save_checkpoint
+from sscc_core import storage
+from sscc_core.checkpoint import (
+    CheckpointError, RunRecord, fallback_warning, load_checkpoint, newest_loadable,
+    run_checkpoints, save_checkpoint,
+)
 from sscc_core.config import load_config
 from sscc_core.io.matlab import read_benchmark
 from sscc_core.io.store import cube_identity, open_cube, write_cube
 from test_evaluate_export import label_store_from
+from test_ingest import write_line
 from test_io_readers import write_envi
 from test_predict import TILE, make_checkpoint
 from test_train_pipeline import TINY, salinas_store  # noqa: F401  (fixture)
@@ -124,7 +129,9 @@ def test_config_rejects_non_finite_floats(root, value, capsys):
 def test_non_finite_loss_stops_training_once_without_a_checkpoint(ray_session, salinas_store,
                                                                   tmp_path, capsys):
     """A diverging run stops at the first non-finite loss, naming epoch and step, in one line,
-    without Ray Train's retries (``--max-failures 2``) and without writing any checkpoint."""
+    without Ray Train's retries (``--max-failures 2``) and without writing any checkpoint; a
+    relaunch with sane settings under the same run name trains from scratch (it resumed the NaN
+    weights, then was refused for its other config)."""
     argv = ["--store", str(salinas_store), "--run-name", "diverged", "--storage-path",
             str(tmp_path), "--num-workers", "1", "--cpus-per-worker", "0.5", "--max-failures", "2",
             "--log-file", str(tmp_path / "log.jsonl"),
@@ -136,6 +143,17 @@ def test_non_finite_loss_stops_training_once_without_a_checkpoint(ray_session, s
     )
     run = tmp_path / "diverged"
     assert not list(run.glob("checkpoint_*")) and not (run / "final").exists()
+    # relaunched with sane settings under the same name: the diverged launch left no checkpoint,
+    # so its run.json (and pre-processing) give way instead of refusing the new settings
+    sane = [*argv[:4], "--storage-path", str(tmp_path), "--num-workers", "0",
+            *[f"--set={k}={v}" for k, v in
+                                      {**TINY, "train.epochs": 1, "postprocess.readout": "head"}.items()]]
+    assert train.main(sane) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("train: run diverged has no checkpoint from its earlier launch (refused, "
+                          "diverged or stopped before epoch 1 ended); starting it again with these "
+                          "settings\nepoch 1/1  loss "), out
+    assert load_checkpoint(run / "final").epoch == 1
 
 
 def test_checkpoints_with_non_finite_weights_are_neither_written_nor_used(root, capsys):
@@ -345,3 +363,112 @@ def test_full_disk_during_export_is_one_line_and_leaves_nothing(root, two_cubes,
     assert done.stderr.strip().splitlines()[-1] == (
         f"sscc export: error: {out}: export failed (File too large, EFBIG); nothing was written")
     assert "Traceback" not in done.stderr and not list(tmp_path.iterdir())
+
+
+# --- crash recovery without hand work ----------------------------------------------------------
+
+def test_resume_falls_back_to_the_newest_loadable_checkpoint(root, two_cubes):
+    """A truncated newest per-epoch checkpoint gave 3 Ray retries and a ``WorkerGroupError``;
+    resume now takes the newest one that loads, up to the one Ray Train reports, and says which
+    it skipped."""
+    first, _ = two_cubes
+    ckpt = load_checkpoint(make_checkpoint(root, first, "fcn", seed=0))
+    run = root / "fallback_run"
+    names = [f"checkpoint_2030-01-01_00-00-0{i}.000000" for i in (1, 2, 3)]
+    for epoch, name in enumerate(names, start=1):
+        save_checkpoint(dataclasses.replace(ckpt, epoch=epoch), run / name / "model.pt")
+    newest = run / names[1] / "model.pt"
+    os.truncate(newest, 1000)
+    paths = run_checkpoints(str(run), newest=names[1])
+    assert paths == [str(run / n / "model.pt") for n in names[1::-1]]
+    resumed, errors = newest_loadable(paths)
+    assert resumed.epoch == 1 and len(errors) == 1
+    assert str(errors[0]).startswith(f"{newest}: not a loadable SSCC checkpoint (")
+    assert fallback_warning(errors, paths[1], 1) == (
+        f"resuming from {paths[1]} (epoch 1); skipped 1 newer checkpoint(s): {errors[0]}")
+    os.truncate(paths[1], 10)
+    resumed, errors = newest_loadable(paths)
+    assert resumed is None and len(errors) == 2
+    assert fallback_warning(errors, None, 0).startswith(
+        "no loadable checkpoint left, training again from epoch 0; skipped 2 newer checkpoint(s): "
+        f"{newest}: not a loadable SSCC checkpoint (")
+
+
+@pytest.mark.slow
+def test_truncated_epoch_checkpoint_resumes_through_ray_train(ray_session, salinas_store,
+                                                              tmp_path, capsys):
+    """Killed after its last per-epoch checkpoint, whose file is truncated: the relaunch
+    resumes from the epoch before, with a warning, and ends with the uninterrupted weights."""
+    argv = ["--store", str(salinas_store), "--run-name", "cut", "--storage-path", str(tmp_path),
+            "--num-workers", "1", "--cpus-per-worker", "0.5", "--log-file",
+            str(tmp_path / "log.jsonl"),
+            *[f"--set={k}={v}" for k, v in {**TINY, "postprocess.readout": "head"}.items()]]
+    assert train.main(argv) == 0
+    run = tmp_path / "cut"
+    final = run / "final" / "model.pt"
+    uninterrupted = load_checkpoint(final)
+    final.unlink()  # the crash: after the epoch-2 checkpoint, before final/ and history.json
+    (run / "history.json").unlink()
+    newest = Path(run_checkpoints(str(run))[0])
+    os.truncate(newest, newest.stat().st_size // 2)
+    capsys.readouterr()
+    assert train.main(argv) == 0
+    out = capsys.readouterr().out
+    previous = run_checkpoints(str(run))  # the epoch-1 checkpoint is one of the two kept
+    assert f"warning: resuming from " in out and "(epoch 1); skipped 1 newer checkpoint(s): " \
+        f"{newest}: not a loadable SSCC checkpoint (" in out, out
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("epoch ")] == ["2/2"]
+    resumed = load_checkpoint(final)
+    assert resumed.epoch == 2 and len(previous) == 2
+    for name, value in uninterrupted.model_state.items():
+        torch.testing.assert_close(resumed.model_state[name], value, rtol=0, atol=0)
+
+
+def test_stale_temporaries_are_removed_by_the_next_write(tmp_path):
+    """``*.tmp-*`` left by a killed run were never cleaned; the next write of the same target
+    removes those older than the writing process, never a newer one (it may be in use)."""
+    target = tmp_path / "cube.zarr"
+    stale = [tmp_path / "cube.zarr.tmp-0123456789ab", tmp_path / ".cube.zarr.tmp-4242"]
+    stale[0].mkdir()
+    (stale[0] / "zarr.json").write_text("{}")
+    stale[1].write_text("partial")
+    fresh = tmp_path / "cube.zarr.tmp-fresh"
+    fresh.mkdir()
+    other = tmp_path / "other.zarr.tmp-0123456789ab"
+    other.mkdir()
+    old = storage.PROCESS_START - 60
+    for path in [*stale, other]:
+        os.utime(path, (old, old))
+    assert sorted(storage.remove_stale_temporaries(target)) == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, other.name]
+
+
+def test_killed_multi_line_ingest_resumes(ray_session, tmp_path, salinas, capsys):
+    """A rerun of a killed multi-line ingest stopped at "output already exists"; now a line
+    already ingested from its unchanged source is kept, the rest ingested, the killed run's
+    temporaries removed, and a line whose source changed is refused in one line."""
+    inputs = [str(write_line(tmp_path / f"line_{n}.tif", salinas[:8, :20, :20], 0, 20 * i))
+              for i, n in enumerate("ab")]
+    out = tmp_path / "lines"
+    argv = [*inputs, "--out", str(out), "--chunk", "16"]
+    assert ingest.main(argv) == 0
+    kept = (out / "line_a.zarr" / "zarr.json").stat().st_mtime_ns
+    # the kill: line b was being written into its temporary folder
+    (out / "line_b.zarr").rename(out / "line_b.zarr.tmp-0123456789ab")
+    old = storage.PROCESS_START - 60
+    os.utime(out / "line_b.zarr.tmp-0123456789ab", (old, old))
+    capsys.readouterr()
+    assert ingest.main(argv) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"kept {out / 'line_a.zarr'}: ingested from {inputs[0]} as it is now"
+    assert printed[1].startswith(f"ingested {inputs[1]} -> {out / 'line_b.zarr'}: 8 bands")
+    assert (out / "line_a.zarr" / "zarr.json").stat().st_mtime_ns == kept
+    assert sorted(p.name for p in out.iterdir()) == ["line_a.zarr", "line_b.zarr"]
+    np.testing.assert_array_equal(open_cube(out / "line_b.zarr")["reflectance"].values,
+                                  salinas[:8, :20, :20])
+    write_line(tmp_path / "line_a.tif", salinas[8:16, :20, :20], 0, 0)
+    assert ingest.main(argv) == 2
+    assert one_line_error(capsys, "ingest") == (
+        f"{out / 'line_a.zarr'}: output already exists and was not ingested from {inputs[0]} as "
+        f"it is now (the file changed, or --chunk/--shard differ); pass --overwrite to ingest it "
+        f"again")

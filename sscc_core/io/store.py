@@ -112,7 +112,8 @@ def atomic_output(path: str | Path, overwrite: bool, replaceable: Callable[[Path
 
     An existing ``path`` is replaced only with ``overwrite`` and when ``replaceable(path)``
     (it holds output of the same kind, ``what``). On an exception the temporary directory is
-    removed and ``path`` is left as it was.
+    removed and ``path`` is left as it was. Temporaries of ``path`` that a killed earlier run left
+    are removed first (:func:`sscc_core.storage.remove_stale_temporaries`).
 
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is false, or it is not ``what``.
@@ -122,6 +123,7 @@ def atomic_output(path: str | Path, overwrite: bool, replaceable: Callable[[Path
     target = Path(path)
     _check_target(target, overwrite, replaceable, what)
     target.parent.mkdir(parents=True, exist_ok=True)
+    storage.remove_stale_temporaries(target)
     tmp = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:12]}")
     try:
         yield tmp
@@ -159,6 +161,37 @@ def _clean_encoding(ds: xr.Dataset) -> xr.Dataset:
     for var in ds.variables.values():
         var.encoding = {k: v for k, v in var.encoding.items() if k == "grid_mapping"}
     return ds
+
+
+SOURCE_STAMP = "source_stamp"  # dataset attribute: what an ingested store was made from
+
+
+def source_stamp(sources: str | list[str], chunk: int, shard: int | None) -> str:
+    """What a store ingested from ``sources`` depends on, as the files are now: each source
+    file's absolute path, size and modification time (ns), and the chunk layout (JSON).
+
+    Raises:
+        OSError: A source file is missing or unreadable.
+    """
+    files = []
+    for source in [sources] if isinstance(sources, str) else sources:
+        stat = Path(source).stat()
+        files.append([str(Path(source).resolve()), stat.st_size, stat.st_mtime_ns])
+    return json.dumps({"files": files, "chunk": chunk, "shard": shard})
+
+
+def ingested_unchanged(path: str | Path, chunk: int, shard: int | None) -> bool:
+    """Whether ``path`` holds a whole cube store (stores are renamed into place only when
+    written) whose recorded :func:`source_stamp` equals its sources' stamp now."""
+    import zarr
+
+    if not _is_store(Path(path)):
+        return False
+    attrs = zarr.open_group(path, mode="r").attrs
+    try:
+        return attrs.get(SOURCE_STAMP) == source_stamp(attrs.get("source", []), chunk, shard)
+    except OSError:
+        return False
 
 
 def write_cube(
