@@ -262,3 +262,106 @@ def test_report_in_headless_chromium(scene, tmp_path):
     assert facts["map_tiles"] >= 1 and facts["change_tiles"] >= 1
     assert facts["legend_rows"] == K and facts["spectra"] == 2 and facts["curves"] == 1
     assert facts["truth"] >= 3 and facts["title"] == "SSCC run report: salinasA"
+
+
+def tiled_mosaic(root: Path, side: int, bands: int = 20) -> dict[str, Path]:
+    """A georeferenced ``side x side`` mosaic tiled from Indian Pines (8-bit; every
+    ``200 // bands``-th band, 30 m pixels, UTM 16N) with its ground truth, a label store whose
+    clusters are the ground-truth classes (K = 17, 0 = unlabelled) and a previous version that
+    had classes 5 and 6 in one cluster. Built chunk by chunk (dask), so memory stays small."""
+    import dask.array as da
+    import xarray as xr
+
+    ip = read_benchmark("indian_pines")
+    step = ip.sizes["band"] // bands
+    refl = np.ascontiguousarray(ip["reflectance"].values[::step][:bands])
+    gt = ip["labels"].values.astype(np.int16)
+    h, w = gt.shape
+    chunk = 512
+
+    def tiled(source: np.ndarray, shape: tuple[int, ...]) -> da.Array:
+        def block(block_info=None):
+            loc = block_info[None]["array-location"]
+            rows, cols = np.arange(*loc[-2]) % h, np.arange(*loc[-1]) % w
+            return source[..., rows[:, None], cols[None, :]]
+        chunks = da.core.normalize_chunks((*shape[:-2], chunk, chunk), shape)
+        return da.map_blocks(block, chunks=chunks, dtype=source.dtype,
+                             meta=np.empty((0,) * len(shape), source.dtype))
+
+    dims = ("band", "y", "x")
+    ds = xr.Dataset(
+        {"reflectance": (dims, tiled(refl, (bands, side, side)), ip["reflectance"].attrs),
+         "valid": (("y", "x"), da.ones((side, side), bool, chunks=chunk)),
+         "labels": (("y", "x"), tiled(gt, (side, side)))},
+        coords={"band": np.arange(bands),
+                "wavelength": ("band", ip["wavelength"].values[::step][:bands]),
+                "y": 4_000_000.0 - 30.0 * (np.arange(side) + 0.5),
+                "x": 500_000.0 + 30.0 * (np.arange(side) + 0.5)},
+        attrs={"name": "tiled_indian_pines", "created": "2026-01-01T00:00:00+00:00", "source": []},
+    ).rio.write_crs("EPSG:32616")
+    cube_path = write_cube(ds, root / "mosaic.zarr", chunk=chunk)
+    classes = np.arange(17)
+    before_lut = np.where(classes == 6, 5, classes)
+    paths = {"cube": cube_path}
+    for name, lut, version in (("labels", classes, "tiledip00001"),
+                               ("before", before_lut, "tiledip00000")):
+        cube = open_cube(cube_path)
+        store = create_label_store(root / f"{name}.zarr", cube, LabelStoreSpec(
+            model_version=version, n_clusters=17, tile_size=1024, input_store=str(cube_path),
+            input_identity=cube_identity(cube)))
+        valid = zarr.open_group(cube_path, mode="r")["valid"]
+        for tile in store.missing_tiles(valid):
+            rows, cols = np.arange(tile.y0, tile.y1) % h, np.arange(tile.x0, tile.x1) % w
+            store.write_tile(tile, lut[gt[rows[:, None], cols[None, :]]].astype(np.uint8), None,
+                             seconds=0.0)
+        store.mark_complete(valid)
+        paths[name] = store.path
+    return paths
+
+
+def test_georeferenced_mosaic_areas_and_levels(tmp_path, capsys):
+    m = tiled_mosaic(tmp_path, 600, bands=4)
+    out = tmp_path / "rep"
+    assert report_stage.main(["--labels", str(m["labels"]), "--store", str(m["cube"]),
+                              "--out", str(out), "--previous", str(m["before"]),
+                              "--spectra-pixels", "300000"]) == 0
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["pixel_area"] == {"value": 900.0, "unit": "metre"}
+    assert doc["pyramid"]["levels"] == 3 and (out / "tiles/2/2_2.png").is_file()
+    page = (out / "index.html").read_text()
+    assert "area (km²)" in page
+    n0 = doc["counts"][0]
+    assert f"<td>{n0 * 900 / 1e6:,.4g}</td>" in page
+    # spectra from a seeded sample of chunks, said so
+    assert doc["spectra"]["windows_read"] == 1 and doc["spectra"]["windows"] == 4
+    assert "random sample of 1 of 4 chunks" in doc["notes"]["spectra"]
+    gt = open_cube(m["cube"])["labels"].values
+    assert doc["change"]["moved"] == min((gt == 5).sum(), (gt == 6).sum())
+
+
+@pytest.mark.slow
+def test_report_of_a_1e8_pixel_mosaic_in_bounded_memory(tmp_path):
+    """docs/BENCHMARKS.md, "Run report": `pytest -m slow tests/test_report.py -k 1e8 -s`."""
+    import resource
+    import subprocess
+    import sys
+    import time
+
+    start = time.perf_counter()
+    m = tiled_mosaic(tmp_path, 10240)
+    built = time.perf_counter() - start
+    out = tmp_path / "rep"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pipelines.report", "--labels", str(m["labels"]),
+                    "--store", str(m["cube"]), "--previous", str(m["before"]), "--out", str(out)],
+                   check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    seconds = time.perf_counter() - start
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    doc = json.loads((out / "report.json").read_text())
+    n_tiles = sum(1 for _ in out.rglob("*.png"))
+    size_mib = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
+    print(f"\nreport of 10240 x 10240 = {10240**2:,} pixels: {seconds:.1f} s, peak RSS "
+          f"{peak_mib:.0f} MiB, {n_tiles} PNG files, {size_mib:.1f} MiB (stores built in "
+          f"{built:.1f} s)")
+    assert sum(doc["counts"]) == 10240**2 and doc["pyramid"]["levels"] == 7
+    assert peak_mib < 2048

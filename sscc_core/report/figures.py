@@ -34,7 +34,10 @@ def plot_spectra_grid(
     shown.sort()
     ncol = max(1, math.ceil(math.sqrt(len(shown))))
     nrow = max(1, math.ceil(len(shown) / ncol))
-    fig = Figure(figsize=(2.4 * ncol, 1.9 * nrow), dpi=90)
+    width, height = 2.4 * ncol, 1.9 * nrow + 0.5
+    fig = Figure(figsize=(width, height), dpi=90)
+    fig.subplots_adjust(left=0.7 / width, right=1 - 0.1 / width, bottom=0.55 / height,
+                        top=1 - 0.3 / height, wspace=0.12, hspace=0.4)  # fixed: no tight_layout
     axes = fig.subplots(nrow, ncol, sharex=True, sharey=True, squeeze=False)
     for ax, c in zip(axes.flat, shown):
         colour = np.array(colormap[int(c)][:3]) / 255.0
@@ -47,7 +50,6 @@ def plot_spectra_grid(
         ax.set_visible(False)
     fig.supxlabel("band index" if wavelength is None else "wavelength (nm)", fontsize=9)
     fig.supylabel("reflectance", fontsize=9)
-    fig.tight_layout()
     fig.savefig(path)
     return path
 
@@ -59,6 +61,7 @@ def plot_training(history: Sequence[Mapping[str, float]], n_clusters: int, path:
 
     epochs = [int(h["epoch"]) for h in history]
     fig = Figure(figsize=(12, 3.4), dpi=90)
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.15, top=0.9, wspace=0.22)
     loss, used, entropy = fig.subplots(1, 3)
     for part in LOSS_PARTS:
         if all(part in h for h in history):
@@ -76,6 +79,5 @@ def plot_training(history: Sequence[Mapping[str, float]], n_clusters: int, path:
     for ax in (loss, used, entropy):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
     fig.savefig(path)
     return path
