@@ -32,7 +32,14 @@ dimensions is standardised over the sample:
 * ``"unwhitened"``: score i gets ``sqrt(D) * s_i / max_j s_j`` where ``s_i`` is its spread in
   PCA units (the sample std of the whitened score times the component's std): the components
   keep their relative variance, as k-means on plain PCA scores sees them, and the first one
-  weighs as much as the D standardised features together (as one feature when D = 0).
+  weighs as much as the D standardised features together (as one feature when D = 0);
+* ``"balanced"``: only the first m = min(K - 1, C) scores are kept, and the two blocks weigh
+  the same: every feature gets ``1 / sqrt(D)`` and each kept score ``1 / sqrt(m)``, so each
+  block has total variance 1 over the sample. The centroids of K clusters span at most K - 1
+  dimensions (the rank of the between-cluster scatter, as in Fisher's discriminant), so the
+  leading K - 1 components hold the spectrum's cluster structure and the rest add noise; and
+  with equal block weights neither the D network features nor the spectrum outvote the other
+  by their number of dimensions.
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ from sscc_core.baselines import fit_kmeans
 from sscc_core.config import PostprocessConfig
 
 Kind = Literal["kmeans", "spectral"]
-Scale = Literal["whitened", "unwhitened"]
+Scale = Literal["whitened", "unwhitened", "balanced"]
 TIE = 1e-3  # stabilities closer than this count as equal
 
 
@@ -85,7 +92,7 @@ def candidates(post: PostprocessConfig) -> list[Candidate]:
 
 
 def spectra_weights(vectors: Tensor, feature_dim: int, comp_std: np.ndarray | None, scale: Scale,
-                    weight: float) -> Tensor | None:
+                    weight: float, n_clusters: int) -> Tensor | None:
     """(V,) per-dimension weights (applied after standardising) of ``[features; PCA scores]``
     vectors: 1 on the features, the ``scale`` rule of the module docstring on the scores.
 
@@ -96,10 +103,18 @@ def spectra_weights(vectors: Tensor, feature_dim: int, comp_std: np.ndarray | No
             comp_std``); needed for ``"unwhitened"``.
         scale: ``"whitened"`` or ``"unwhitened"``.
         weight: ``readout_spectra``; 0 means no scores are appended (returns ``None``).
+            ``"balanced"`` fixes the scores' weight itself (``weight`` only switches them on).
+        n_clusters: K (``"balanced"`` keeps K - 1 scores).
     """
     if weight <= 0 or vectors.shape[1] == feature_dim:
         return None
     weights = torch.ones(vectors.shape[1], dtype=torch.float64)
+    if scale == "balanced":
+        kept = min(n_clusters - 1, vectors.shape[1] - feature_dim)
+        weights[:feature_dim] = 1 / math.sqrt(max(feature_dim, 1))
+        weights[feature_dim:] = 0.0
+        weights[feature_dim:feature_dim + kept] = 1 / math.sqrt(kept)
+        return weights.float()
     if scale == "whitened":
         weights[feature_dim:] = weight
         return weights.float()
@@ -215,8 +230,8 @@ def select(
         if cand.smooth_sigma not in cache:
             cache[cand.smooth_sigma] = vectors_at(cand.smooth_sigma)
         vectors = cache[cand.smooth_sigma]
-        state = standardiser(vectors, spectra_weights(vectors, feature_dim, comp_std,
-                                                      cand.spectra_scale, post.readout_spectra))
+        state = standardiser(vectors, spectra_weights(vectors, feature_dim, comp_std, cand.spectra_scale,
+                                                      post.readout_spectra, n_clusters))
         z = standardise(vectors, state).numpy()
         labels = cluster(z, cand.kind, n_clusters, post.spectral_neighbors, seed)
         value = stability(z, labels, cand.kind, n_clusters, post.spectral_neighbors,

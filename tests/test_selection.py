@@ -56,13 +56,26 @@ def test_spectra_weights_match_a_direct_computation() -> None:
     d, c = 5, 3
     vectors = torch.from_numpy(rng.normal(size=(400, d + c)) * np.r_[np.ones(d), 1.0, 0.5, 2.0]).float()
     comp_std = np.array([4.0, 2.0, 1.0])
-    np.testing.assert_array_equal(spectra_weights(vectors, d, comp_std, "whitened", 2.0).numpy(),
+    np.testing.assert_array_equal(spectra_weights(vectors, d, comp_std, "whitened", 2.0, 6).numpy(),
                                   np.r_[np.ones(d), np.full(c, 2.0)])
     spread = vectors[:, d:].double().numpy().std(0) * comp_std  # spread in PCA units
     expect = np.r_[np.ones(d), math.sqrt(d) * spread / spread.max()]
-    np.testing.assert_allclose(spectra_weights(vectors, d, comp_std, "unwhitened", 2.0).numpy(), expect, rtol=1e-6)
-    assert spectra_weights(vectors, d, comp_std, "unwhitened", 0.0) is None
-    assert spectra_weights(vectors[:, :d], d, comp_std, "whitened", 2.0) is None
+    np.testing.assert_allclose(spectra_weights(vectors, d, comp_std, "unwhitened", 2.0, 6).numpy(), expect, rtol=1e-6)
+    assert spectra_weights(vectors, d, comp_std, "unwhitened", 0.0, 6) is None
+    assert spectra_weights(vectors[:, :d], d, comp_std, "whitened", 2.0, 6) is None
+
+
+@pytest.mark.parametrize(("k", "kept"), [(3, 2), (4, 3), (16, 3)])
+def test_balanced_weights_keep_k_minus_1_scores_and_give_both_blocks_unit_variance(k: int, kept: int) -> None:
+    rng = np.random.default_rng(1)
+    d, c = 5, 3
+    vectors = torch.from_numpy(rng.normal(size=(500, d + c)) * np.r_[np.full(d, 3.0), 1.0, 0.5, 2.0]).float()
+    weights = spectra_weights(vectors, d, None, "balanced", 2.0, k)
+    assert (weights[d + kept:] == 0).all() and (weights[d:d + kept] > 0).all()
+    z = (vectors - vectors.mean(0)) / vectors.std(0, unbiased=False) * weights  # as select() standardises
+    total = z.double().var(0, unbiased=False)
+    assert total[:d].sum().item() == pytest.approx(1.0, rel=1e-5)  # features block
+    assert total[d:].sum().item() == pytest.approx(1.0, rel=1e-5)  # kept scores block
 
 
 def _extend(z_fit: np.ndarray, labels: np.ndarray, k: int):
