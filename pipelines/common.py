@@ -5,8 +5,10 @@ Conventions of every stage:
 - ``ray.init()`` only when Ray is not initialised yet, with no resource arguments, so the same
   module runs on a laptop (local Ray), under ``ray job submit`` (joins the job's cluster) and in
   tests (the session's Ray).
-- Human-readable progress goes to stdout; structured events go to a JSON-lines log (stderr, or
-  ``--log-file``), one object per line with ``time``, ``level``, ``stage``, ``event`` and fields.
+- Human-readable progress goes to stdout; structured events go to a JSON-lines log, one object
+  per line with ``time``, ``level``, ``stage``, ``event`` and fields: ``--log-file``, by default
+  ``OUTPUT.log.jsonl`` beside the stage's local output (:func:`default_log_file`), else stderr
+  (also ``--log-file -``).
 - A user error (bad path, bad argument, incompatible input, and an OS error of the
   environment: a full disk, a file-size limit, a read-only or unwritable path) prints
   ``sscc <stage>: error: ...`` to stderr and exits with status 2, like argparse, also when it was
@@ -71,14 +73,24 @@ class JsonLinesFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
-def add_logging_args(parser: argparse.ArgumentParser) -> None:
-    """Add ``--log-file`` (JSON-lines structured log; default stderr)."""
+def add_logging_args(parser: argparse.ArgumentParser, beside: str | None = None) -> None:
+    """Add ``--log-file`` (JSON-lines structured log); ``beside`` names the output whose
+    ``.log.jsonl`` sibling is the default (stderr when ``None``)."""
+    default = f"{beside}.log.jsonl beside the output" if beside else "stderr"
     parser.add_argument("--log-file", default=None,
-                        help="append JSON-lines structured logs to this file (default: stderr)")
+                        help=f"append JSON-lines structured logs to this file ('-': stderr; "
+                             f"default: {default})")
 
 
-def setup_logging(stage: str, log_file: str | None = None) -> logging.Logger:
-    """The stage's logger ``sscc.<stage>``, writing JSON lines to ``log_file`` or stderr.
+def default_log_file(output: str | Path) -> str | None:
+    """``OUTPUT.log.jsonl`` beside a local output; ``None`` (stderr) for an object-storage URL."""
+    return None if "://" in str(output) else f"{Path(output)}.log.jsonl"
+
+
+def setup_logging(stage: str, log_file: str | None = None,
+                  output: str | Path | None = None) -> logging.Logger:
+    """The stage's logger ``sscc.<stage>``, writing JSON lines to ``log_file`` (``-``: stderr),
+    by default to :func:`default_log_file` of ``output`` (stderr without one).
 
     Calling it again replaces the handler (tests run several stages in one process).
     """
@@ -86,8 +98,13 @@ def setup_logging(stage: str, log_file: str | None = None) -> logging.Logger:
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
+    if log_file is None and output is not None:
+        log_file = default_log_file(output)
+    if log_file and log_file != "-":
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     handler: logging.Handler = (
-        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+        logging.FileHandler(log_file) if log_file and log_file != "-"
+        else logging.StreamHandler(sys.stderr)
     )
     handler.setFormatter(JsonLinesFormatter())
     logger.addHandler(handler)

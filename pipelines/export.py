@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not write the HTML run report (report/index.html)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a previous export in --out (default: refuse a non-empty --out)")
-    add_logging_args(p)
+    add_logging_args(p, beside="OUT")
     return p
 
 
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
         FileExistsError: ``--out`` is not empty (without ``--overwrite``), or is not an export.
         ValueError: Writing failed (full disk, file-size limit, ...): names what is left.
     """
-    log = setup_logging("export", args.log_file)
+    log = setup_logging("export", args.log_file, output=args.out)
     store = open_label_store(resolve_labels(args.labels))
     store.require_complete()
     store.require_intact()

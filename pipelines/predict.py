@@ -145,7 +145,7 @@ def add_labelling_args(p: argparse.ArgumentParser) -> None:
                    "picks dense when the backbone allows it")
     p.add_argument("--batch-size", type=int, default=2048,
                    help="patches per forward pass in patch mode (default 2048)")
-    add_logging_args(p)
+    add_logging_args(p, beside="OUT")
 
 
 class LabelTiles:
@@ -250,9 +250,10 @@ def _label_on_ray(
     import ray
 
     ensure_ray()
-    cpus = args.cpus_per_actor or actor_cpus(args.actors, ray.cluster_resources().get("CPU", 1))
+    actors = min(args.actors, len(todo))  # an actor without a tile would only delay the start
+    cpus = args.cpus_per_actor or actor_cpus(actors, ray.cluster_resources().get("CPU", 1))
     items = [dataclasses.asdict(t) for t in todo]
-    n_blocks = min(len(items), BLOCKS_PER_ACTOR * args.actors)
+    n_blocks = min(len(items), BLOCKS_PER_ACTOR * actors)
     ds = ray.data.from_items(items, override_num_blocks=n_blocks)
     ds = ds.map_batches(
         LabelTiles,
@@ -261,12 +262,12 @@ def _label_on_ray(
             out=str(Path(args.out).resolve()), mode=args.mode, batch_size=args.batch_size,
             threads=args.threads,
         ),
-        compute=ray.data.ActorPoolStrategy(size=args.actors),
+        compute=ray.data.ActorPoolStrategy(size=actors),
         batch_size=1,
         batch_format="numpy",
         num_cpus=cpus,
     )
-    log_event(log, "actors_started", actors=args.actors, cpus_per_actor=cpus, tiles=len(todo))
+    log_event(log, "actors_started", actors=actors, cpus_per_actor=cpus, tiles=len(todo))
     every = max(1, len(todo) // 10)
     n_seen = n_tiles = n_pixels = 0
     busy = 0.0
@@ -304,7 +305,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             label store, an unreadable input tile, or a failed write.
         FileNotFoundError: Missing checkpoint or cube store.
     """
-    log = setup_logging("predict", args.log_file)
+    log = setup_logging("predict", args.log_file, output=args.out)
     for name in ("actors", "threads", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

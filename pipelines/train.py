@@ -729,7 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-tasks", type=int, default=1,
                    help="concurrent Ray Data tasks reading and augmenting tiles (default 1)")
     add_config_args(p, DEFAULT_CONFIG)
-    add_logging_args(p)
+    add_logging_args(p, beside="STORAGE_PATH/RUN_NAME")
     return p
 
 
@@ -737,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``sscc train``."""
 
     def run(args: argparse.Namespace) -> None:
-        setup_logging("train", args.log_file)
+        setup_logging("train", args.log_file, output=storage.join(args.storage_path, args.run_name))
         cfg = load_cli_config(args)
         path = run_training(
             args.store, cfg, args.run_name, args.storage_path, args.num_workers, args.use_gpu,

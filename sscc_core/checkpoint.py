@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import dataclasses
+import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -199,7 +200,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return ckpt
 
 
-RUN_CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train's per-epoch checkpoint folders
+RUN_CHECKPOINT = re.compile(r"checkpoint_\d{4}-\d\d-\d\d_")  # Ray Train's per-epoch folders
 
 
 def run_checkpoints(run_dir: str, newest: str | None = None) -> list[str]:
@@ -215,7 +216,7 @@ def run_checkpoints(run_dir: str, newest: str | None = None) -> list[str]:
         creation time, so name order is epoch order.
     """
     names = [n for n in storage.list_names(run_dir)
-             if n.startswith(RUN_CHECKPOINT_PREFIX) and (newest is None or n <= newest)]
+             if RUN_CHECKPOINT.match(n) and (newest is None or n <= newest)]
     return [storage.join(run_dir, n, FILENAME) for n in sorted(names, reverse=True)]
 
 

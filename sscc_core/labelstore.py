@@ -45,7 +45,7 @@ import zarr
 
 from sscc_core import __version__
 from sscc_core.inference import label_dtype
-from sscc_core.io.store import atomic_store
+from sscc_core.io.store import atomic_store, consolidate
 from sscc_core.tiling import Tile, nonempty_tiles, read_with_halo, tile_grid
 
 FORMAT = "sscc-labels/1"
@@ -195,6 +195,7 @@ def create_label_store(path: str | Path, cube: xr.Dataset, spec: LabelStoreSpec)
                 )
             group.create_group(DONE_GROUP, attributes={
                 "description": "one r{row}_c{col}.json marker per finished tile"})
+            consolidate(tmp)
     except OSError as exc:
         if exc.errno is None:  # atomic_store's own refusal of an existing target
             raise
@@ -479,6 +480,8 @@ class LabelStore:
             values = cube[name].values
             self.group[name].resize(values.shape)
             self.group[name][:] = values
+        consolidate(self.path)
+        self.group = zarr.open_group(self.path, mode="r+", zarr_format=3)
         return True
 
     # ---- completion --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import h5py
@@ -16,9 +17,10 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+import xarray as xr
 
 from pipelines import evaluate, export, ingest, predict, train, verify
-from pipelines.common import user_error
+from pipelines.common import log_event, setup_logging, user_error
 from pipelines.options import DEFAULT_CONFIG
 from sscc_core import storage
 from sscc_core.checkpoint import (
@@ -306,9 +308,12 @@ def test_damaged_label_chunks_are_named_and_relabelled(ray_session, root, two_cu
     assert capsys.readouterr().out == (
         f"verify: {labels.path}: all 8 labelled tiles intact (store not complete yet)\n")
     assert predict.main(["--checkpoint", str(ckpt), "--store", str(first), "--out",
-                         str(labels.path), "--tile-size", str(TILE), "--actors", "1",
+                         str(labels.path), "--tile-size", str(TILE), "--actors", "2",
                          "--log-file", str(tmp_path / "log.jsonl")]) == 0
     assert "1 to label" in capsys.readouterr().out
+    events = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    started = next(e for e in events if e["event"] == "actors_started")
+    assert (started["actors"], started["tiles"]) == (1, 1)  # never more actors than tiles
     assert labels.complete and verify.main(["--labels", str(labels.path)]) == 0
     chunk = labels.path / "labels" / "c" / "0" / "1"
     chunk.write_bytes(b"garbage")
@@ -472,3 +477,32 @@ def test_killed_multi_line_ingest_resumes(ray_session, tmp_path, salinas, capsys
         f"{out / 'line_a.zarr'}: output already exists and was not ingested from {inputs[0]} as "
         f"it is now (the file changed, or --chunk/--shard differ); pass --overwrite to ingest it "
         f"again")
+
+
+# --- a quiet, informative terminal ----------------------------------------------------------------
+
+def test_stores_open_with_plain_xarray_without_warnings(root, two_cubes):
+    """``xarray.open_zarr(path)`` warned that the stores had no consolidated metadata (and fell
+    back to slow listing); cube stores and label stores now carry it, kept current."""
+    first, _ = two_cubes
+    labels = label_store_from(first, root / "plain_labels.zarr", np.arange(7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cube = xr.open_zarr(first)
+        opened = xr.open_zarr(labels.path)
+    assert sorted(cube.data_vars) == ["labels", "reflectance", "valid"]
+    assert cube["reflectance"].shape == (204, 83, 86)
+    assert opened["labels"].shape == (83, 86) and opened.attrs["complete"] is True
+    np.testing.assert_array_equal(opened["labels"].values, labels.labels().values)
+
+
+def test_json_logs_go_beside_the_output_by_default(tmp_path, capsys):
+    """JSON log lines were interleaved with the progress lines on the terminal; by default they
+    go to ``OUTPUT.log.jsonl``, and ``--log-file -`` still sends them to stderr."""
+    out = tmp_path / "labels.zarr"
+    log_event(setup_logging("predict", None, output=out), "plan", tiles=3)
+    assert capsys.readouterr().err == ""
+    record = json.loads((tmp_path / "labels.zarr.log.jsonl").read_text())
+    assert (record["stage"], record["event"], record["tiles"]) == ("predict", "plan", 3)
+    log_event(setup_logging("predict", "-", output=out), "plan", tiles=4)
+    assert json.loads(capsys.readouterr().err)["tiles"] == 4

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -220,9 +221,27 @@ def write_cube(
     encoding = encoding_for(ds, chunk, shard)
     step = shard or chunk
     ds = _clean_encoding(ds).chunk({"band": -1, "y": step, "x": step})
-    with atomic_store(path, overwrite) as tmp, _drained_threads():
-        ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding)
+    with atomic_store(path, overwrite) as tmp:
+        with _drained_threads():
+            ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding)
+        consolidate(tmp)
     return Path(path)
+
+
+def consolidate(path: str | Path) -> None:
+    """Write a store's consolidated metadata (every array's metadata in the root ``zarr.json``),
+    so a plain ``xarray.open_zarr(path)`` opens it without its fallback warning. Called again
+    whenever an array's metadata changes (a label store that grows).
+
+    zarr-python warns on every call that consolidated metadata is not yet part of the Zarr
+    format 3 specification; that notice is silenced here. Readers that ignore consolidated
+    metadata (other Zarr implementations, ``consolidated=False``) read the same store.
+    """
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(str(path), zarr_format=3)
 
 
 def create_store(template: xr.Dataset, path: Path, chunk: int, shard: int | None) -> None:
@@ -240,6 +259,7 @@ def create_store(template: xr.Dataset, path: Path, chunk: int, shard: int | None
     template.to_zarr(
         path, mode="w-", zarr_format=3, consolidated=False, encoding=encoding, compute=False
     )
+    consolidate(path)  # region writes change no metadata
 
 
 def write_region(window: xr.Dataset, path: Path, y0: int, x0: int) -> None:
