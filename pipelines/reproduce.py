@@ -33,6 +33,7 @@ from pipelines.options import DEFAULT_CONFIG, add_config_args, load_cli_config
 from sscc_core.config import to_dict
 from sscc_core.experiment import (
     METHODS,
+    Scene,
     PROTOCOLS,
     format_summary,
     load_scene,
@@ -101,6 +102,19 @@ def _run_suite(args: argparse.Namespace, command: str) -> None:
     print(f"suite: {len(rows)} rows in {seconds / 60:.1f} min; {args.doc} regenerated")
 
 
+def check_k_override(overrides: list[str], k: int, scene: Scene) -> None:
+    """Refuse ``--set model.n_clusters`` other than the scene's class count: every run here sets
+    K to it (:func:`sscc_core.experiment.scene_config`), so the override would be ignored.
+
+    Raises:
+        ValueError: The override differs from the scene's class count.
+    """
+    if any(o.split("=", 1)[0].strip() == "model.n_clusters" for o in overrides) and k != scene.n_classes:
+        raise ValueError(f"--set model.n_clusters={k}: sscc reproduce clusters {scene.name} into "
+                         f"its K = {scene.n_classes} classes; drop the override (sscc train "
+                         f"takes any K)")
+
+
 def _run(args: argparse.Namespace) -> None:
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -114,6 +128,7 @@ def _run(args: argparse.Namespace) -> None:
     threadpool_limits(args.threads)
     cfg = load_cli_config(args)
     scene = load_scene(args.dataset, args.data_dir)
+    check_k_override(args.overrides, cfg.model.n_clusters, scene)
     print(f"{scene.name}: {scene.cube.shape[0]} bands x {scene.cube.shape[1]} x "
           f"{scene.cube.shape[2]}, {int((scene.labels > 0).sum())} labelled pixels, "
           f"{scene.n_classes} classes; method {args.method}, protocol {args.protocol}", flush=True)

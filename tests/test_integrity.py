@@ -19,7 +19,7 @@ import rasterio
 import torch
 import xarray as xr
 
-from pipelines import evaluate, export, ingest, predict, train, verify
+from pipelines import cli, evaluate, export, ingest, predict, train, verify
 from pipelines.common import log_event, setup_logging, user_error
 from pipelines.options import DEFAULT_CONFIG
 from sscc_core import storage
@@ -506,3 +506,19 @@ def test_json_logs_go_beside_the_output_by_default(tmp_path, capsys):
     assert (record["stage"], record["event"], record["tiles"]) == ("predict", "plan", 3)
     log_event(setup_logging("predict", "-", output=out), "plan", tiles=4)
     assert json.loads(capsys.readouterr().err)["tiles"] == 4
+
+
+def test_reproduce_records_k_and_its_command_and_refuses_another_k(tmp_path, capsys):
+    """``sscc reproduce --json`` recorded ``n_clusters: 16`` for a 3- or 4-class scene, a
+    doubled ``sscc reproduce reproduce`` command, and ignored ``--set model.n_clusters``."""
+    out = tmp_path / "r.json"
+    argv = ["--dataset", "salinas_a", "--method", "kmeans_pca", "--seeds", "0", "--json", str(out)]
+    assert cli.main(["reproduce", *argv]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["command"] == "sscc reproduce " + " ".join(argv)
+    assert doc["config"]["model"]["n_clusters"] == 6 == doc["runs"][0]["n_clusters_used"]
+    assert cli.main(["reproduce", *argv, "--set", "model.n_clusters=3"]) == 2
+    assert one_line_error(capsys, "reproduce") == (
+        "--set model.n_clusters=3: sscc reproduce clusters salinasA into its K = 6 classes; drop "
+        "the override (sscc train takes any K)")
+    assert cli.main(["reproduce", *argv, "--set", "model.n_clusters=6"]) == 0
