@@ -283,7 +283,7 @@ class LabelStore:
         self.path = Path(path)
         if not (self.path / "zarr.json").is_file():
             raise FileNotFoundError(f"{self.path}: no label store here")
-        self.group = zarr.open_group(self.path, mode="r+", zarr_format=3)
+        self.group = zarr.open_group(self.path, mode="r+", zarr_format=3, use_consolidated=False)
         if self.group.attrs.get("format") != FORMAT:
             raise LabelStoreError(f"{self.path}: not an SSCC label store (format "
                                   f"{self.group.attrs.get('format')!r}, expected {FORMAT!r})")
@@ -481,7 +481,7 @@ class LabelStore:
             self.group[name].resize(values.shape)
             self.group[name][:] = values
         consolidate(self.path)
-        self.group = zarr.open_group(self.path, mode="r+", zarr_format=3)
+        self.group = zarr.open_group(self.path, mode="r+", zarr_format=3, use_consolidated=False)
         return True
 
     # ---- completion --------------------------------------------------------------------------
@@ -538,10 +538,12 @@ class LabelStore:
         inputs = {} if spec is None else {"input_store": str(spec.input_store),
                                           "input_identity": spec.input_identity}
         self.group.attrs.update({**inputs, "complete": True})
+        consolidate(self.path)  # the root's rewrite dropped the consolidated metadata
 
     def mark_incomplete(self) -> None:
         """Set ``complete: false`` (before labelling tiles added to a completed store)."""
         self.group.attrs["complete"] = False
+        consolidate(self.path)
 
     def require_complete(self) -> None:
         """Raise unless the store is marked complete.
