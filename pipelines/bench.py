@@ -135,8 +135,8 @@ def sample_patches(store: Path, cfg: SSCCConfig, n: int, seed: int) -> tuple[Any
         ``(pre, patches)``: the fitted :class:`sscc_core.preprocess.Preprocessor` and (n, C, P, P)
         float32 patches of uniformly sampled valid pixels.
     """
+    from sscc_core.patches import gather_patches
     from sscc_core.preprocess import fit_preprocessor
-    from sscc_core.trainer import gather_patches
 
     cube, valid, _ = _open(store)
     pre = fit_preprocessor(cube, valid, cfg.preprocess, cfg.tile.tile_size, "sample")
@@ -400,9 +400,10 @@ def dense_section(store: Path, checkpoint: Path, side: int = 48, resnet_pixels: 
     from sscc_core.checkpoint import load_checkpoint
     from sscc_core.inference import Labeller
     from sscc_core.model import SSCCNet, predict_dense, predict_patches
-    from sscc_core.readout import Readout, fit_spectral
+    from sscc_core.patches import tile_features
+    from sscc_core.readout import Readout
+    from sscc_core.readout_fit import fit_spectral
     from sscc_core.tiling import Tile, extract_patches
-    from sscc_core.trainer import tile_features
 
     torch.set_num_threads(1)
     cube, valid, _ = _open(store)
@@ -503,8 +504,9 @@ def train_section(store: Path, cfg: SSCCConfig, work: Path, use_gpu: bool) -> di
     from pipelines.train import TilePatches, run_training, training_tiles
     from sscc_core.config import to_dict
     from sscc_core.io.store import open_cube
+    from sscc_core.patches import gather_patches
     from sscc_core.preprocess import Preprocessor
-    from sscc_core.trainer import build_training, gather_patches, train_epoch, training_mask
+    from sscc_core.trainer import build_training, train_epoch, training_mask
 
     out: dict[str, Any] = {"epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size}
     storage = work / "train_runs"

@@ -51,12 +51,13 @@ from sscc_core.checkpoint import (
 from sscc_core.config import SSCCConfig, dump_config, from_dict, to_dict
 from sscc_core.io.store import cube_identity, open_cube
 from sscc_core.model import SSCCNet
-from sscc_core.readout import fit_readout
+from sscc_core.patches import tile_features
 from sscc_core.preprocess import Preprocessor, fit_preprocessor
+from sscc_core.readout_fit import fit_readout
 from sscc_core.tiling import Tile, extract_patches_at, tile_grid, tile_valid
 from sscc_core.trainer import (
     EpochStats, TrainingDiverged, build_training, check_finite_weights, clusters_warning,
-    epoch_generator, progress_line, tile_features, tile_training_mask, train_step,
+    epoch_generator, progress_line, tile_training_mask, train_step,
 )
 
 log = logging.getLogger("sscc.train")
@@ -534,7 +535,7 @@ def readout_tiles(tiles: list[dict[str, int]], max_pixels: int, seed: int) -> li
 def fit_final_readout(ckpt: Checkpoint, store: str, pre: Preprocessor, tiles: list[dict[str, int]]) -> Checkpoint:
     """Driver-side readout fitting after training (``cfg.postprocess``): BatchNorm recalibration
     and/or the k-means or spectral readout of a seeded sample of the training pixels
-    (:func:`sscc_core.readout.fit_readout`, as the accuracy harness does).
+    (:func:`sscc_core.readout_fit.fit_readout`, as the accuracy harness does).
 
     Args:
         ckpt: The final checkpoint of the training loop.

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from sscc_core import __version__, storage
-from sscc_core.config import PostprocessConfig, SSCCConfig, from_dict, to_dict
+from sscc_core.config import PostprocessConfig, SSCCConfig, config_hash, from_dict, to_dict
 
 FORMAT = "sscc-checkpoint/1"
 FILENAME = "model.pt"
@@ -252,7 +252,7 @@ class RunRecord:
         store: Path of the input cube store (shown in messages; a moved store with the same
             identity continues the run).
         input_identity: :func:`sscc_core.io.store.cube_identity` of the input.
-        config_hash: :func:`sscc_core.export.config_hash` of the config with ``train.epochs``
+        config_hash: :func:`sscc_core.config.config_hash` of the config with ``train.epochs``
             set to 0: raising the epoch count continues the same run, any other change does not.
         protocol: ``train.protocol`` (also inside the hash; named on its own in messages).
     """
@@ -265,8 +265,6 @@ class RunRecord:
     @classmethod
     def of(cls, store: str, input_identity: str, cfg: SSCCConfig) -> "RunRecord":
         """The record of a launch on ``store`` with ``cfg``."""
-        from sscc_core.export import config_hash
-
         resumable = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=0))
         return cls(store=store, input_identity=input_identity,
                    config_hash=config_hash(resumable), protocol=cfg.train.protocol)

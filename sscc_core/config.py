@@ -9,6 +9,8 @@ mistyped fields with one message that names the dotted field (``train.lr: expect
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import types
 import typing
@@ -406,3 +408,9 @@ def dump_config(cfg: SSCCConfig) -> str:
 def replace(cfg: Any, **changes: Any) -> Any:
     """``dataclasses.replace`` re-exported so callers need not import dataclasses."""
     return dataclasses.replace(cfg, **changes)
+
+
+def config_hash(cfg: Any) -> str:
+    """SHA-256 (first 16 hex digits) of a config dataclass's canonical JSON form."""
+    text = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -49,9 +49,11 @@ from sscc_core.metrics import evaluate
 from sscc_core.model import recalibrate_batchnorm  # noqa: F401 (re-exported, harness API)
 from sscc_core.postprocess import NODATA, mode_filter, smooth
 from sscc_core.preprocess import Preprocessor, fit_preprocessor
-from sscc_core.readout import Readout, extension, fit_readout, fit_spectral, readout_of, sample_mask
+from sscc_core.patches import gather_patches
+from sscc_core.readout import Readout
+from sscc_core.readout_fit import extension, fit_readout, fit_spectral, readout_of, sample_mask
 from sscc_core.selection import select
-from sscc_core.trainer import gather_patches, train_reference, training_mask
+from sscc_core.trainer import train_reference, training_mask
 
 Method = Literal["sscc", "sscc_untrained", "readout_pca", "kmeans", "kmeans_pca", "spectral_pca"]
 METHODS: tuple[str, ...] = ("sscc", "sscc_untrained", "readout_pca", "kmeans", "kmeans_pca", "spectral_pca")

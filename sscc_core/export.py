@@ -11,7 +11,6 @@ is 1-2 bytes per pixel against hundreds per pixel for the cube).
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import re
@@ -29,7 +28,7 @@ import rioxarray  # noqa: F401  (registers the ``.rio`` accessor used for CRS/tr
 import xarray as xr
 
 import sscc_core
-from sscc_core.config import to_dict
+from sscc_core.config import config_hash
 
 Colormap = dict[int, tuple[int, int, int, int]]
 """Label value -> (red, green, blue, alpha), each 0..255."""
@@ -102,12 +101,6 @@ def label_colormap(k: int, nodata: int | None = None) -> Colormap:
     if nodata is not None:
         cmap[int(nodata)] = NODATA_RGBA
     return cmap
-
-
-def config_hash(cfg: Any) -> str:
-    """SHA-256 (first 16 hex digits) of a config dataclass's canonical JSON form."""
-    text = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def build_provenance(

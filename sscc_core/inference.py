@@ -33,8 +33,8 @@ from sscc_core.model import (
 from sscc_core.postprocess import mode_filter, mode_reach, smooth, smooth_reach
 from sscc_core.preprocess import Preprocessor
 from sscc_core.readout import Readout
+from sscc_core.patches import tile_features
 from sscc_core.tiling import Tile, extract_patches_at, tile_grid, tile_valid
-from sscc_core.trainer import tile_features
 
 Mode = Literal["auto", "dense", "patch"]
 WAVELENGTH_TOLERANCE_NM = 1.0
@@ -77,19 +77,6 @@ def check_wavelengths(
             f"{worst}: model {a[worst]:.2f} nm, cube {b[worst]:.2f} nm; tolerance {tolerance_nm} nm)"
         )
     return True
-
-
-def label_dtype(n_clusters: int) -> tuple[np.dtype, int]:
-    """Smallest unsigned label dtype for K clusters and its nodata value (the dtype's max).
-
-    Raises:
-        ValueError: K does not fit a uint16 label map.
-    """
-    if n_clusters < 255:
-        return np.dtype(np.uint8), 255
-    if n_clusters < 65535:
-        return np.dtype(np.uint16), 65535
-    raise ValueError(f"n_clusters={n_clusters} does not fit a uint16 label map")
 
 
 @dataclass

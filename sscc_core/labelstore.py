@@ -3,7 +3,7 @@ per-tile completion record so that a rerun after a crash labels only the tiles s
 
 Layout of ``LABELS.zarr``:
 
-- ``labels`` (y, x) uint8/uint16 (:func:`sscc_core.inference.label_dtype`): cluster ids
+- ``labels`` (y, x) uint8/uint16 (:func:`label_dtype`): cluster ids
   ``0..K-1``, fill value and attr ``nodata`` = the dtype's max where no label was produced.
   Chunked exactly by the tile size, so every tile is one whole chunk and concurrent tile writers
   never share a chunk.
@@ -44,7 +44,6 @@ import xarray as xr
 import zarr
 
 from sscc_core import __version__
-from sscc_core.inference import label_dtype
 from sscc_core.io.store import atomic_store, consolidate
 from sscc_core.tiling import Tile, nonempty_tiles, read_with_halo, tile_grid
 
@@ -78,6 +77,19 @@ class LabelStoreSpec:
     config: dict[str, Any] | None = None
     input_store: str = ""
     input_identity: str = ""
+
+
+def label_dtype(n_clusters: int) -> tuple[np.dtype, int]:
+    """Smallest unsigned label dtype for K clusters and its nodata value (the dtype's max).
+
+    Raises:
+        ValueError: K does not fit a uint16 label map.
+    """
+    if n_clusters < 255:
+        return np.dtype(np.uint8), 255
+    if n_clusters < 65535:
+        return np.dtype(np.uint16), 65535
+    raise ValueError(f"n_clusters={n_clusters} does not fit a uint16 label map")
 
 
 def encode_labels(labels: np.ndarray, n_clusters: int) -> np.ndarray:

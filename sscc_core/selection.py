@@ -56,6 +56,7 @@ from torch import Tensor
 
 from sscc_core.baselines import fit_kmeans
 from sscc_core.config import PostprocessConfig
+from sscc_core.readout import standardise
 
 Kind = Literal["kmeans", "spectral"]
 Scale = Literal["whitened", "unwhitened", "balanced"]
@@ -133,14 +134,6 @@ def standardiser(vectors: Tensor, weights: Tensor | None) -> dict[str, Tensor]:
     if weights is not None:
         state["weights"] = weights.float()
     return state
-
-
-def standardise(vectors: Tensor, state: dict[str, Tensor]) -> Tensor:
-    """``(v - mean) / std * weights`` of (N, V) vectors with a readout state, (N, V) float32."""
-    z = (vectors.double() - state["mean"].double()) / state["std"].double()
-    if "weights" in state:
-        z = z * state["weights"].double()
-    return z.float()
 
 
 def spectral_clusters(vectors: np.ndarray, n_clusters: int, neighbors: int, seed: int) -> np.ndarray:

@@ -27,8 +27,7 @@ from sscc_core.checkpoint import Checkpoint, non_finite_tensors
 from sscc_core.config import SSCCConfig
 from sscc_core.loss import LOSS_PARTS, SSCCLoss, SSCCLossParts
 from sscc_core.model import SSCCNet, TwinForward, convert_sync_batchnorm
-from sscc_core.preprocess import Preprocessor
-from sscc_core.tiling import extract_patches_at, read_with_halo, tile_grid, tile_valid
+from sscc_core.tiling import tile_valid
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -338,53 +337,3 @@ def tile_training_mask(valid: Any, labels: Any | None, tile: Any, protocol: str)
     """
     lab = None if labels is None else labels[tile.y0 : tile.y1, tile.x0 : tile.x1]
     return training_mask(tile_valid(valid, tile), lab, protocol, allow_empty=True)
-
-
-def tile_features(cube: Any, valid: Any, tile: Any, pre: Preprocessor, halo: int) -> np.ndarray:
-    """Standardised PCA features of one tile read with its halo.
-
-    Args:
-        cube: (B, H, W) array-like (numpy or zarr).
-        valid: (H, W) bool array-like.
-        tile: A :class:`sscc_core.tiling.Tile`.
-        pre: Fitted pre-processing.
-        halo: Pixels of context on each side (``patch_size // 2``).
-
-    Returns:
-        (n_components, h + 2 halo, w + 2 halo) float32; nodata pixels are 0.
-    """
-    block = read_with_halo(cube, tile, halo)
-    mask = read_with_halo(valid, tile, halo).astype(bool)
-    return pre.transform(block, mask)
-
-
-def gather_patches(
-    cube: Any, valid: Any, mask: np.ndarray, pre: Preprocessor, patch_size: int, tile_size: int = 256
-) -> tuple[np.ndarray, np.ndarray]:
-    """Patches of the pixels in ``mask``, read tile by tile with a halo.
-
-    Args:
-        cube: (B, H, W) array-like.
-        valid: (H, W) bool array-like.
-        mask: (H, W) bool, the pixels wanted (e.g. :func:`training_mask`).
-        pre: Fitted pre-processing.
-        patch_size: Odd patch side P.
-        tile_size: Tile side used to read the cube.
-
-    Returns:
-        ``(patches, coords)``: (N, C, P, P) float32 and (N, 2) int scene (row, col), row-major
-        within tiles, tiles row-major.
-    """
-    halo = patch_size // 2
-    patches, coords = [], []
-    for tile in tile_grid(mask.shape[0], mask.shape[1], tile_size):
-        local = np.argwhere(tile_valid(mask, tile))
-        if not len(local):
-            continue
-        feats = tile_features(cube, valid, tile, pre, halo)
-        patches.append(extract_patches_at(feats, local, patch_size))
-        coords.append(local + [tile.y0, tile.x0])
-    n_channels = pre.n_components
-    if not patches:
-        return np.zeros((0, n_channels, patch_size, patch_size), np.float32), np.zeros((0, 2), int)
-    return np.concatenate(patches), np.concatenate(coords)

@@ -13,13 +13,12 @@ import zarr
 from matplotlib.image import imread
 from rasterio.transform import from_origin
 
-from sscc_core.config import SSCCConfig
+from sscc_core.config import SSCCConfig, config_hash
 from sscc_core.export import (
     NODATA_RGBA,
     build_provenance,
     cluster_class_counts,
     cluster_mean_spectra,
-    config_hash,
     export_all,
     label_colormap,
     plot_spectra,

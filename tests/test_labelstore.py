@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import zarr
 
-from sscc_core.inference import label_dtype
 from sscc_core.io.cube import make_cube
 from sscc_core.io.matlab import read_benchmark
 from sscc_core.io.store import open_cube, write_cube
@@ -18,6 +17,7 @@ from sscc_core.labelstore import (
     LabelStoreSpec,
     create_label_store,
     encode_labels,
+    label_dtype,
     open_label_store,
     prepare_label_store,
 )

@@ -26,19 +26,13 @@ from sscc_core.io.store import write_cube
 from sscc_core.model import SSCCNet, backbone_features
 from sscc_core.postprocess import mode_filter, mode_reach, smooth, smooth_reach
 from sscc_core.preprocess import fit_preprocessor
-from sscc_core.readout import (
-    Readout,
-    fit_readout,
-    fit_extension,
-    nearest_centroid,
-    readout_patches,
-    sample_mask,
-    spectral_clusters,
-)
+from sscc_core.patches import gather_patches
+from sscc_core.readout import Readout, nearest_centroid
+from sscc_core.readout_fit import fit_extension, fit_readout, readout_patches, sample_mask
+from sscc_core.selection import spectral_clusters
 from sscc_core.tiling import Tile, tile_grid
 from sscc_core.trainer import (
     build_training,
-    gather_patches,
     train_reference,
     training_mask,
 )

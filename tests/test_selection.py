@@ -20,7 +20,7 @@ from sscc_core.inference import Labeller, label_scene
 from sscc_core.io.matlab import read_benchmark
 from sscc_core.io.store import write_cube
 from sscc_core.preprocess import fit_preprocessor
-from sscc_core.readout import extension, fit_readout
+from sscc_core.readout_fit import extension, fit_readout
 from sscc_core.selection import Candidate, candidates, cluster, select, spectra_weights, stability
 from sscc_core.trainer import build_training, training_mask
 

@@ -17,7 +17,8 @@ from sscc_core.io.matlab import read_benchmark
 from sscc_core.io.store import open_cube, write_cube
 from sscc_core.preprocess import fit_preprocessor
 from sscc_core.tiling import Tile
-from sscc_core.trainer import epoch_generator, gather_patches, training_mask
+from sscc_core.patches import gather_patches
+from sscc_core.trainer import epoch_generator, training_mask
 
 TINY = {
     "model.backbone": "fcn",
