@@ -15,7 +15,7 @@ import json
 import math
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -29,6 +29,8 @@ import xarray as xr
 
 import sscc_core
 from sscc_core.config import config_hash
+from sscc_core.preprocess import merge_moments
+from sscc_core.tiling import tile_grid
 
 Colormap = dict[int, tuple[int, int, int, int]]
 """Label value -> (red, green, blue, alpha), each 0..255."""
@@ -164,15 +166,6 @@ def _label_nodata(labels: xr.DataArray) -> int:
     if not 0 <= nodata <= np.iinfo(labels.dtype).max:
         raise ValueError(f"labels: nodata {nodata} does not fit dtype {labels.dtype}")
     return nodata
-
-
-def _windows(height: int, width: int, tile: int) -> Iterator[tuple[slice, slice]]:
-    """Row-major ``(rows, cols)`` slices of ``tile x tile`` windows covering ``height x width``."""
-    if tile < 1:
-        raise ValueError(f"tile_size must be >= 1, got {tile}")
-    for y0 in range(0, height, tile):
-        for x0 in range(0, width, tile):
-            yield slice(y0, min(y0 + tile, height)), slice(x0, min(x0 + tile, width))
 
 
 def _read(arr: Any, *index: slice) -> np.ndarray:
@@ -433,7 +426,9 @@ def cluster_mean_spectra(
     mean = np.zeros((n_bands, k))
     m2 = np.zeros((n_bands, k))
     offsets = (np.arange(n_bands) * k)[:, None]
-    for rows, cols in _windows(height, width, tile_size) if windows is None else windows:
+    if windows is None:
+        windows = [t.slices for t in tile_grid(height, width, tile_size)]
+    for rows, cols in windows:
         lab = _read(labels, rows, cols).astype(np.int64).ravel()
         keep = lab != nodata if nodata is not None else np.ones(lab.shape, bool)
         if valid is not None:
@@ -454,13 +449,9 @@ def cluster_mean_spectra(
             mean_t = np.bincount(idx, x.ravel(), n_bands * k).reshape(n_bands, k) / n_t
         dev = x - mean_t[:, lab]
         m2_t = np.bincount(idx, (dev * dev).ravel(), n_bands * k).reshape(n_bands, k)
-        n_new = count + n_t
         has = n_t > 0
-        delta = mean_t[:, has] - mean[:, has]
-        frac = n_t[has] / n_new[has]
-        mean[:, has] += delta * frac
-        m2[:, has] += m2_t[:, has] + delta * delta * count[has] * frac
-        count = n_new
+        count[has], mean[:, has], m2[:, has] = merge_moments(
+            count[has], mean[:, has], m2[:, has], n_t[has], mean_t[:, has], m2_t[:, has])
     with np.errstate(invalid="ignore", divide="ignore"):
         std = np.sqrt(m2 / count)
     empty = count == 0
@@ -562,7 +553,7 @@ def cluster_class_counts(
         raise ValueError(f"ground_truth shape {tuple(ground_truth.shape)} != labels shape "
                          f"{tuple(labels.shape)}")
     tables: list[np.ndarray] = []
-    for rows, cols in _windows(*labels.shape, tile_size):
+    for rows, cols in (t.slices for t in tile_grid(*labels.shape, tile_size)):
         lab = _read(labels, rows, cols).astype(np.int64).ravel()
         gt = _read(ground_truth, rows, cols).astype(np.int64).ravel()
         keep = (lab != nodata) & (gt > 0)
@@ -672,7 +663,7 @@ def export_all(
 def _max_label(labels: xr.DataArray, nodata: int) -> int:
     """Largest non-nodata label in the map, streamed in tiles (-1 when all nodata)."""
     best = -1
-    for rows, cols in _windows(*labels.shape, 1024):
+    for rows, cols in (t.slices for t in tile_grid(*labels.shape, 1024)):
         tile = _read(labels, rows, cols)
         tile = tile[tile != nodata]
         if tile.size:

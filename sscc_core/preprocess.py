@@ -34,6 +34,28 @@ FitMethod = Literal["exact", "sample"]
 STATE_FORMAT = "sscc.preprocess.v1"
 
 
+def merge_moments(n_a: Any, mean_a: np.ndarray, m2_a: np.ndarray, n_b: Any, mean_b: np.ndarray,
+                  m2_b: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
+    """Count, mean and centred second moment of the union of two sets (Chan et al.'s pairwise
+    update), exact in float64 for large raw values.
+
+    Two forms: vectors (``mean`` (B,), ``m2`` (B, B) the centred scatter matrix, scalar counts),
+    or element-wise (``m2`` the sum of squared deviations, shaped like ``mean``; counts broadcast
+    against the last axis, e.g. per cluster). Counts of ``b`` must be positive.
+
+    Returns:
+        ``(n, mean, m2)`` of the union.
+    """
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (n_b / n)
+    if m2_a.ndim == mean_a.ndim + 1:  # scatter matrix; scalar (Python int) counts
+        cross = np.outer(delta, delta) * (n_a * n_b / n)
+    else:  # count arrays: n_a * (n_b / n) in float, no int64 product to overflow
+        cross = delta * delta * (n_a * (n_b / n))
+    return n, mean, m2_a + m2_b + cross
+
+
 @dataclass
 class MomentAccumulator:
     """Running count, mean and centred scatter matrix of pixel spectra, in float64.
@@ -77,12 +99,8 @@ class MomentAccumulator:
             raise ValueError(f"cannot merge moments of {other.n_bands} and {self.n_bands} bands")
         if other.n == 0:
             return
-        n = self.n + other.n
-        delta = other.mean - self.mean
-        self.mean = self.mean + delta * (other.n / n)
-        cross = np.outer(delta, delta) * (self.n * other.n / n)
-        self.scatter = self.scatter + other.scatter + cross
-        self.n = n
+        self.n, self.mean, self.scatter = merge_moments(self.n, self.mean, self.scatter,
+                                                        other.n, other.mean, other.scatter)
 
     @property
     def covariance(self) -> np.ndarray:

@@ -50,6 +50,11 @@ class Tile:
         """Columns in the tile."""
         return self.x1 - self.x0
 
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """``(rows, cols)`` slices of the tile in the scene."""
+        return slice(self.y0, self.y1), slice(self.x0, self.x1)
+
     def grown(self, reach: int, height: int, width: int) -> Tile:
         """This tile grown by ``reach`` pixels on every side, clipped to a ``height x width`` scene."""
         return Tile(self.row, self.col, max(0, self.y0 - reach), min(height, self.y1 + reach),

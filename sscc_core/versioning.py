@@ -7,7 +7,7 @@ Layout of ``LABELS_DIR``::
                                       another version; see :mod:`sscc_core.labelstore`)
     LABELS_DIR/current                JSON: {"model_version", "store", "switched", ...}
 
-``current`` is replaced atomically (temp file in the same directory, then ``os.replace``), so a
+``current`` is replaced atomically (:func:`sscc_core.storage.write_bytes`: temp file, then rename), so a
 reader sees the old pointer or the new one, never a torn file; it is switched only after the
 version's store is marked complete.
 """
@@ -15,12 +15,12 @@ version's store is marked complete.
 from __future__ import annotations
 
 import json
-import os
 import re
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from sscc_core import storage
 
 CURRENT = "current"
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
@@ -98,9 +98,7 @@ def switch_current(root: str | Path, model_version: str, **fields: Any) -> dict[
         "previous": before.get("previous") if same else before.get("model_version"),
         **fields,
     }
-    tmp = Path(root) / f".{CURRENT}.tmp-{uuid.uuid4().hex[:12]}"
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, Path(root) / CURRENT)
+    storage.write_bytes(Path(root) / CURRENT, (json.dumps(doc, indent=1) + "\n").encode())
     return doc
 
 

@@ -29,8 +29,7 @@ def _window_side(labels: xr.DataArray) -> int:
 
 def _windows(labels: xr.DataArray) -> list[tuple[slice, slice]]:
     """Row-major chunk-aligned ``(rows, cols)`` windows covering the map."""
-    return [(slice(t.y0, t.y1), slice(t.x0, t.x1))
-            for t in tile_grid(*labels.shape, _window_side(labels))]
+    return [t.slices for t in tile_grid(*labels.shape, _window_side(labels))]
 
 
 def _block(labels: xr.DataArray, rows: slice, cols: slice) -> np.ndarray:
@@ -174,7 +173,7 @@ def spectra_sample(reflectance: Any, max_pixels: int, seed: int = 0) -> SpectraS
     _, height, width = (int(s) for s in reflectance.shape)
     chunks = getattr(reflectance, "encoding", {}).get("chunks") or (0, 256, 256)
     tiles = tile_grid(height, width, int(chunks[1]))
-    windows = [(slice(t.y0, t.y1), slice(t.x0, t.x1)) for t in tiles]
+    windows = [t.slices for t in tiles]
     if height * width > max_pixels:
         per = (tiles[0].y1 - tiles[0].y0) * (tiles[0].x1 - tiles[0].x0)
         n = min(len(windows), max(1, max_pixels // per))
