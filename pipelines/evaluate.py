@@ -8,7 +8,7 @@ Only pixels with a ground-truth class (``labels`` > 0 in the cube store) are sco
 and the ground truth are streamed window by window, so only the labelled pixels are held in
 memory. Labelled pixels that got no cluster (nodata in the label map) are not scored and are
 counted as ``n_gt_without_label``. Refuses a label store that is not marked complete or whose
-chunks do not hold what its tile markers record (``sscc verify``).
+chunks do not hold what its tile records say (``sscc verify``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ table and provenance tags), ``quicklook.png``, ``spectra.csv`` / ``spectra_std.c
 cube has ground truth, and ``metrics.json`` when ``--metrics`` (an ``sscc evaluate --out`` file)
 is given, and the run report ``report/index.html`` (:mod:`sscc_core.report`; training curves
 with ``--run``; ``--no-report`` skips it). Provenance comes from the label store's attributes.
-Refuses an incomplete label store or one whose chunks do not hold what its tile markers record
+Refuses an incomplete label store or one whose chunks do not hold what its tile records say
 (``sscc verify``),
 a ``--store`` that is not the input the labels were made from (its
 :func:`sscc_core.io.store.cube_identity` differs from the one the label store recorded), and an

@@ -10,8 +10,8 @@ The driver loads the checkpoint, checks the cube's band count and wavelengths, c
 reopens) the label store (:mod:`sscc_core.labelstore`), lists the non-empty tiles and drops those
 already marked done, so a rerun after a crash, or after new tiles gained data, labels only the
 rest. With ``--recheck`` the done tiles are kept in the list: their input window is re-read and
-only those whose fingerprint differs from their marker's are relabelled (``sscc reprocess``).
-Done tiles whose chunks are missing, unreadable or do not hold what their markers record
+only those whose fingerprint differs from their record's are relabelled (``sscc reprocess``).
+Done tiles whose chunks are missing, unreadable or do not hold what their records say
 (:meth:`sscc_core.labelstore.LabelStore.damaged_tiles`) are labelled again. An existing store
 made from another input (its recorded
 :func:`sscc_core.io.store.cube_identity` differs) is refused without ``--recheck``; with it,
@@ -21,8 +21,10 @@ actor pool: each actor loads the checkpoint once, reopens the input store with z
 small cache of decoded chunks, :class:`ChunkCache`, so a tile's fingerprint and label reads and
 the overlapping halos of neighbouring tiles decode each chunk once), fingerprints
 the tile's input window, labels the tile with its halo
-(:meth:`sscc_core.inference.Labeller.label_tile`), writes the tile's whole chunk, then its
-completion marker (with the fingerprint). Labels equal the single-process
+(:meth:`sscc_core.inference.Labeller.label_tile`), writes the tile's whole chunk and returns the
+tile's record (with the fingerprint); the driver, the only writer of the store's tile records,
+records the finished tiles in batches (at most every ``RECORD_SECONDS``), and marks the store
+complete last. Labels equal the single-process
 :func:`sscc_core.inference.label_scene` bit for bit. An unreadable input tile fails the run with
 an error naming the tile. The store is marked complete only when every non-empty tile is done.
 """
@@ -48,12 +50,19 @@ from sscc_core.checkpoint import load_checkpoint
 from sscc_core.config import to_dict
 from sscc_core.inference import Labeller, check_wavelengths
 from sscc_core.io.store import cube_identity, open_cube
-from sscc_core.labelstore import LabelStore, LabelStoreSpec, prepare_label_store, tile_fingerprint
+from sscc_core.labelstore import (
+    LabelStore,
+    LabelStoreSpec,
+    TileRecord,
+    prepare_label_store,
+    tile_fingerprint,
+)
 from sscc_core.tiling import Tile, nonempty_tiles
 
 TILE_FIELDS = tuple(f.name for f in dataclasses.fields(Tile))
 BLOCKS_PER_ACTOR = 16
 CHUNK_CACHE_BYTES = 768 * 2**20  # per actor and array: bound of the decoded-chunk cache
+RECORD_SECONDS = 1.0  # the driver records finished tiles at most this often (and at the end)
 
 
 class ChunkCache:
@@ -121,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "by the same model is resumed")
     p.add_argument("--recheck", action="store_true",
                    help="also re-read the tiles already done and relabel those whose input window "
-                   "changed since (fingerprint in the tile marker)")
+                   "changed since (fingerprint in the tile record)")
     add_labelling_args(p)
     return p
 
@@ -149,11 +158,13 @@ def add_labelling_args(p: argparse.ArgumentParser) -> None:
 
 
 class LabelTiles:
-    """Ray Data actor: labels tiles and writes them (chunk, then marker) into the label store.
+    """Ray Data actor: labels tiles and writes their chunks into the label store; the driver
+    records them.
 
-    A tile whose marker already holds the fingerprint of its current input window is skipped. A
-    tile whose input cannot be read or whose output cannot be written is reported in the
-    ``error`` column (and gets no marker) while the other tiles go on; the driver fails the run.
+    A tile whose recorded fingerprint (the ``fingerprint`` column of its descriptor) equals that
+    of its current input window is skipped. A tile whose input cannot be read or whose output
+    cannot be written is reported in the ``error`` column (and gets no record) while the other
+    tiles go on; the driver fails the run.
 
     Args:
         checkpoint: Checkpoint path (loaded once per actor).
@@ -193,38 +204,39 @@ class LabelTiles:
         """Label every tile of a batch of tile descriptors.
 
         Args:
-            batch: Columns of :class:`sscc_core.tiling.Tile` fields, each ``(n,)`` int.
+            batch: Columns of :class:`sscc_core.tiling.Tile` fields, each ``(n,)`` int, and
+                ``fingerprint`` (the tile's recorded fingerprint, "" when not done).
 
         Returns:
             Columns ``row``, ``col``, ``n_valid`` (labelled pixels), ``seconds`` (label time),
-            ``labelled`` (False for a tile skipped as unchanged or failed) and ``error`` (the
-            failure message, "" on success), each ``(n,)``.
+            ``labelled`` (False for a tile skipped as unchanged or failed), ``error`` (the
+            failure message, "" on success) and ``fingerprint`` (of the input window), each
+            ``(n,)``.
         """
         result: dict[str, list] = {"row": [], "col": [], "n_valid": [], "seconds": [],
-                                   "labelled": [], "error": []}
+                                   "labelled": [], "error": [], "fingerprint": []}
         for i in range(len(batch["row"])):
             tile = Tile(*(int(batch[name][i]) for name in TILE_FIELDS))
             start = time.perf_counter()
             try:
-                row = self.label(tile, start)
+                row = self.label(tile, str(batch["fingerprint"][i]), start)
             except ValueError as exc:  # unreadable input or failed write (LabelStoreError)
-                row = (tile.row, tile.col, 0, time.perf_counter() - start, False, str(exc))
+                row = (tile.row, tile.col, 0, time.perf_counter() - start, False, str(exc), "")
             for key, value in zip(result, row):
                 result[key].append(value)
         return {key: np.asarray(values) for key, values in result.items()}
 
-    def label(self, tile: Tile, start: float) -> tuple[int, int, int, float, bool, str]:
-        """Label and write one tile unless its marker's fingerprint is current; one result row."""
+    def label(self, tile: Tile, recorded: str, start: float
+              ) -> tuple[int, int, int, float, bool, str, str]:
+        """Label one tile and write its chunk unless ``recorded`` (its recorded fingerprint)
+        is current; one result row."""
         fingerprint = self.fingerprint(tile)
-        record = self.out.tile_record(tile)
-        if record is not None and record.get("fingerprint") == fingerprint:
-            return tile.row, tile.col, record["n_valid"], time.perf_counter() - start, False, ""
+        if recorded and recorded == fingerprint:
+            return tile.row, tile.col, 0, time.perf_counter() - start, False, "", fingerprint
         labels, conf = self.labeller.label_tile(self.cube, self.valid, tile)
         seconds = time.perf_counter() - start
-        n_valid = self.out.write_tile(
-            tile, labels, conf if self.out.has_confidence else None, seconds, fingerprint
-        )
-        return tile.row, tile.col, n_valid, seconds, True, ""
+        n_valid = self.out.write_chunk(tile, labels, conf if self.out.has_confidence else None)
+        return tile.row, tile.col, n_valid, seconds, True, "", fingerprint
 
 
 def actor_cpus(actors: int, cluster_cpus: float) -> float:
@@ -235,9 +247,18 @@ def actor_cpus(actors: int, cluster_cpus: float) -> float:
 
 
 def _label_on_ray(
-    todo: list[Tile], args: argparse.Namespace, log: Any
+    todo: list[Tile], recorded: dict[tuple[int, int], str], out: LabelStore,
+    args: argparse.Namespace, log: Any,
 ) -> tuple[int, int, float]:
-    """Run the actor pool over ``todo``, logging each tile as its result arrives.
+    """Run the actor pool over ``todo``, logging each tile as its result arrives and recording
+    the labelled tiles in ``out`` (in batches, at most every ``RECORD_SECONDS``, and at the end).
+
+    Args:
+        todo: Tiles to label (or, with a recorded fingerprint, to check).
+        recorded: Recorded fingerprints of done tiles, by ``(row, col)``.
+        out: The label store (the driver is the only writer of its records).
+        args: The parsed command line.
+        log: The run's logger.
 
     Returns:
         ``(tiles labelled, labelled pixels, summed per-tile label seconds)``; tiles found
@@ -245,14 +266,15 @@ def _label_on_ray(
 
     Raises:
         ValueError: Some tiles failed (each is logged as ``tile_failed``); the others were
-            labelled and keep their markers, so a rerun after the fix does only the failed ones.
+            labelled and recorded, so a rerun after the fix does only the failed ones.
     """
     import ray
 
     ensure_ray()
     actors = min(args.actors, len(todo))  # an actor without a tile would only delay the start
     cpus = args.cpus_per_actor or actor_cpus(actors, ray.cluster_resources().get("CPU", 1))
-    items = [dataclasses.asdict(t) for t in todo]
+    items = [{**dataclasses.asdict(t), "fingerprint": recorded.get((t.row, t.col), "")}
+             for t in todo]
     n_blocks = min(len(items), BLOCKS_PER_ACTOR * actors)
     ds = ray.data.from_items(items, override_num_blocks=n_blocks)
     ds = ds.map_batches(
@@ -272,6 +294,8 @@ def _label_on_ray(
     n_seen = n_tiles = n_pixels = 0
     busy = 0.0
     failed: list[str] = []
+    pending: list[TileRecord] = []
+    last_record = time.monotonic()
     for row in ds.iter_rows():
         n_seen += 1
         fields = dict(row=int(row["row"]), col=int(row["col"]), n_valid=int(row["n_valid"]),
@@ -286,10 +310,16 @@ def _label_on_ray(
             n_tiles += 1
             n_pixels += int(row["n_valid"])
             busy += float(row["seconds"])
+            pending.append(TileRecord(fields["row"], fields["col"], float(row["seconds"]),
+                                      fields["n_valid"], str(row["fingerprint"])))
             log_event(log, "tile_done", **fields)
+        if pending and (time.monotonic() - last_record >= RECORD_SECONDS or n_seen == len(todo)):
+            out.record_tiles(pending)
+            pending, last_record = [], time.monotonic()
         if n_seen % every == 0 or n_seen == len(todo):
             print(f"predict: {n_seen}/{len(todo)} tiles checked, {n_tiles} labelled, "
                   f"{len(failed)} failed", flush=True)
+    out.record_tiles(pending)
     if failed:
         raise ValueError(f"{len(failed)} of {len(todo)} tiles failed, label store {args.out} left "
                          f"incomplete (rerun the same command after fixing the cause); first: "
@@ -343,7 +373,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log_event(log, "tile_damaged", problem=problem)
     valid = zarr.open_group(args.store, mode="r")["valid"]
     nonempty = nonempty_tiles(valid, out.tiles())
-    done = out.done_tiles()
+    done = out.done_tiles()  # one read of the store's tile records
+    records = ({(r["row"], r["col"]): r["fingerprint"] for r in out.tile_records()}
+               if args.recheck else {})
     todo = [t for t in nonempty if args.recheck or (t.row, t.col) not in done]
     if args.recheck:  # tiles whose input became empty must not keep their old labels
         keep = {(t.row, t.col) for t in nonempty}
@@ -363,7 +395,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     busy = 0.0
     if todo:
         out.mark_incomplete()
-        n_tiles, n_pixels, busy = _label_on_ray(todo, args, log)
+        n_tiles, n_pixels, busy = _label_on_ray(todo, records, out, args, log)
     seconds = time.perf_counter() - start
     out.mark_complete(valid, spec)
     summary = {

@@ -8,7 +8,7 @@ Usage::
 Labels go to ``LABELS_DIR/<model_version>.zarr`` (:mod:`sscc_core.versioning`):
 
 - the same model version reopens its store and relabels only tiles that are new (became
-  non-empty) or whose input window changed (fingerprint in the tile marker differs), so a rerun
+  non-empty) or whose input window changed (fingerprint in the tile record differs), so a rerun
   on an unchanged mosaic labels nothing and the result always equals a from-scratch
   ``sscc predict`` of the current mosaic;
 - a mosaic that grew at the bottom and/or right (same origin and pixel spacing) grows the store

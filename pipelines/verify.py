@@ -1,13 +1,13 @@
-"""``sscc verify``: check a label store's chunks against its tile markers.
+"""``sscc verify``: check a label store's chunks against its tile records.
 
 Usage::
 
     sscc verify --labels runs/ip_labels.zarr
 
-Every tile with a completion marker must have its chunks (``labels``, and ``confidence`` when
-written) present, decodable, and holding exactly the labelled pixel count its marker records
+Every tile with a completion record must have its chunks (``labels``, and ``confidence`` when
+written) present, decodable, and holding exactly the labelled pixel count its record says
 (:meth:`sscc_core.labelstore.LabelStore.damaged_tiles`). A damaged store is marked incomplete,
-the damaged tiles lose their markers, and the run ends with one line naming the first damaged
+the damaged tiles lose their records, and the run ends with one line naming the first damaged
 tile and chunk; ``sscc predict`` with the same arguments then relabels exactly those tiles.
 ``sscc evaluate`` and ``sscc export`` run the same check before reading the labels.
 """
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sscc verify",
         description="Check that every labelled tile of a label store still has whole, readable "
-        "chunks holding what its marker records.",
+        "chunks holding what its record says.",
     )
     p.add_argument("--labels", required=True, help="label store written by `sscc predict`, or "
                    "the --out-root of `sscc reprocess` (its current version)")

@@ -14,14 +14,23 @@ Layout of ``LABELS.zarr``:
   (:func:`sscc_core.io.store.cube_identity` of the input the labels were last completed from),
   ``created``, ``sscc_version``, ``n_clusters``, ``nodata``, ``tile_size``, ``confidence`` and
   ``complete``.
-- ``_sscc_done/r{row}_c{col}.json``: one marker per finished tile (``seconds``, ``n_valid`` and
-  the ``fingerprint`` of the input window the labels were computed from, see
-  :func:`tile_fingerprint`), written atomically *after* the tile's chunk, so a marker always means
-  the chunk is complete. ``_sscc_done`` is an empty Zarr group, so Zarr and xarray skip it when
-  listing the store.
+- ``_sscc_tiles/records`` (tile_row, tile_col, 32) uint8: one fixed-size record per tile of the
+  grid (:data:`RECORD`: ``status`` 1 when done, ``n_valid``, ``seconds``, ``written`` (Unix
+  seconds) and the 16-byte ``fingerprint`` of the input window the labels were computed from, see
+  :func:`tile_fingerprint`), in one chunk that covers the whole tile grid (rounded up to powers of
+  two, so a grown grid usually stays in it): planning a resume reads one object, however many
+  tiles the store has. ``_sscc_tiles`` is a Zarr group, so xarray skips it.
+
+Commit protocol (no rename needed, so it holds on object storage): a tile's chunk is written
+first, then its record (one process, the labelling driver, writes records, in batches, so no
+two writers share the records chunk), and ``complete`` last, only when every non-empty tile has a
+record. A crash between a chunk and its record leaves the tile not done: the rerun labels it again
+(deterministically, the same bytes). Stores of the earlier format ``sscc-labels/1`` (one
+``_sscc_done/r{row}_c{col}.json`` marker file per tile) are migrated when opened: the markers
+become records, then the marker folder is removed.
 
 The store is created once (on the driver) before any tile is written; ``complete`` becomes true
-only when every non-empty tile has a marker. A store is bound to one model version: reopening it
+only when every non-empty tile has a record. A store is bound to one model version: reopening it
 for a different version raises, so a new model's labels always go to a new path. A store can grow
 with its input (:meth:`LabelStore.grow`) when the input grid gained rows at the bottom or columns
 on the right; the tiles whose input window changed are then found by their fingerprints.
@@ -33,7 +42,8 @@ import hashlib
 import json
 import os
 import re
-import uuid
+import shutil
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,9 +57,38 @@ from sscc_core import __version__
 from sscc_core.io.store import atomic_store, consolidate
 from sscc_core.tiling import Tile, nonempty_tiles, read_with_halo, tile_grid
 
-FORMAT = "sscc-labels/1"
-DONE_GROUP = "_sscc_done"
+FORMAT = "sscc-labels/2"
+FORMAT_MARKERS = "sscc-labels/1"  # one marker file per tile; migrated on open
+DONE_GROUP = "_sscc_done"  # the marker folder of FORMAT_MARKERS stores
+RECORDS_GROUP = "_sscc_tiles"
+RECORDS = f"{RECORDS_GROUP}/records"
 _MARKER = re.compile(r"^r(\d+)_c(\d+)\.json$")
+RECORD = np.dtype([("status", "u1"), ("_pad", "V3"), ("n_valid", "<u4"), ("seconds", "<f4"),
+                   ("written", "<u4"), ("fingerprint", "V16")])
+"""One tile's completion record, stored as ``RECORD.itemsize`` (32) bytes."""
+DONE = 1
+
+
+@dataclass(frozen=True)
+class TileRecord:
+    """What the store records when a tile's chunk has been written.
+
+    Attributes:
+        row: Tile row.
+        col: Tile column.
+        seconds: Time spent labelling it.
+        n_valid: Labelled (non-nodata) pixels in its chunk.
+        fingerprint: :func:`tile_fingerprint` of its input window (32 hex digits; "" when
+            unknown: a fingerprint-checking rerun then relabels the tile).
+        written: When the chunk was written (Unix seconds; default: now).
+    """
+
+    row: int
+    col: int
+    seconds: float
+    n_valid: int
+    fingerprint: str = ""
+    written: float | None = None
 
 
 class LabelStoreError(ValueError):
@@ -205,8 +244,7 @@ def create_label_store(path: str | Path, cube: xr.Dataset, spec: LabelStoreSpec)
                     fill_value=0.0, dimension_names=("y", "x"),
                     attributes={"long_name": "max cluster probability", **var_attrs},
                 )
-            group.create_group(DONE_GROUP, attributes={
-                "description": "one r{row}_c{col}.json marker per finished tile"})
+            _create_records(group, height, width, spec.tile_size)
             consolidate(tmp)
     except OSError as exc:
         if exc.errno is None:  # atomic_store's own refusal of an existing target
@@ -215,6 +253,34 @@ def create_label_store(path: str | Path, cube: xr.Dataset, spec: LabelStoreSpec)
         raise LabelStoreError(f"{path}: cannot create the label store ({exc.strerror}: "
                               f"{exc.filename or path})") from exc
     return LabelStore(path)
+
+
+def _records_chunks(tile_rows: int, tile_cols: int) -> tuple[int, int, int]:
+    """Chunk shape of the records array: the tile grid rounded up to powers of two (one chunk)."""
+    return (1 << max(tile_rows - 1, 0).bit_length(), 1 << max(tile_cols - 1, 0).bit_length(),
+            RECORD.itemsize)
+
+
+def _create_records(group: zarr.Group, height: int, width: int, tile_size: int) -> zarr.Array:
+    """Create the all-zero (nothing done) records array of a ``height x width`` grid."""
+    rows, cols = -(-height // tile_size), -(-width // tile_size)
+    sub = group.create_group(RECORDS_GROUP, attributes={
+        "description": "one 32-byte completion record per tile (sscc_core.labelstore.RECORD)",
+        "fields": [[name, RECORD[name].str] for name in RECORD.names]})
+    return sub.create_array("records", shape=(rows, cols, RECORD.itemsize),
+                            chunks=_records_chunks(rows, cols), dtype=np.uint8, fill_value=0,
+                            dimension_names=("tile_row", "tile_col", "record_byte"))
+
+
+def _record_dict(row: int, col: int, rec: np.void) -> dict[str, Any]:
+    """A stored record as a plain dict (``row``, ``col``, ``seconds``, ``n_valid``,
+    ``fingerprint``, ``written``)."""
+    fingerprint = bytes(rec["fingerprint"])
+    return {"row": row, "col": col, "seconds": float(rec["seconds"]),
+            "n_valid": int(rec["n_valid"]),
+            "fingerprint": fingerprint.hex() if any(fingerprint) else "",
+            "written": datetime.fromtimestamp(int(rec["written"]), timezone.utc)
+            .isoformat(timespec="seconds")}
 
 
 def prepare_label_store(
@@ -296,9 +362,32 @@ class LabelStore:
         if not (self.path / "zarr.json").is_file():
             raise FileNotFoundError(f"{self.path}: no label store here")
         self.group = zarr.open_group(self.path, mode="r+", zarr_format=3, use_consolidated=False)
+        if self.group.attrs.get("format") == FORMAT_MARKERS:
+            self._migrate_markers()
         if self.group.attrs.get("format") != FORMAT:
             raise LabelStoreError(f"{self.path}: not an SSCC label store (format "
                                   f"{self.group.attrs.get('format')!r}, expected {FORMAT!r})")
+        if self.path.joinpath(DONE_GROUP).is_dir():  # a migration interrupted after its records
+            shutil.rmtree(self.path / DONE_GROUP)
+            consolidate(self.path)
+
+    def _migrate_markers(self) -> None:
+        """Turn an ``sscc-labels/1`` store's marker files into records (records first, then the
+        new format, then the markers go), so an interrupted migration is redone or finished."""
+        if RECORDS_GROUP in self.group:
+            del self.group[RECORDS_GROUP]
+        _create_records(self.group, self.height, self.width, self.tile_size)
+        done = self.path / DONE_GROUP
+        records = []
+        for entry in os.listdir(done) if done.is_dir() else []:
+            if _MARKER.match(entry):
+                m = json.loads((done / entry).read_text())
+                written = datetime.fromisoformat(m["written"]).timestamp() if m.get("written") \
+                    else None
+                records.append(TileRecord(int(m["row"]), int(m["col"]), float(m["seconds"]),
+                                          int(m["n_valid"]), m.get("fingerprint", ""), written))
+        self.record_tiles(records)
+        self.group.attrs["format"] = FORMAT  # the caller removes the markers, then consolidates
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -395,59 +484,102 @@ class LabelStore:
                 raise ValueError(f"confidence shape {confidence.shape} != labels {labels.shape}")
             self.group["confidence"][y0:y1, x0:x1] = confidence
 
-    def mark_tile_done(self, tile: Tile, seconds: float, n_valid: int, fingerprint: str = "") -> None:
-        """Write the tile's completion marker atomically (temp file, then rename).
+    def record_tiles(self, records: list[TileRecord]) -> None:
+        """Record tiles as done (after their chunks were written), in one write of the records.
 
-        Args:
-            tile: The finished tile.
-            seconds: Time spent labelling it.
-            n_valid: Labelled pixels.
-            fingerprint: :func:`tile_fingerprint` of the input window ("" when unknown: a rerun
-                that checks fingerprints then relabels the tile).
+        Only one process may record tiles at a time (the records of all tiles share one chunk).
+
+        Raises:
+            ValueError: A record outside the tile grid or a malformed fingerprint.
         """
-        done = self.path / DONE_GROUP
-        record = {"row": tile.row, "col": tile.col, "seconds": float(seconds),
-                  "n_valid": int(n_valid), "model_version": self.model_version,
-                  "fingerprint": fingerprint,
-                  "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        tmp = done / f".tmp-{uuid.uuid4().hex}"
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, done / f"r{tile.row}_c{tile.col}.json")
+        if not records:
+            return
+        arr = self.group[RECORDS]
+        rows = np.array([r.row for r in records])
+        cols = np.array([r.col for r in records])
+        if rows.min() < 0 or cols.min() < 0 or rows.max() >= arr.shape[0] \
+                or cols.max() >= arr.shape[1]:
+            raise ValueError(f"{self.path}: tile records outside the {arr.shape[0]} x "
+                             f"{arr.shape[1]} tile grid")
+        now = time.time()
+        packed = np.zeros(len(records), RECORD)
+        packed["status"] = DONE
+        packed["n_valid"] = [r.n_valid for r in records]
+        packed["seconds"] = [r.seconds for r in records]
+        packed["written"] = [int(now if r.written is None else r.written) for r in records]
+        packed["fingerprint"] = [bytes.fromhex(r.fingerprint) if r.fingerprint else bytes(16)
+                                 for r in records]
+        block = np.asarray(arr[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1])
+        block.view(RECORD)[rows - rows.min(), cols - cols.min(), 0] = packed
+        arr[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] = block
 
-    def write_tile(
-        self, tile: Tile, labels: np.ndarray, confidence: np.ndarray | None, seconds: float,
-        fingerprint: str = "",
-    ) -> int:
-        """Write a tile's labels (and confidence), then its marker.
+    def _unrecord(self, keys: Any) -> None:
+        """Reset the records of tiles ``(row, col)`` to not done."""
+        keys = list(keys)
+        if not keys:
+            return
+        arr = self.group[RECORDS]
+        block = np.asarray(arr[:])
+        for row, col in keys:
+            if row < block.shape[0] and col < block.shape[1]:
+                block[row, col] = 0
+        arr[:] = block
+
+    def write_chunk(self, tile: Tile, labels: np.ndarray, confidence: np.ndarray | None) -> int:
+        """Write a tile's labels (and confidence) chunk without recording it (the caller records
+        it afterwards with :meth:`record_tiles`).
 
         Args:
             tile: A tile of :meth:`tiles` (one whole chunk).
             labels: (h, w) int cluster ids, ``-1`` at nodata.
             confidence: (h, w) float32 or ``None`` (see :meth:`write_region`).
-            seconds: Time spent labelling the tile, recorded in the marker.
-            fingerprint: :func:`tile_fingerprint` of the input window, recorded in the marker.
+
+        Returns:
+            Number of labelled (non-nodata) pixels.
+
+        Raises:
+            LabelStoreError: The write failed (disk full, unwritable path).
+        """
+        try:
+            self.write_region(tile.y0, tile.x0, encode_labels(labels, self.n_clusters), confidence)
+        except OSError as exc:
+            raise LabelStoreError(f"{self.path}: writing tile r{tile.row}_c{tile.col} (rows "
+                                  f"{tile.y0}:{tile.y1}, cols {tile.x0}:{tile.x1}) failed: "
+                                  f"{exc.strerror or exc} ({exc.filename or self.path})") from exc
+        return int((np.asarray(labels) >= 0).sum())
+
+    def write_tile(
+        self, tile: Tile, labels: np.ndarray, confidence: np.ndarray | None, seconds: float,
+        fingerprint: str = "",
+    ) -> int:
+        """Write a tile's labels (and confidence), then its record.
+
+        Args:
+            tile: A tile of :meth:`tiles` (one whole chunk).
+            labels: (h, w) int cluster ids, ``-1`` at nodata.
+            confidence: (h, w) float32 or ``None`` (see :meth:`write_region`).
+            seconds: Time spent labelling the tile, recorded.
+            fingerprint: :func:`tile_fingerprint` of the input window, recorded.
 
         Returns:
             Number of labelled (non-nodata) pixels.
 
         Raises:
             LabelStoreError: The write failed (disk full, unwritable path); the tile gets no
-                marker, so the store cannot be marked complete.
+                record, so the store cannot be marked complete.
         """
-        n_valid = int((np.asarray(labels) >= 0).sum())
+        n_valid = self.write_chunk(tile, labels, confidence)
         try:
-            self.write_region(tile.y0, tile.x0, encode_labels(labels, self.n_clusters), confidence)
-            self.mark_tile_done(tile, seconds, n_valid, fingerprint)
+            self.record_tiles([TileRecord(tile.row, tile.col, seconds, n_valid, fingerprint)])
         except OSError as exc:
-            raise LabelStoreError(f"{self.path}: writing tile r{tile.row}_c{tile.col} (rows "
-                                  f"{tile.y0}:{tile.y1}, cols {tile.x0}:{tile.x1}) failed: "
+            raise LabelStoreError(f"{self.path}: recording tile r{tile.row}_c{tile.col} failed: "
                                   f"{exc.strerror or exc} ({exc.filename or self.path})") from exc
         return n_valid
 
     def clear_tile(self, tile: Tile) -> None:
-        """Reset a tile to nodata (and zero confidence) and drop its marker (its input became
-        empty); the marker goes first, so an interrupted clear leaves the tile not done."""
-        (self.path / DONE_GROUP / f"r{tile.row}_c{tile.col}.json").unlink(missing_ok=True)
+        """Reset a tile to nodata (and zero confidence) and drop its record (its input became
+        empty); the record goes first, so an interrupted clear leaves the tile not done."""
+        self._unrecord([(tile.row, tile.col)])
         shape = (tile.height, tile.width)
         self.write_region(tile.y0, tile.x0,
                           np.full(shape, self.nodata, self.group["labels"].dtype),
@@ -458,7 +590,7 @@ class LabelStore:
         and/or columns on the right (same origin and spacing); labelled tiles are kept.
 
         New pixels read as nodata until labelled. The old edge tiles and their neighbours keep
-        their markers, but their input fingerprints no longer match (their windows changed), so
+        their records, but their input fingerprints no longer match (their windows changed), so
         a fingerprint-checking rerun relabels them. The store is marked incomplete.
 
         Args:
@@ -488,6 +620,8 @@ class LabelStore:
         for name in ("labels", "confidence"):
             if name in self.group:
                 self.group[name].resize((height, width))
+        self.group[RECORDS].resize((-(-height // self.tile_size), -(-width // self.tile_size),
+                                    RECORD.itemsize))
         for name in ("y", "x"):
             values = cube[name].values
             self.group[name].resize(values.shape)
@@ -498,29 +632,32 @@ class LabelStore:
 
     # ---- completion --------------------------------------------------------------------------
 
+    def records(self) -> np.ndarray:
+        """Every tile's record: a (tile rows, tile cols) array of :data:`RECORD` (one read)."""
+        return np.ascontiguousarray(self.group[RECORDS][:]).view(RECORD)[..., 0]
+
     def done_tiles(self) -> set[tuple[int, int]]:
-        """``(row, col)`` of every tile with a completion marker."""
-        done = self.path / DONE_GROUP
-        found = set()
-        for entry in os.listdir(done) if done.is_dir() else []:
-            m = _MARKER.match(entry)
-            if m:
-                found.add((int(m.group(1)), int(m.group(2))))
-        return found
+        """``(row, col)`` of every tile with a completion record."""
+        rows, cols = np.nonzero(self.records()["status"] == DONE)
+        return set(zip(rows.tolist(), cols.tolist()))
 
     def tile_record(self, tile: Tile) -> dict[str, Any] | None:
-        """The marker of one tile, or ``None`` when the tile is not done."""
-        path = self.path / DONE_GROUP / f"r{tile.row}_c{tile.col}.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        """The record of one tile (see :meth:`tile_records`), or ``None`` when it is not done."""
+        records = self.records()
+        if tile.row >= records.shape[0] or tile.col >= records.shape[1]:
+            return None
+        rec = records[tile.row, tile.col]
+        return _record_dict(tile.row, tile.col, rec) if rec["status"] == DONE else None
 
     def tile_records(self) -> list[dict[str, Any]]:
-        """The marker contents (``row``, ``col``, ``seconds``, ``n_valid``, ...) of done tiles."""
-        done = self.path / DONE_GROUP
-        return [json.loads((done / f"r{r}_c{c}.json").read_text())
-                for r, c in sorted(self.done_tiles())]
+        """The records (``row``, ``col``, ``seconds``, ``n_valid``, ``fingerprint``,
+        ``written``) of done tiles, row-major."""
+        records = self.records()
+        rows, cols = np.nonzero(records["status"] == DONE)
+        return [_record_dict(int(r), int(c), records[r, c]) for r, c in zip(rows, cols)]
 
     def missing_tiles(self, valid: Any) -> list[Tile]:
-        """Non-empty tiles of the grid without a marker.
+        """Non-empty tiles of the grid without a record.
 
         Args:
             valid: (H, W) bool array-like of the input cube (read tile by tile).
@@ -532,7 +669,7 @@ class LabelStore:
         return [t for t in nonempty_tiles(valid, self.tiles()) if (t.row, t.col) not in done]
 
     def mark_complete(self, valid: Any, spec: LabelStoreSpec | None = None) -> None:
-        """Set ``complete: true``, after checking that every non-empty tile has a marker.
+        """Set ``complete: true``, after checking that every non-empty tile has a record.
 
         Args:
             valid: (H, W) bool array-like of the input cube.
@@ -572,9 +709,9 @@ class LabelStore:
     # ---- verification ------------------------------------------------------------------------
 
     def damaged_tiles(self) -> dict[tuple[int, int], str]:
-        """Done tiles whose chunks do not hold what their markers record.
+        """Done tiles whose chunks do not hold what their records say.
 
-        A tile's chunk of every array must exist (a marker with ``n_valid > 0`` means a chunk
+        A tile's chunk of every array must exist (a record with ``n_valid > 0`` means a chunk
         was written: labels of valid pixels never equal the fill value), decode, and hold
         exactly ``n_valid`` labelled pixels. Reads the whole store (a byte or two per pixel).
 
@@ -588,7 +725,7 @@ class LabelStore:
             key = (record["row"], record["col"])
             tile = tiles.get(key)
             if tile is None:
-                damaged[key] = f"tile r{key[0]}_c{key[1]}: marker outside the {self.height} x " \
+                damaged[key] = f"tile r{key[0]}_c{key[1]}: record outside the {self.height} x " \
                                f"{self.width} grid"
                 continue
             for name in names if record["n_valid"] > 0 else []:
@@ -610,20 +747,19 @@ class LabelStore:
             return f"chunk {chunk} is unreadable ({type(exc).__name__}: {exc})"
         if name == "labels" and int((block != self.nodata).sum()) != n_valid:
             return (f"chunk {chunk} holds {int((block != self.nodata).sum())} labelled pixels, "
-                    f"its marker records {n_valid}")
+                    f"its record says {n_valid}")
         return None
 
     def forget_tiles(self, keys: Any) -> None:
-        """Drop the markers of tiles ``(row, col)`` and mark the store incomplete, so that a
+        """Drop the records of tiles ``(row, col)`` and mark the store incomplete, so that a
         rerun of ``sscc predict`` labels them again."""
         self.mark_incomplete()
-        for row, col in keys:
-            (self.path / DONE_GROUP / f"r{row}_c{col}.json").unlink(missing_ok=True)
+        self._unrecord(keys)
 
     def require_intact(self) -> None:
-        """Raise unless every done tile's chunks hold what its marker records.
+        """Raise unless every done tile's chunks hold what its record says.
 
-        A damaged store is marked incomplete and the damaged tiles lose their markers, so
+        A damaged store is marked incomplete and the damaged tiles lose their records, so
         ``sscc predict`` with the same arguments relabels exactly them.
 
         Raises:

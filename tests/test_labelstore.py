@@ -120,12 +120,43 @@ def test_completion_record(cube_path, tmp_path):
             with pytest.raises(LabelStoreError, match="6 non-empty tiles are not labelled"):
                 store.mark_complete(valid)
             assert store.complete is False
-    record = json.loads((store.path / "_sscc_done" / "r1_c1.json").read_text())
+    record = store.tile_record(Tile(1, 1, TILE, 2 * TILE, TILE, 2 * TILE))
     assert record["seconds"] == 0.25 and record["n_valid"] == TILE * TILE
-    assert record["model_version"] == "aaaa11112222"
+    assert record["fingerprint"] == "" and record["written"].startswith("20")
     store.mark_complete(valid)
     assert store.complete is True and open_label_store(store.path).attrs["complete"] is True
-    assert not list((store.path / "_sscc_done").glob(".tmp-*"))
+    # the records are one object of the store, whatever the number of tiles
+    assert [p.relative_to(store.path).as_posix() for p in store.path.rglob("*")
+            if "_sscc_tiles/records/c" in p.as_posix() and p.is_file()] == \
+        ["_sscc_tiles/records/c/0/0/0"]
+
+
+def test_marker_store_is_migrated_to_records(cube_path, tmp_path):
+    """A store of the marker-file format (sscc-labels/1) is read: its markers become records,
+    the marker folder goes, and resuming it labels only the tiles without a marker."""
+    cube = open_cube(cube_path)
+    valid = zarr.open_group(cube_path, mode="r")["valid"]
+    store = create_label_store(tmp_path / "old.zarr", cube, spec(confidence=False))
+    tiles = store.missing_tiles(valid)
+    for tile in tiles[:3]:
+        store.write_chunk(tile, np.zeros((tile.height, tile.width), int), None)
+    group = zarr.open_group(store.path, mode="r+")
+    del group["_sscc_tiles"]
+    group.attrs["format"] = "sscc-labels/1"
+    group.create_group("_sscc_done")
+    for i, tile in enumerate(tiles[:3]):
+        (store.path / "_sscc_done" / f"r{tile.row}_c{tile.col}.json").write_text(json.dumps({
+            "row": tile.row, "col": tile.col, "seconds": 0.5, "n_valid": i,
+            "model_version": "aaaa11112222", "fingerprint": f"{i:032x}",
+            "written": "2026-11-01T00:00:00+00:00"}))
+    migrated = open_label_store(store.path)
+    assert migrated.attrs["format"] == "sscc-labels/2"
+    assert not (store.path / "_sscc_done").exists()
+    assert migrated.done_tiles() == {(t.row, t.col) for t in tiles[:3]}
+    first = migrated.tile_record(tiles[1])
+    assert (first["n_valid"], first["fingerprint"], first["written"]) == (
+        1, f"{1:032x}", "2026-11-01T00:00:00+00:00")
+    assert migrated.missing_tiles(valid) == tiles[3:]
 
 
 def test_version_guard_and_reopen(cube_path, tmp_path):

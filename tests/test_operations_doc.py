@@ -25,7 +25,7 @@ def test_doc_has_doc_test_blocks_for_every_section():
     blocks = doc_test_blocks(DOC.read_text())
     assert len(blocks) == 4
     joined = "\n".join(blocks)
-    for command in ("sscc ingest", "sscc train", "sscc predict", "sscc reprocess", "_sscc_done"):
+    for command in ("sscc ingest", "sscc train", "sscc predict", "sscc reprocess", "sscc verify"):
         assert command in joined
 
 

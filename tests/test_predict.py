@@ -99,23 +99,22 @@ def test_patch_pipeline_equals_reference_and_resumes(ray_session, scene, capsys)
     np.testing.assert_array_equal(stored(out)[0], ref_labels)
     assert_whole_scene_agrees(ckpt, store, stored(out)[0])
 
-    # crash simulation: three tiles lost their chunk and marker, the run never completed
+    # crash simulation: three tiles lost their chunk and record, the run never completed
     lab = open_label_store(out)
-    lab.mark_incomplete()
     lost = [(0, 1), (1, 1), (2, 2)]
+    lab.forget_tiles(lost)
     group = zarr.open_group(out, mode="r+")
     for r, c in lost:
-        (out / "_sscc_done" / f"r{r}_c{c}.json").unlink()
         group["labels"][r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE] = 0
-    kept = {p.name: p.stat().st_mtime_ns for p in (out / "_sscc_done").glob("r*.json")}
+    kept = {p: p.stat().st_mtime_ns for p in (out / "labels" / "c").glob("*/*")
+            if (int(p.parent.name), int(p.name)) not in lost}
     assert evaluate.main(["--labels", str(out), "--store", str(store)]) == 2
     assert "label store is incomplete (6 tiles done)" in capsys.readouterr().err
 
     summary = predict.run(predict_args(ckpt, store, out, "--actors", "1"))
     assert summary["tiles_labelled"] == len(lost)
     np.testing.assert_array_equal(stored(out)[0], ref_labels)
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "_sscc_done").glob("r*.json")
-            if p.name in kept} == kept
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # done tiles were not rewritten
     assert open_label_store(out).complete
 
     # a rerun of a complete store has nothing to do and starts no actors

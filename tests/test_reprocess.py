@@ -85,7 +85,9 @@ def chunk_bytes(store: Path) -> dict[str, bytes]:
 
 
 def marker_times(store: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in (store / "_sscc_done").glob("r*.json")}
+    """When each tile's labels chunk was last written (``r{row}_c{col}.json`` -> mtime, ns)."""
+    return {f"r{p.parent.name}_c{p.name}.json": p.stat().st_mtime_ns
+            for p in (store / "labels" / "c").glob("*/*")}
 
 
 def test_fingerprint_sees_the_halo(mosaics):
