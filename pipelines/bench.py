@@ -13,7 +13,7 @@ JSON present in ``OUT``, so ``make bench`` and ``make bench-scale`` can run sepa
   run on a seeded sample of the same tiles, in the same number of processes as pipeline actors
   (started together behind a barrier, one torch/BLAS thread each): raw Zarr read+decode of the
   tiles with their halo, the pre-processing map, the model's dense forward pass on in-memory
-  feature tiles, and ``MiniBatchKMeans.predict`` on in-memory pixel features.
+  feature tiles, and k-means' nearest centroid (``sscc_core.baselines.predict``) on in-memory pixel features.
 - ``dense``: dense fcn vs per-patch fcn vs per-patch authors' ResNet on the same tile.
 - ``train``: Ray Train with 1 and 2 workers vs the plain PyTorch loop
   (:func:`sscc_core.trainer.train_epoch`) on the same patches and config.
@@ -128,12 +128,13 @@ def _open(store: Path) -> tuple[Any, Any, Any]:
     return group["reflectance"], group["valid"], group["labels"]
 
 
-def sample_patches(store: Path, cfg: SSCCConfig, n: int, seed: int) -> tuple[Any, np.ndarray]:
+def sample_patches(store: Path, cfg: SSCCConfig, n: int, seed: int) -> tuple[Any, np.ndarray, np.ndarray]:
     """Fit the pre-processing on a pixel sample of a store and gather ``n`` sampled patches.
 
     Returns:
-        ``(pre, patches)``: the fitted :class:`sscc_core.preprocess.Preprocessor` and (n, C, P, P)
-        float32 patches of uniformly sampled valid pixels.
+        ``(pre, patches, sample)``: the fitted :class:`sscc_core.preprocess.Preprocessor`,
+        (n, C, P, P) float32 patches of uniformly sampled valid pixels, and the (H, W) bool mask
+        of those pixels.
     """
     from sscc_core.patches import gather_patches
     from sscc_core.preprocess import fit_preprocessor
@@ -143,11 +144,10 @@ def sample_patches(store: Path, cfg: SSCCConfig, n: int, seed: int) -> tuple[Any
     mask = np.asarray(valid[:], dtype=bool)
     flat = np.flatnonzero(mask)
     pick = np.random.default_rng(seed).choice(flat, size=min(n, flat.size), replace=False)
-    sample = np.zeros(mask.size, dtype=bool)
-    sample[pick] = True
-    patches, _ = gather_patches(cube, valid, sample.reshape(mask.shape), pre,
-                                cfg.preprocess.patch_size, cfg.tile.tile_size)
-    return pre, patches
+    sample = np.zeros(mask.shape, dtype=bool)
+    sample.flat[pick] = True
+    patches, _ = gather_patches(cube, valid, sample, pre, cfg.preprocess.patch_size, cfg.tile.tile_size)
+    return pre, patches, sample
 
 
 def train_model(store: Path, cfg: SSCCConfig, n: int, seed: int, out: Path) -> dict[str, Any]:
@@ -160,14 +160,14 @@ def train_model(store: Path, cfg: SSCCConfig, n: int, seed: int, out: Path) -> d
     """
     import torch
 
-    from sscc_core.baselines import fit_kmeans
+    from sscc_core.baselines import fit_kmeans_baseline
     from sscc_core.checkpoint import Checkpoint, save_checkpoint
     from sscc_core.io.store import open_cube
     from sscc_core.trainer import train_reference
 
     torch.set_num_threads(1)
     start = time.perf_counter()
-    pre, patches = sample_patches(store, cfg, n, seed)
+    pre, patches, sample = sample_patches(store, cfg, n, seed)
     training = train_reference(torch.from_numpy(patches), cfg)
     cube = open_cube(store)
     wavelength = tuple(float(w) for w in cube["wavelength"].values) if "wavelength" in cube.coords else ()
@@ -177,9 +177,9 @@ def train_model(store: Path, cfg: SSCCConfig, n: int, seed: int, out: Path) -> d
         epoch=training.epoch, wavelength=wavelength,
         extra={"history": training.history, "store": str(store), "train_samples": len(patches)},
     ), out)
-    halo = cfg.preprocess.patch_size // 2
-    centre = (patches[:, :, halo, halo] * pre.comp_std).astype(np.float32)  # PCA scores (unwhitened)
-    kmeans = fit_kmeans(centre, cfg.model.n_clusters, seed)
+    reflectance, valid, _ = _open(store)
+    kmeans = fit_kmeans_baseline(reflectance, valid, sample, pre, cfg.model.n_clusters, seed,
+                                 tile_size=cfg.tile.tile_size)
     return {"checkpoint": path, "kmeans": kmeans, "seconds": time.perf_counter() - start,
             "history": training.history}
 
@@ -556,23 +556,18 @@ def train_section(store: Path, cfg: SSCCConfig, work: Path, use_gpu: bool) -> di
 def accuracy_section(store: Path, labels_store: Path, checkpoint: Path, kmeans: Any,
                      train_info: dict[str, Any]) -> dict[str, Any]:
     """ACC/NMI/ARI of the pipeline's SSCC labels and of k-means vs the mosaic's true labels."""
-    from sscc_core.baselines import predict_block
+    from sscc_core.baselines import label_kmeans_baseline
     from sscc_core.checkpoint import load_checkpoint
     from sscc_core.labelstore import LabelStore
     from sscc_core.metrics import evaluate
     from sscc_core.preprocess import Preprocessor
-    from sscc_core.tiling import tile_grid
 
     ckpt = load_checkpoint(checkpoint)
     pre = Preprocessor.from_state(ckpt.preprocess_state)
     cube, valid, truth = _open(store)
     truth = np.asarray(truth[:])
     sscc = np.asarray(LabelStore(labels_store).labels().values).astype(np.int64)
-    km = np.zeros_like(truth, dtype=np.int64)
-    for t in tile_grid(*truth.shape, 512):
-        block = np.asarray(cube[:, t.y0:t.y1, t.x0:t.x1])
-        mask = np.asarray(valid[t.y0:t.y1, t.x0:t.x1], dtype=bool)
-        km[t.y0:t.y1, t.x0:t.x1] = predict_block(kmeans, pre.transform(block, mask, whiten=False))
+    km = label_kmeans_baseline(kmeans, cube, valid, pre)
     keys = ("acc", "aa", "kappa", "nmi", "ari", "n_labelled", "n_clusters")
     metrics = {name: {k: v for k, v in evaluate(truth, pred).items() if k in keys}
                for name, pred in (("sscc", sscc), ("kmeans", km))}
@@ -691,7 +686,7 @@ def render_doc(results: dict[str, Any], commands: dict[str, str]) -> str:
             f"| pre-processing limit (z-score + PCA, in memory) | {_fmt(lim['preprocess']['pixels_per_s'])} |",
             f"| model limit (dense forward, in-memory tiles) | {_fmt(lim['model']['pixels_per_s'])} |",
             f"| serial chain read -> pre-process -> model (1 / sum of 1 / rate) | {_fmt(r['serial_chain_pixels_per_s'])} |",
-            f"| MiniBatchKMeans.predict (in-memory features) | {_fmt(lim['kmeans']['pixels_per_s'])} |",
+            f"| k-means nearest centroid (in-memory features) | {_fmt(lim['kmeans']['pixels_per_s'])} |",
             "",
             f"Pipeline / min(read, model) = **{r['ratio_end_to_end']:.2f}** end to end, "
             f"**{r['ratio_steady']:.2f}** steady (goal >= {r['goal_ratio']}; the bound here is the "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipelines import evaluate, export, ingest, predict, train
 from pipelines.common import run_stage
-from sscc_core.baselines import kmeans_fit_predict
+from sscc_core.baselines import fit_kmeans_baseline, label_kmeans_baseline
 from sscc_core.checkpoint import load_checkpoint
 from sscc_core.io.store import open_cube
 from sscc_core.metrics import evaluate as evaluate_labels
@@ -89,12 +89,10 @@ def kmeans_metrics(cube_path: Path, checkpoint: Path) -> dict:
     ckpt = load_checkpoint(checkpoint)
     pre = Preprocessor.from_state(ckpt.preprocess_state)
     cube = open_cube(cube_path)
-    truth = cube["labels"].values
-    mask = cube["valid"].values & (truth > 0)
-    pixels = cube["reflectance"].values[:, mask].T
-    feats = pre.transform_pixels(pixels, whiten=False)
-    pred = kmeans_fit_predict(feats, ckpt.config.model.n_clusters, seed=0)
-    return evaluate_labels(truth[mask], pred)
+    truth, valid, raw = cube["labels"].values, cube["valid"].values, cube["reflectance"].values
+    mask = valid & (truth > 0)
+    model = fit_kmeans_baseline(raw, valid, mask, pre, ckpt.config.model.n_clusters, seed=0)
+    return evaluate_labels(truth[mask], label_kmeans_baseline(model, raw, valid, pre)[mask])
 
 
 def main(argv: list[str] | None = None) -> int:

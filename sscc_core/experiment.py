@@ -41,7 +41,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from sscc_core.baselines import fit_kmeans, predict
+from sscc_core.baselines import fit_kmeans_baseline, label_kmeans_baseline
 from sscc_core.config import SSCCConfig, replace
 from sscc_core.inference import Labeller, label_scene
 from sscc_core.io.matlab import read_benchmark
@@ -167,16 +167,6 @@ def _scatter(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _kmeans_map(
-    scene: Scene, pre: Preprocessor, train_mask: np.ndarray, k: int, seed: int, whiten: bool
-) -> np.ndarray:
-    """k-means on per-pixel features of ``train_mask``; every valid pixel gets a centroid."""
-    feats = pre.transform(scene.cube, scene.valid, whiten=whiten)  # (n, H, W)
-    pixels = feats.reshape(feats.shape[0], -1).T  # (H*W, n)
-    model = fit_kmeans(pixels[train_mask.reshape(-1)], k, seed)
-    return _scatter(predict(model, pixels[scene.valid.reshape(-1)]), scene.valid)
-
-
 def _spectral_pca_map(scene: Scene, pre: Preprocessor, train_mask: np.ndarray, cfg: SSCCConfig) -> np.ndarray:
     """Spectral clustering of the smoothed recipe features of a sample of ``train_mask``; every
     valid pixel gets the cluster the fitted extension gives it."""
@@ -286,8 +276,9 @@ def run_one(
     elif method == "spectral_pca":
         label_map = _spectral_pca_map(scene, pre, train_mask, cfg)
     else:
-        label_map = _kmeans_map(scene, pre, train_mask, scene.n_classes, seed,
-                                whiten=method == "kmeans")
+        whiten = method == "kmeans"
+        model = fit_kmeans_baseline(scene.cube, scene.valid, train_mask, pre, scene.n_classes, seed, whiten)
+        label_map = label_kmeans_baseline(model, scene.cube, scene.valid, pre, whiten)
     if method not in ("kmeans", "kmeans_pca"):
         label_map = mode_filter(label_map, cfg.postprocess.mode_window, cfg.postprocess.mode_iterations)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0

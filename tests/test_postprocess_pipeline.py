@@ -19,6 +19,7 @@ from sscc_core.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from sscc_core.baselines import nearest_centroid
 from sscc_core.config import ModelConfig, PostprocessConfig, SSCCConfig, TrainConfig
 from sscc_core.inference import Labeller, label_scene
 from sscc_core.io.matlab import read_benchmark
@@ -27,7 +28,7 @@ from sscc_core.model import SSCCNet, backbone_features
 from sscc_core.postprocess import mode_filter, mode_reach, smooth, smooth_reach
 from sscc_core.preprocess import fit_preprocessor
 from sscc_core.patches import gather_patches
-from sscc_core.readout import Readout, nearest_centroid
+from sscc_core.readout import Readout
 from sscc_core.readout_fit import fit_extension, fit_readout, readout_patches, sample_mask
 from sscc_core.selection import spectral_clusters
 from sscc_core.tiling import Tile, tile_grid
