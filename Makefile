@@ -29,10 +29,10 @@ accuracy: $(STAMP)
 	$(VENV)/bin/sscc reproduce --suite --out runs/accuracy --doc docs/RESULTS.md
 
 bench: $(STAMP)
-	$(PY) -m pipelines.bench --out docs/bench --doc docs/BENCHMARKS.md
+	$(PY) -m benchmarks.bench --out docs/bench --doc docs/BENCHMARKS.md
 
 bench-scale: $(STAMP)
-	$(PY) -m pipelines.bench --out docs/bench --doc docs/BENCHMARKS.md --scale-gb 26
+	$(PY) -m benchmarks.bench --out docs/bench --doc docs/BENCHMARKS.md --scale-gb 26
 
 clean:
 	rm -rf runs .pytest_cache

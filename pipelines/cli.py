@@ -21,7 +21,6 @@ STAGES = {
     "reproduce": "pipelines.reproduce",
     "reprocess": "pipelines.reprocess",
     "synth": "pipelines.synth",
-    "bench": "pipelines.bench",
 }
 
 

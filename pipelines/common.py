@@ -35,16 +35,20 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES})
 
 
-def ensure_ray() -> None:
-    """Connect to Ray unless this process already did.
+def ensure_ray(**options: Any) -> None:
+    """Connect to Ray unless this process already did (the project's one ``ray.init``).
 
     With ``RAY_ADDRESS`` set (``ray job submit`` sets it for the job's driver) this joins that
     cluster; without it, it starts an embedded local Ray, never a stale cluster found on disk.
+
+    Args:
+        **options: Further ``ray.init`` arguments that change no resource (e.g.
+            ``include_dashboard=False``, ``log_to_driver=False`` for the benchmarks).
     """
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local")
+        ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local", **options)
 
 
 def gather_tasks(refs: list[Any], on_done: Callable[[int, Any], None]) -> None:

@@ -1,5 +1,5 @@
 """The benchmark harness: process-tree memory sampling, the labelling actors' chunk cache, and a
-smoke run of ``sscc bench`` on a tiny synthetic mosaic of real Salinas-A spectra."""
+smoke run of ``python -m benchmarks.bench`` on a tiny synthetic mosaic of real Salinas-A spectra."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import psutil
 import pytest
 import zarr
 
-from pipelines import bench
+from benchmarks import bench
+from benchmarks.measure import OBJECT_STORE_METRIC
+from benchmarks.render import load_results
 from pipelines.predict import ChunkCache
 from sscc_core import synthetic
 from sscc_core.profiling import TreeMemorySampler, machine_info, tree_rss
@@ -101,7 +103,7 @@ def test_bench_smoke(ray_session, tmp_path):
         "--limit-tiles", "2", "--train-samples", "600", "--train-epochs", "1",
     ])
     assert code == 0
-    results = bench.load_results(out)
+    results = load_results(out)
     assert {"machine", "throughput", "dense"} <= set(results)
     t = results["throughput"]
     valid = zarr.open_group(work / "mosaic_0.002gb.zarr", mode="r")["valid"][:]
@@ -122,6 +124,17 @@ def test_bench_smoke(ray_session, tmp_path):
     assert (out / "throughput.png").stat().st_size > 0
 
 
+def test_object_store_metric_reads_the_shared_memory_and_disk_lines():
+    text = "\n".join([
+        '# TYPE ray_object_store_memory gauge',
+        'ray_object_store_memory{Component="raylet",Location="MMAP_SHM",ObjectState="SEALED"} 2048.0',
+        'ray_object_store_memory{Component="raylet",Location="MMAP_DISK",ObjectState="SEALED"} 1e3',
+        'ray_object_store_memory{Component="raylet",Location="SPILLED",ObjectState=""} 7.0',
+        'ray_object_store_available_memory{Component="raylet"} 5.0',
+    ])
+    assert sum(float(m.group(1)) for m in OBJECT_STORE_METRIC.finditer(text)) == 3048.0
+
+
 def test_bench_rejects_unknown_section(tmp_path, capsys):
     code = bench.main(["--out", str(tmp_path), "--doc", str(tmp_path / "b.md"),
                        "--sections", "throughput,warp"])
@@ -140,7 +153,7 @@ def test_bench_all_sections_quick(ray_session, tmp_path):
         "--train-bench-epochs", "2",
     ])
     assert code == 0
-    results = bench.load_results(out)
+    results = load_results(out)
     assert {"throughput", "dense", "train", "memory", "accuracy"} <= set(results)
     assert results["memory"]["flat"]
     for name in ("sscc", "kmeans"):
