@@ -4,7 +4,9 @@ smoke run of ``python -m benchmarks.bench`` on a tiny synthetic mosaic of real S
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+from pathlib import Path
 import sys
 
 import numpy as np
@@ -14,12 +16,13 @@ import zarr
 
 from benchmarks import bench
 from benchmarks.measure import OBJECT_STORE_METRIC
-from benchmarks.render import load_results
+from benchmarks.render import KEPT, load_results
 from pipelines.predict import ChunkCache
 from sscc_core import synthetic
 from sscc_core.profiling import TreeMemorySampler, machine_info, tree_rss
 
 ALLOC_MB = 200
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_tree_rss_counts_a_child_process():
@@ -133,6 +136,23 @@ def test_object_store_metric_reads_the_shared_memory_and_disk_lines():
         'ray_object_store_available_memory{Component="raylet"} 5.0',
     ])
     assert sum(float(m.group(1)) for m in OBJECT_STORE_METRIC.finditer(text)) == 3048.0
+
+
+def test_render_only_rewrites_the_report_from_the_committed_results(tmp_path):
+    """Every section of docs/BENCHMARKS.md renders from the raw results in docs/bench (no
+    measuring), plots included, and a hand-written part after the KEPT line survives."""
+    out, doc = tmp_path / "bench", tmp_path / "BENCH.md"
+    shutil.copytree(REPO / "docs" / "bench", out, ignore=shutil.ignore_patterns("*.png"))
+    doc.write_text("old text\n" + KEPT + "\nhand-written\n")
+    assert bench.main(["--out", str(out), "--doc", str(doc), "--render-only"]) == 0
+    text = doc.read_text()
+    for heading in ("## 1. Inference throughput", "## 2. Dense vs per-patch inference",
+                    "## 3. Training throughput", "## 4. Peak memory vs mosaic size",
+                    "### Larger than RAM", "## 5. Accuracy on the synthetic mosaic"):
+        assert heading in text
+    assert "old text" not in text and text.endswith(KEPT + "\nhand-written\n")
+    assert "python -m benchmarks.bench --out" in text
+    assert {"throughput.png", "training.png", "rss_vs_size.png"} <= {p.name for p in out.glob("*.png")}
 
 
 def test_bench_rejects_unknown_section(tmp_path, capsys):
