@@ -7,6 +7,7 @@ The test cluster runs in its own temp dir and ports beside the session's Ray, wi
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -87,25 +88,23 @@ def submit(env: dict[str, str], *entrypoint: str) -> subprocess.CompletedProcess
         time.sleep(3)
 
 
-def test_ray_job_submit_ingest_and_train(head: dict[str, str], tmp_path: Path) -> None:
+def test_ray_job_submit_runs_the_stages_and_reports_user_errors(head: dict[str, str], tmp_path: Path) -> None:
+    """One job (each submission costs a job driver and a working-dir upload): ingest, then
+    Ray Train in the job's cluster, then a train with a missing store, which fails the job with
+    the one-line user error."""
     cube = tmp_path / "cube.zarr"
-    done = submit(head, "python", "-m", "pipelines.ingest", "--benchmark", "salinasA", "--out", str(cube),
-                  "--chunk", "32")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "succeeded" in done.stdout + done.stderr
-    assert open_cube(cube)["reflectance"].shape == (204, 83, 86)
-    done = submit(head, "python", "-m", "pipelines.train", "--store", str(cube), "--run-name", "job",
-                  "--storage-path", str(tmp_path / "runs"), "--num-workers", "1", "--cpus-per-worker", "0.5",
-                  "--set", "model.backbone=fcn", "--set", "model.widths=[8,8,8]", "--set", "model.stem_channels=8",
-                  "--set", "model.head_hidden=16", "--set", "model.n_clusters=6", "--set", "train.epochs=1",
-                  "--set", "train.batch_size=256", "--set", "tile.tile_size=32")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ingest = ["python", "-m", "pipelines.ingest", "--benchmark", "salinasA", "--out", str(cube), "--chunk", "32"]
+    train = ["python", "-m", "pipelines.train", "--store", str(cube), "--run-name", "job",
+             "--storage-path", str(tmp_path / "runs"), "--num-workers", "1", "--cpus-per-worker", "0.5",
+             "--set", "model.backbone=fcn", "--set", "model.widths=[8,8,8]", "--set", "model.stem_channels=8",
+             "--set", "model.head_hidden=16", "--set", "model.n_clusters=6", "--set", "train.epochs=1",
+             "--set", "train.batch_size=256", "--set", "tile.tile_size=32"]
+    missing = ["python", "-m", "pipelines.train", "--store", str(tmp_path / "missing.zarr"),
+               "--run-name", "x", "--storage-path", str(tmp_path)]
+    done = submit(head, "sh", "-c", " && ".join(shlex.join(cmd) for cmd in (ingest, train, missing)))
+    output = done.stdout + done.stderr
+    assert open_cube(cube)["reflectance"].shape == (204, 83, 86), output[-3000:]
     ckpt = load_checkpoint(tmp_path / "runs" / "job" / "final")
     assert ckpt.epoch == 1 and ckpt.config.model.n_clusters == 6
-
-
-def test_ray_job_submit_reports_user_errors(head: dict[str, str], tmp_path: Path) -> None:
-    done = submit(head, "python", "-m", "pipelines.train", "--store", str(tmp_path / "missing.zarr"),
-                  "--run-name", "x", "--storage-path", str(tmp_path))
     assert done.returncode != 0
-    assert "sscc train: error:" in done.stdout + done.stderr
+    assert "sscc train: error:" in output
