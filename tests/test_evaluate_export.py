@@ -7,12 +7,11 @@ import json
 import numpy as np
 import pytest
 import rasterio
-import zarr
 
+from helpers import relabelled_store
 from pipelines import evaluate, export
 from sscc_core.io.matlab import read_benchmark
-from sscc_core.io.store import cube_identity, open_cube, write_cube
-from sscc_core.labelstore import LabelStoreSpec, create_label_store
+from sscc_core.io.store import open_cube, write_cube
 
 TILE = 32
 PRODUCTS = ("labels.tif", "quicklook.png", "spectra.csv", "spectra_std.csv", "spectra.png",
@@ -26,30 +25,10 @@ def cube_store(tmp_path_factory):
     return write_cube(read_benchmark("salinasA"), path, chunk=TILE)
 
 
-def label_store_from(cube_path, out, cluster_of_class: np.ndarray, complete: bool = True,
-                     model_version: str = "perfect00001", n_clusters: int = 8):
-    """A label store whose clusters are ``cluster_of_class[ground truth]`` (a relabelled ground
-    truth: a perfect clustering), written tile by tile like the pipeline does."""
-    cube = open_cube(cube_path)
-    store = create_label_store(out, cube, LabelStoreSpec(
-        model_version=model_version, n_clusters=n_clusters, tile_size=TILE,
-        config={"model": {"n_clusters": n_clusters}}, input_store=str(cube_path),
-        input_identity=cube_identity(cube)))
-    gt = cube["labels"].values
-    valid = zarr.open_group(cube_path, mode="r")["valid"]
-    tiles = store.missing_tiles(valid)
-    for tile in tiles if complete else tiles[:-1]:
-        block = gt[tile.y0 : tile.y1, tile.x0 : tile.x1]
-        store.write_tile(tile, cluster_of_class[block], None, seconds=0.0)
-    if complete:
-        store.mark_complete(valid)
-    return store
-
-
 def test_perfect_labelling_scores_one(cube_store, tmp_path, capsys):
     # classes 1..6 -> clusters in a scrambled order; unlabelled pixels -> cluster 7
     lut = np.array([7, 4, 0, 6, 2, 5, 1])
-    store = label_store_from(cube_store, tmp_path / "perfect.zarr", lut)
+    store = relabelled_store(cube_store, tmp_path / "perfect.zarr", lut)
     out = tmp_path / "metrics.json"
     assert evaluate.main(["--labels", str(store.path), "--store", str(cube_store),
                           "--out", str(out)]) == 0
@@ -70,7 +49,7 @@ def test_perfect_labelling_scores_one(cube_store, tmp_path, capsys):
 def test_imperfect_labelling(cube_store, tmp_path):
     # merging classes 1 and 2 into one cluster: ACC drops by exactly class 1's (or 2's) share
     lut = np.array([7, 0, 0, 1, 2, 3, 4])
-    store = label_store_from(cube_store, tmp_path / "merged.zarr", lut)
+    store = relabelled_store(cube_store, tmp_path / "merged.zarr", lut)
     m = evaluate.run(evaluate.build_parser().parse_args(
         ["--labels", str(store.path), "--store", str(cube_store)]))
     gt = open_cube(cube_store)["labels"].values
@@ -80,7 +59,7 @@ def test_imperfect_labelling(cube_store, tmp_path):
 
 
 def test_incomplete_store_refused(cube_store, tmp_path, capsys):
-    store = label_store_from(cube_store, tmp_path / "partial.zarr", np.arange(7), complete=False)
+    store = relabelled_store(cube_store, tmp_path / "partial.zarr", np.arange(7), complete=False)
     for main, extra in ((evaluate.main, []), (export.main, ["--out", str(tmp_path / "p")])):
         assert main(["--labels", str(store.path), "--store", str(cube_store), *extra]) == 2
         err = capsys.readouterr().err
@@ -90,7 +69,7 @@ def test_incomplete_store_refused(cube_store, tmp_path, capsys):
 
 def test_export_products(cube_store, tmp_path, capsys):
     lut = np.array([7, 4, 0, 6, 2, 5, 1])
-    store = label_store_from(cube_store, tmp_path / "lab.zarr", lut)
+    store = relabelled_store(cube_store, tmp_path / "lab.zarr", lut)
     metrics = tmp_path / "metrics.json"
     assert evaluate.main(["--labels", str(store.path), "--store", str(cube_store),
                           "--out", str(metrics)]) == 0

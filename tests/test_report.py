@@ -16,6 +16,7 @@ import zarr
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
+from helpers import relabelled_store
 from pipelines import export
 from pipelines import report as report_stage
 from sscc_core.checkpoint import Checkpoint, save_checkpoint
@@ -61,18 +62,8 @@ def scene(tmp_path_factory):
 
 
 def label_store(cube_path, out, lut, model_version, n_clusters=K):
-    """A complete label store whose clusters are ``lut[ground truth]``, written tile by tile."""
-    cube = open_cube(cube_path)
-    store = create_label_store(out, cube, LabelStoreSpec(
-        model_version=model_version, n_clusters=n_clusters, tile_size=TILE,
-        config={"model": {"n_clusters": n_clusters}}, input_store=str(cube_path),
-        input_identity=cube_identity(cube)))
-    gt = cube["labels"].values
-    valid = zarr.open_group(cube_path, mode="r")["valid"]
-    for tile in store.missing_tiles(valid):
-        store.write_tile(tile, lut[gt[tile.y0:tile.y1, tile.x0:tile.x1]], None, seconds=0.0)
-    store.mark_complete(valid)
-    return store.path
+    """A complete label store whose clusters are ``lut[ground truth]``; its path."""
+    return relabelled_store(cube_path, out, lut, model_version, n_clusters, tile_size=TILE).path
 
 
 def read_labels(path) -> np.ndarray:

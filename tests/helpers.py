@@ -1,0 +1,31 @@
+"""Helpers shared by test modules (imported as ``from helpers import ...``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from sscc_core.io.store import cube_identity, open_cube
+from sscc_core.labelstore import LabelStore, LabelStoreSpec, create_label_store
+
+
+def relabelled_store(cube_path: Path, out: Path, lut: np.ndarray, model_version: str = "perfect00001",
+                     n_clusters: int = 8, complete: bool = True, tile_size: int = 32) -> LabelStore:
+    """A label store whose clusters are ``lut[ground truth]`` (a relabelled ground truth: with a
+    one-to-one ``lut``, a perfect clustering), written tile by tile as the pipeline does; with
+    ``complete=False`` the last tile is left unlabelled and the store is not marked complete."""
+    cube = open_cube(cube_path)
+    store = create_label_store(out, cube, LabelStoreSpec(
+        model_version=model_version, n_clusters=n_clusters, tile_size=tile_size,
+        config={"model": {"n_clusters": n_clusters}}, input_store=str(cube_path),
+        input_identity=cube_identity(cube)))
+    gt = cube["labels"].values
+    valid = zarr.open_group(cube_path, mode="r")["valid"]
+    tiles = store.missing_tiles(valid)
+    for tile in tiles if complete else tiles[:-1]:
+        store.write_tile(tile, lut[gt[tile.y0 : tile.y1, tile.x0 : tile.x1]], None, seconds=0.0)
+    if complete:
+        store.mark_complete(valid)
+    return store
