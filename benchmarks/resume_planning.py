@@ -4,6 +4,7 @@
 Usage::
 
     python benchmarks/resume_planning.py [--tiles 1000000] [--work DIR] [--url s3://bucket/prefix]
+        [--url-marker-tiles 100000]
 
 Both stores have ``--tiles`` tiles (a square grid of 1-pixel tiles, so the label arrays hold no
 chunks), every tile recorded done. Planning is what ``sscc predict`` does before labelling: open
@@ -11,7 +12,8 @@ the store and find the done tiles (:meth:`sscc_core.labelstore.LabelStore.done_t
 marker format that is listing the marker folder and parsing the names, as the marker-format code
 did. Each is timed ``--repeats`` times (warm file cache); the report gives min and median.
 With ``--url`` the records store is also written to and planned from that object-storage URL
-(credentials and endpoint from the standard environment).
+(credentials and endpoint from the standard environment), and ``--url-marker-tiles`` marker
+objects (uploaded concurrently) are listed there the way the marker format would have to.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import xarray as xr
 
@@ -86,6 +89,30 @@ def plan_records(path: str) -> set[tuple[int, int]]:
     return LabelStore(path).done_tiles()
 
 
+def url_markers(url: str, n: int) -> float:
+    """Upload ``n`` marker objects under ``url/_sscc_done/`` (concurrently); seconds taken."""
+    fs, inner = fsspec.core.url_to_fs(url)
+    start = time.perf_counter()
+    side = math.isqrt(n)
+    fs.pipe({f"{inner}/{DONE_GROUP}/r{i // side}_c{i % side}.json": json.dumps({
+        "row": i // side, "col": i % side, "seconds": 0.1, "n_valid": 1, "model_version": "bench",
+        "fingerprint": f"{i:032x}", "written": "2026-11-30T00:00:00+00:00"}).encode()
+        for i in range(n)})
+    return time.perf_counter() - start
+
+
+def plan_url_markers(url: str) -> set[tuple[int, int]]:
+    """Done tiles of a marker-format store at a URL: list the marker prefix (uncached)."""
+    fs, inner = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+    found = set()
+    for key in fs.ls(f"{inner}/{DONE_GROUP}", detail=False):
+        m = _MARKER.match(key.rsplit("/", 1)[-1])
+        if m:
+            found.add((int(m.group(1)), int(m.group(2))))
+    return found
+
+
 def timed(fn, arg, repeats: int, expect: int) -> dict[str, float]:
     """Min and median seconds of ``fn(arg)`` over ``repeats`` calls (each must find ``expect``)."""
     times = []
@@ -104,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--work", type=Path, default=Path("/tmp/sscc_resume_bench"))
     p.add_argument("--url", default=None, help="also time a records store at this URL")
+    p.add_argument("--url-marker-tiles", type=int, default=100_000,
+                   help="marker objects to list at --url (default 100000)")
     args = p.parse_args(argv)
     side = math.isqrt(args.tiles)
     n = side * side
@@ -115,9 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     result["markers_local"] = {"build_s": round(marker_store(args.work / "markers.zarr", side), 2),
                                **timed(plan_markers, args.work / "markers.zarr", args.repeats, n)}
     if args.url:
-        result["records_url"] = {"url": args.url,
-                                 "build_s": round(records_store(args.url, side), 2),
-                                 **timed(plan_records, args.url, args.repeats, n)}
+        records = f"{args.url.rstrip('/')}/records.zarr"
+        result["records_url"] = {"url": records,
+                                 "build_s": round(records_store(records, side), 2),
+                                 **timed(plan_records, records, args.repeats, n)}
+        markers = f"{args.url.rstrip('/')}/markers.zarr"
+        m = math.isqrt(args.url_marker_tiles) ** 2
+        result["markers_url"] = {"url": markers, "tiles": m,
+                                 "build_s": round(url_markers(markers, m), 2),
+                                 **timed(plan_url_markers, markers, args.repeats, m)}
     print(json.dumps(result))
     shutil.rmtree(args.work, ignore_errors=True)
     return 0

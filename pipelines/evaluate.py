@@ -24,6 +24,7 @@ import xarray as xr
 from pipelines.common import (
     add_logging_args, label_provenance, log_event, run_stage, setup_logging,
 )
+from sscc_core import storage
 from sscc_core.export import write_metrics_json
 from sscc_core.io.store import open_cube
 from sscc_core.labelstore import open_label_store
@@ -106,6 +107,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         FileNotFoundError: A store is missing.
     """
     log = setup_logging("evaluate", args.log_file)
+    for url in (args.labels, args.store):
+        storage.check_url(url)
     store = open_label_store(resolve_labels(args.labels))
     store.require_complete()
     store.require_intact()

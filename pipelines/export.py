@@ -34,6 +34,7 @@ import xarray as xr
 from pipelines.common import (
     add_logging_args, label_provenance, log_event, run_stage, setup_logging,
 )
+from sscc_core import storage
 from sscc_core.export import export_all
 from sscc_core.io.store import atomic_output, cube_identity, open_cube
 from sscc_core.labelstore import LabelStore, open_label_store
@@ -97,9 +98,9 @@ def check_input(store: LabelStore, cube: xr.Dataset, store_path: str) -> None:
         )
 
 
-def is_export(path: Path) -> bool:
-    """Whether ``path`` is a folder holding a previous export (its ``labels.tif``)."""
-    return (path / "labels.tif").is_file()
+def is_export(path: str | Path) -> bool:
+    """Whether ``path`` (a local folder or a URL) holds a previous export (its ``labels.tif``)."""
+    return storage.exists(storage.join(path, "labels.tif"))
 
 
 def run(args: argparse.Namespace) -> dict[str, Path]:
@@ -124,8 +125,10 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
                          f"{(cube.sizes['y'], cube.sizes['x'])} of {args.store}")
     check_input(store, cube, args.store)
     training, missing = find_training(args.run, args.labels) if args.report else (None, "")
-    out = Path(args.out)
-    if out.is_dir() and not any(out.iterdir()):
+    for url in (args.labels, args.store, args.out):
+        storage.check_url(url)
+    out = args.out if storage.is_url(args.out) else Path(args.out)
+    if isinstance(out, Path) and out.is_dir() and not any(out.iterdir()):
         out.rmdir()  # an empty folder is no output to protect
     try:
         with atomic_output(out, args.overwrite, is_export, "an sscc export") as tmp:
@@ -142,10 +145,12 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
     except OSError as exc:
         if exc.errno is None:
             raise
-        left = "the previous export is kept" if out.exists() else "nothing was written"
+        left = "the previous export is kept" if storage.is_dir(out) else "nothing was written"
         raise ValueError(f"{out}: export failed ({exc.strerror}, {errno.errorcode[exc.errno]}); "
                          f"{left}") from exc
-    paths = {name: out / path.relative_to(tmp) for name, path in written.items()}
+    paths = {name: storage.join(out, path.relative_to(tmp).as_posix())
+             if storage.is_url(out) else out / path.relative_to(tmp)
+             for name, path in written.items()}
     for name, path in paths.items():
         print(f"export: {name:<16} {path}")
     log_event(log, "exported", labels=args.labels, out=args.out,

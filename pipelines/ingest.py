@@ -29,6 +29,7 @@ from typing import Any
 import ray
 
 from pipelines.common import ensure_ray, gather_tasks, run_stage
+from sscc_core import storage
 from sscc_core.io import matlab, mosaic, store
 from sscc_core.io.readers import read_any
 
@@ -152,7 +153,10 @@ def ingest(args: argparse.Namespace) -> dict[str, Any]:
     """Execute a parsed command line; returns the summary of the final store(s)."""
     if bool(args.inputs) == bool(args.benchmark):
         raise ValueError("give INPUT files or --benchmark NAME (exactly one of them)")
-    store.require_local(args.out)  # several inputs make OUT/<stem>.zarr paths, losing "://"
+    if args.inputs and (len(args.inputs) > 1 or args.mosaic):
+        store.require_local(args.out, "several flight lines or --mosaic: Ray tasks write the "
+                            "line stores in place")
+    storage.check_url(args.out)
     if args.benchmark:
         ds = matlab.read_benchmark(args.benchmark)
         out = store.write_cube(ds, args.out, chunk=args.chunk, shard=args.shard,

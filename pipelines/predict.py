@@ -38,7 +38,6 @@ import sys
 import time
 import warnings
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +45,7 @@ import torch
 import zarr
 
 from pipelines.common import add_logging_args, ensure_ray, log_event, run_stage, setup_logging
+from sscc_core import storage
 from sscc_core.checkpoint import load_checkpoint
 from sscc_core.config import to_dict
 from sscc_core.inference import Labeller, check_wavelengths
@@ -280,8 +280,8 @@ def _label_on_ray(
     ds = ds.map_batches(
         LabelTiles,
         fn_constructor_kwargs=dict(
-            checkpoint=str(Path(args.checkpoint).resolve()), store=str(Path(args.store).resolve()),
-            out=str(Path(args.out).resolve()), mode=args.mode, batch_size=args.batch_size,
+            checkpoint=storage.resolve(args.checkpoint), store=storage.resolve(args.store),
+            out=storage.resolve(args.out), mode=args.mode, batch_size=args.batch_size,
             threads=args.threads,
         ),
         compute=ray.data.ActorPoolStrategy(size=actors),
@@ -339,6 +339,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("actors", "threads", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for url in (args.checkpoint, args.store, args.out):
+        storage.check_url(url)
     ckpt = load_checkpoint(args.checkpoint)
     labeller = Labeller.from_checkpoint(ckpt, args.mode, args.batch_size)
     dense = labeller.dense  # raises for --mode dense with a patch-only backbone
@@ -360,7 +362,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     spec = LabelStoreSpec(
         model_version=ckpt.model_version, n_clusters=ckpt.config.model.n_clusters,
         tile_size=args.tile_size or ckpt.config.tile.tile_size, confidence=args.confidence,
-        config=to_dict(ckpt.config), input_store=str(Path(args.store).resolve()),
+        config=to_dict(ckpt.config), input_store=storage.resolve(args.store),
         input_identity=cube_identity(cube),
     )
     out = prepare_label_store(args.out, cube, spec, relabel=args.recheck)

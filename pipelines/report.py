@@ -25,6 +25,7 @@ from pathlib import Path
 
 from pipelines.common import add_logging_args, log_event, run_stage, setup_logging
 from pipelines.export import check_input
+from sscc_core import storage
 from sscc_core.io.store import atomic_output, open_cube
 from sscc_core.labelstore import LabelStore, open_label_store
 from sscc_core.report import (
@@ -71,7 +72,7 @@ def open_finished(path: str | Path) -> LabelStore:
 
 
 def report_into(
-    out: Path, store: LabelStore, cube_path: str, *, training: TrainingRun | None,
+    out: str | Path, store: LabelStore, cube_path: str, *, training: TrainingRun | None,
     training_missing: str = NO_RUN, previous: LabelStore | None = None,
     overwrite: bool = False, spectra_pixels: int = SPECTRA_PIXELS,
 ) -> ReportResult:
@@ -86,13 +87,14 @@ def report_into(
     cube = open_cube(cube_path)
     check_grid(store.labels(), cube, cube_path, str(store.path))
     check_input(store, cube, cube_path)
-    if out.is_dir() and not any(out.iterdir()):
+    if isinstance(out, Path) and out.is_dir() and not any(out.iterdir()):
         out.rmdir()  # an empty folder is no output to protect
     with atomic_output(out, overwrite, is_report, "an sscc report") as tmp:
         result = write_report(tmp, store, cube, cube_path=cube_path, training=training,
                               training_missing=training_missing, previous=previous,
                               spectra_pixels=spectra_pixels)
-    return ReportResult(index=out / result.index.name, notes=result.notes)
+    index = storage.join(out, result.index.name) if storage.is_url(out) else out / result.index.name
+    return ReportResult(index=index, notes=result.notes)
 
 
 def version_report(out_root: str | Path, model_version: str, cube_path: str,
@@ -103,10 +105,11 @@ def version_report(out_root: str | Path, model_version: str, cube_path: str,
     pointer = read_current(out_root) or {}
     before = pointer.get("previous")
     previous = None
-    if before and versioned_store(out_root, before).is_dir():
+    if before and storage.is_dir(versioned_store(out_root, before)):
         previous = open_finished(versioned_store(out_root, before))
     store = open_finished(versioned_store(out_root, model_version))
-    out = versioned_store(out_root, model_version).with_suffix(".report")
+    name = f"{model_version}.report"
+    out = storage.join(out_root, name) if storage.is_url(out_root) else Path(out_root) / name
     return report_into(out, store, cube_path, training=load_training(checkpoint),
                        previous=previous, overwrite=True)
 

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from pipelines import predict
 from pipelines.common import run_stage
 from pipelines.report import version_report
+from sscc_core import storage
 from sscc_core.checkpoint import load_checkpoint
 from sscc_core.io.store import open_cube
 from sscc_core.labelstore import open_label_store
@@ -60,19 +60,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             bottom/right.
         FileNotFoundError: Missing checkpoint or cube store.
     """
+    for url in (args.checkpoint, args.store, args.out_root):
+        storage.check_url(url)
     version = load_checkpoint(args.checkpoint).model_version
     out = versioned_store(args.out_root, version)
     cube = open_cube(args.store)
-    if out.exists() and open_label_store(out, model_version=version).grow(cube):
+    if storage.is_dir(out) and open_label_store(out, model_version=version).grow(cube):
         print(f"reprocess: {out} grown to the input grid {cube.sizes['y']} x {cube.sizes['x']}",
               flush=True)
     fields = {k: v for k, v in vars(args).items() if k not in ("out_root", "report")}
     summary = predict.run(argparse.Namespace(**fields, out=str(out), recheck=True))
     pointer = switch_current(
-        args.out_root, version, checkpoint=str(Path(args.checkpoint).resolve()),
-        input_store=str(Path(args.store).resolve()), tiles=summary["tiles"],
+        args.out_root, version, checkpoint=storage.resolve(args.checkpoint),
+        input_store=storage.resolve(args.store), tiles=summary["tiles"],
     )
-    print(f"reprocess: {Path(args.out_root) / 'current'} -> {pointer['store']} "
+    print(f"reprocess: {storage.join(args.out_root, 'current')} -> {pointer['store']} "
           f"({summary['tiles_labelled']} tiles labelled, {summary['tiles_unchanged']} unchanged)",
           flush=True)
     if args.report:

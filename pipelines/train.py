@@ -622,6 +622,8 @@ def run_training(
     from ray.train.torch import TorchTrainer
 
     check_scaling(cfg, num_workers)
+    for url in (store, storage_path):
+        storage.check_url(url)
     if use_gpu:
         ensure_ray()
         check_gpus(num_workers)
@@ -653,7 +655,7 @@ def run_training(
     dataset = ray.data.from_items(tiles).map_batches(
         tile_views,
         fn_kwargs={
-            "store": str(Path(store).resolve()),
+            "store": storage.resolve(store),
             "pre_state": pre.to_state(),
             "cfg": to_dict(cfg),
             "clock": clock,

@@ -19,6 +19,7 @@ import sys
 from typing import Any
 
 from pipelines.common import add_logging_args, log_event, run_stage, setup_logging
+from sscc_core import storage
 from sscc_core.labelstore import open_label_store
 from sscc_core.versioning import resolve_labels
 
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         FileNotFoundError: No store at ``--labels``.
     """
     log = setup_logging("verify", args.log_file)
+    storage.check_url(args.labels)
     store = open_label_store(resolve_labels(args.labels))
     store.require_intact()
     summary = {"labels": str(store.path), "tiles": len(store.done_tiles()),

@@ -52,8 +52,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.core.sync import sync
 
-from sscc_core import __version__
+from sscc_core import __version__, storage
 from sscc_core.io.store import atomic_store, consolidate
 from sscc_core.tiling import Tile, nonempty_tiles, read_with_halo, tile_grid
 
@@ -299,7 +300,7 @@ def prepare_label_store(
         LabelStoreError: The existing store was made by another model version, differs in
             grid, tile size or confidence, or (without ``relabel``) was made from another input.
     """
-    if not Path(path).exists():
+    if not (storage.is_dir(path) if storage.is_url(path) else Path(path).exists()):
         return create_label_store(path, cube, spec)
     store = open_label_store(path, model_version=spec.model_version)
     problems = []
@@ -358,16 +359,19 @@ class LabelStore:
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not (self.path / "zarr.json").is_file():
+        self.path: str | Path = str(path) if storage.is_url(path) else Path(path)
+        if not storage.exists(storage.join(self.path, "zarr.json")):
             raise FileNotFoundError(f"{self.path}: no label store here")
-        self.group = zarr.open_group(self.path, mode="r+", zarr_format=3, use_consolidated=False)
-        if self.group.attrs.get("format") == FORMAT_MARKERS:
+        self.group = zarr.open_group(str(self.path), mode="r+", zarr_format=3,
+                                     use_consolidated=False)
+        self._arrays: dict[str, zarr.Array] = {}
+        if self.group.attrs.get("format") == FORMAT_MARKERS and not storage.is_url(self.path):
             self._migrate_markers()
         if self.group.attrs.get("format") != FORMAT:
             raise LabelStoreError(f"{self.path}: not an SSCC label store (format "
                                   f"{self.group.attrs.get('format')!r}, expected {FORMAT!r})")
-        if self.path.joinpath(DONE_GROUP).is_dir():  # a migration interrupted after its records
+        if isinstance(self.path, Path) and self.path.joinpath(DONE_GROUP).is_dir():
+            # a migration interrupted after its records
             shutil.rmtree(self.path / DONE_GROUP)
             consolidate(self.path)
 
@@ -389,10 +393,16 @@ class LabelStore:
         self.record_tiles(records)
         self.group.attrs["format"] = FORMAT  # the caller removes the markers, then consolidates
 
+    def array(self, name: str) -> zarr.Array:
+        """The store's array ``name`` (opened once: each open reads its metadata object)."""
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
+
     @property
     def attrs(self) -> dict[str, Any]:
         """The group attributes (a fresh copy read from disk)."""
-        return dict(zarr.open_group(self.path, mode="r", zarr_format=3).attrs)
+        return dict(zarr.open_group(str(self.path), mode="r", zarr_format=3).attrs)
 
     @property
     def model_version(self) -> str:
@@ -422,12 +432,12 @@ class LabelStore:
     @property
     def height(self) -> int:
         """Rows of the grid."""
-        return int(self.group["labels"].shape[0])
+        return int(self.array("labels").shape[0])
 
     @property
     def width(self) -> int:
         """Columns of the grid."""
-        return int(self.group["labels"].shape[1])
+        return int(self.array("labels").shape[1])
 
     @property
     def complete(self) -> bool:
@@ -456,7 +466,7 @@ class LabelStore:
             ValueError: The region is not chunk-aligned, leaves the grid, has the wrong dtype,
                 or the confidence array is missing/unexpected/misshaped.
         """
-        arr = self.group["labels"]
+        arr = self.array("labels")
         labels = np.asarray(labels)
         h, w = labels.shape
         y1, x1 = y0 + h, x0 + w
@@ -482,7 +492,7 @@ class LabelStore:
             confidence = np.asarray(confidence, dtype=np.float32)
             if confidence.shape != labels.shape:
                 raise ValueError(f"confidence shape {confidence.shape} != labels {labels.shape}")
-            self.group["confidence"][y0:y1, x0:x1] = confidence
+            self.array("confidence")[y0:y1, x0:x1] = confidence
 
     def record_tiles(self, records: list[TileRecord]) -> None:
         """Record tiles as done (after their chunks were written), in one write of the records.
@@ -494,7 +504,7 @@ class LabelStore:
         """
         if not records:
             return
-        arr = self.group[RECORDS]
+        arr = self.array(RECORDS)
         rows = np.array([r.row for r in records])
         cols = np.array([r.col for r in records])
         if rows.min() < 0 or cols.min() < 0 or rows.max() >= arr.shape[0] \
@@ -518,7 +528,7 @@ class LabelStore:
         keys = list(keys)
         if not keys:
             return
-        arr = self.group[RECORDS]
+        arr = self.array(RECORDS)
         block = np.asarray(arr[:])
         for row, col in keys:
             if row < block.shape[0] and col < block.shape[1]:
@@ -582,7 +592,7 @@ class LabelStore:
         self._unrecord([(tile.row, tile.col)])
         shape = (tile.height, tile.width)
         self.write_region(tile.y0, tile.x0,
-                          np.full(shape, self.nodata, self.group["labels"].dtype),
+                          np.full(shape, self.nodata, self.array("labels").dtype),
                           np.zeros(shape, np.float32) if self.has_confidence else None)
 
     def grow(self, cube: xr.Dataset) -> bool:
@@ -627,14 +637,16 @@ class LabelStore:
             self.group[name].resize(values.shape)
             self.group[name][:] = values
         consolidate(self.path)
-        self.group = zarr.open_group(self.path, mode="r+", zarr_format=3, use_consolidated=False)
+        self.group = zarr.open_group(str(self.path), mode="r+", zarr_format=3,
+                                     use_consolidated=False)
+        self._arrays = {}
         return True
 
     # ---- completion --------------------------------------------------------------------------
 
     def records(self) -> np.ndarray:
         """Every tile's record: a (tile rows, tile cols) array of :data:`RECORD` (one read)."""
-        return np.ascontiguousarray(self.group[RECORDS][:]).view(RECORD)[..., 0]
+        return np.ascontiguousarray(self.array(RECORDS)[:]).view(RECORD)[..., 0]
 
     def done_tiles(self) -> set[tuple[int, int]]:
         """``(row, col)`` of every tile with a completion record."""
@@ -737,9 +749,9 @@ class LabelStore:
 
     def _chunk_problem(self, name: str, tile: Tile, n_valid: int) -> str | None:
         """What is wrong with array ``name``'s chunk of a done tile, or ``None``."""
-        arr = self.group[name]
+        arr = self.array(name)
         chunk = f"{name}/{arr.metadata.encode_chunk_key((tile.row, tile.col))}"
-        if not (self.path / chunk).is_file():
+        if not sync(self.group.store.exists(chunk)):
             return f"chunk {chunk} is missing"
         try:
             block = np.asarray(arr[tile.y0 : tile.y1, tile.x0 : tile.x1])
@@ -779,7 +791,7 @@ class LabelStore:
 
     def dataset(self) -> xr.Dataset:
         """The store as a lazy xarray Dataset (raw label values, CRS decoded)."""
-        return xr.open_zarr(self.path, consolidated=False, zarr_format=3,
+        return xr.open_zarr(str(self.path), consolidated=False, zarr_format=3,
                             decode_coords="all", mask_and_scale=False)
 
     def labels(self) -> xr.DataArray:

@@ -115,3 +115,77 @@ def write_bytes(path: str | Path, data: bytes) -> str:
     tmp.write_bytes(data)
     os.replace(tmp, target)
     return str(target)
+
+
+def resolve(path: str | Path) -> str:
+    """A URL as it is; a local path made absolute (what other processes and nodes are given)."""
+    return str(path) if is_url(path) else str(Path(path).resolve())
+
+
+def check_url(url: str) -> None:
+    """Fail fast, in one line naming ``url``, when object storage at ``url`` cannot be used.
+
+    Local paths pass. For a URL: its scheme needs an installed fsspec filesystem, and its bucket
+    (the first path component) must be reachable and listable with the credentials of the
+    standard environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``,
+    ``AWS_ENDPOINT_URL``, or an instance / service-account role). Nothing is written.
+
+    Raises:
+        ValueError: Unknown scheme, unreachable endpoint, no credentials, no such bucket, or
+            access denied; the message starts with ``url``.
+    """
+    if not is_url(url):
+        return
+    scheme = str(url).split("://", 1)[0]
+    try:
+        fs, inner = fsspec.core.url_to_fs(str(url), skip_instance_cache=True)
+    except (ValueError, ImportError) as exc:
+        raise ValueError(f"{url}: no filesystem is installed for URL scheme {scheme}:// "
+                         f"({exc}); install its fsspec package (s3fs for s3://, gcsfs for "
+                         "gs://, adlfs for az://)") from None
+    bucket = inner.split("/", 1)[0]
+    try:
+        fs.ls(bucket, detail=False)
+    except FileNotFoundError:
+        raise ValueError(f"{url}: bucket {bucket!r} does not exist") from None
+    except PermissionError as exc:
+        raise ValueError(f"{url}: access to bucket {bucket!r} denied ({exc})") from None
+    except Exception as exc:  # botocore/aiohttp raise many types for the causes below
+        name = type(exc).__name__
+        endpoint = os.environ.get("AWS_ENDPOINT_URL", "the default endpoint")
+        if "Credentials" in name:
+            why = ("no credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+                   "run with an instance or service-account role)")
+        elif "Connect" in name or "Endpoint" in name or isinstance(exc, OSError):
+            why = f"cannot reach {endpoint} ({name})"
+        else:
+            why = f"{name}: {exc}"
+        raise ValueError(f"{url}: {why}") from None
+
+
+def upload_dir(local: Path, url: str, last: str = "zarr.json") -> None:
+    """Upload a local folder's files under ``url``, the top-level file ``last`` after all others
+    (for a Zarr store its root metadata, so a half-uploaded store is no store)."""
+    fs, inner = fsspec.core.url_to_fs(url)
+    files = sorted(p for p in local.rglob("*") if p.is_file())
+    for p in sorted(files, key=lambda p: p.relative_to(local).as_posix() == last):
+        fs.put_file(str(p), f"{inner.rstrip('/')}/{p.relative_to(local).as_posix()}")
+
+
+def remove_tree(url: str, first: str = "zarr.json") -> None:
+    """Remove everything under ``url``, its top-level file ``first`` before the rest (so a
+    removal cut short leaves no store that looks whole)."""
+    fs, inner = fsspec.core.url_to_fs(url)
+    head = f"{inner.rstrip('/')}/{first}"
+    if fs.exists(head):
+        fs.rm(head)
+    if fs.exists(inner):
+        fs.rm(inner, recursive=True)
+
+
+def is_dir(path: str | Path) -> bool:
+    """Whether a directory (a local folder, or a non-empty prefix of a URL) exists."""
+    if not is_url(path):
+        return Path(path).is_dir()
+    fs, inner = fsspec.core.url_to_fs(str(path))
+    return fs.isdir(inner)

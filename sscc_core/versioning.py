@@ -26,15 +26,20 @@ CURRENT = "current"
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
 
 
-def versioned_store(root: str | Path, model_version: str) -> Path:
-    """``root/<model_version>.zarr``.
+def _under(root: str | Path, name: str) -> str | Path:
+    """``root/name``: a Path under a local root, a URL under an object-storage root."""
+    return storage.join(root, name) if storage.is_url(root) else Path(root) / name
+
+
+def versioned_store(root: str | Path, model_version: str) -> str | Path:
+    """``root/<model_version>.zarr`` (``root`` a local path or a URL).
 
     Raises:
         ValueError: ``model_version`` is not a plain file-name token.
     """
     if not _VERSION.match(model_version):
         raise ValueError(f"model version {model_version!r} is not usable as a file name")
-    return Path(root) / f"{model_version}.zarr"
+    return _under(root, f"{model_version}.zarr")
 
 
 def read_current(root: str | Path) -> dict[str, Any] | None:
@@ -43,11 +48,11 @@ def read_current(root: str | Path) -> dict[str, Any] | None:
     Raises:
         ValueError: The pointer file exists but is not a JSON object with ``model_version``.
     """
-    path = Path(root) / CURRENT
-    if not path.is_file():
+    path = _under(root, CURRENT)
+    if not storage.exists(path):
         return None
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(storage.read_bytes(path).decode())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not a JSON pointer ({exc})") from exc
     if not isinstance(doc, dict) or "model_version" not in doc:
@@ -55,7 +60,7 @@ def read_current(root: str | Path) -> dict[str, Any] | None:
     return doc
 
 
-def current_store(root: str | Path) -> Path:
+def current_store(root: str | Path) -> str | Path:
     """The label store ``current`` points to.
 
     Raises:
@@ -63,10 +68,10 @@ def current_store(root: str | Path) -> Path:
     """
     doc = read_current(root)
     if doc is None:
-        raise FileNotFoundError(f"{Path(root) / CURRENT}: no current label version yet")
-    store = Path(root) / doc["store"]
-    if not store.is_dir():
-        raise FileNotFoundError(f"{Path(root) / CURRENT}: points to missing store {store}")
+        raise FileNotFoundError(f"{_under(root, CURRENT)}: no current label version yet")
+    store = _under(root, doc["store"])
+    if not storage.is_dir(store):
+        raise FileNotFoundError(f"{_under(root, CURRENT)}: points to missing store {store}")
     return store
 
 
@@ -86,26 +91,26 @@ def switch_current(root: str | Path, model_version: str, **fields: Any) -> dict[
         FileNotFoundError: The version's store does not exist.
     """
     store = versioned_store(root, model_version)
-    if not store.is_dir():
-        raise FileNotFoundError(f"{store}: cannot point {Path(root) / CURRENT} at a missing store")
+    if not storage.is_dir(store):
+        raise FileNotFoundError(f"{store}: cannot point {_under(root, CURRENT)} at a missing store")
     before = read_current(root) or {}
     same = before.get("model_version") == model_version
     doc = {
         "model_version": model_version,
-        "store": store.name,
+        "store": f"{model_version}.zarr",
         "switched": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         # the last other version pointed to (kept across reruns of the same version)
         "previous": before.get("previous") if same else before.get("model_version"),
         **fields,
     }
-    storage.write_bytes(Path(root) / CURRENT, (json.dumps(doc, indent=1) + "\n").encode())
+    storage.write_bytes(_under(root, CURRENT), (json.dumps(doc, indent=1) + "\n").encode())
     return doc
 
 
-def resolve_labels(path: str | Path) -> Path:
+def resolve_labels(path: str | Path) -> str | Path:
     """A label store path, or the store a label root's ``current`` pointer names.
 
     Lets ``evaluate`` and ``export`` take the ``--out-root`` of ``sscc reprocess`` directly.
     """
-    path = Path(path)
-    return current_store(path) if (path / CURRENT).is_file() else path
+    path = str(path) if storage.is_url(path) else Path(path)
+    return current_store(path) if storage.exists(_under(path, CURRENT)) else path

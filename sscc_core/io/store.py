@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -64,8 +65,9 @@ def encoding_for(ds: xr.Dataset, chunk: int, shard: int | None) -> dict[str, dic
     return encoding
 
 
-def _is_store(path: Path) -> bool:
-    return (path / "zarr.json").is_file()
+def _is_store(path: str | Path) -> bool:
+    """Whether a Zarr store (its root ``zarr.json``) is at a local path or URL."""
+    return storage.exists(storage.join(path, "zarr.json"))
 
 
 def _check_target(path: Path, overwrite: bool, replaceable: Callable[[Path], bool],
@@ -80,17 +82,15 @@ def _check_target(path: Path, overwrite: bool, replaceable: Callable[[Path], boo
         raise FileExistsError(f"{path}: exists and is not {what}; refusing to replace it")
 
 
-def require_local(path: str | Path) -> None:
-    """Refuse an object-storage URL where a local (or shared-filesystem) path is needed.
+def require_local(path: str | Path, why: str) -> None:
+    """Refuse an object-storage URL where only a local (or shared-filesystem) path works.
 
     Raises:
-        ValueError: ``path`` is a URL (as a local path, ``s3://b/x`` would become a folder
-            named ``s3:``).
+        ValueError: ``path`` is a URL; the message says ``why`` a URL cannot be used there.
     """
     if storage.is_url(path):
-        raise ValueError(f"{path}: object-storage URLs are not supported for cubes, label stores "
-                         "and exports; write to a local path or a filesystem every Ray node "
-                         "mounts")
+        raise ValueError(f"{path}: object-storage URLs are not supported here yet ({why}); "
+                         "write to a local path or a filesystem every Ray node mounts")
 
 
 @contextlib.contextmanager
@@ -116,11 +116,19 @@ def atomic_output(path: str | Path, overwrite: bool, replaceable: Callable[[Path
     removed and ``path`` is left as it was. Temporaries of ``path`` that a killed earlier run left
     are removed first (:func:`sscc_core.storage.remove_stale_temporaries`).
 
+    An object-storage URL cannot be renamed into: the output is written into a local temporary
+    folder (under ``TMPDIR``) and uploaded when the block succeeds, its root ``zarr.json`` last
+    (:func:`sscc_core.storage.upload_dir`), after an existing output is removed (``overwrite``).
+
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is false, or it is not ``what``.
-        ValueError: ``path`` is an object-storage URL (:func:`require_local`).
+        ValueError: ``path`` is a URL whose storage cannot be used
+            (:func:`sscc_core.storage.check_url`).
     """
-    require_local(path)
+    if storage.is_url(path):
+        with _staged_upload(str(path), overwrite, replaceable, what) as tmp:
+            yield tmp
+        return
     target = Path(path)
     _check_target(target, overwrite, replaceable, what)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +147,34 @@ def atomic_output(path: str | Path, overwrite: bool, replaceable: Callable[[Path
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+@contextlib.contextmanager
+def _staged_upload(url: str, overwrite: bool, replaceable: Callable[[str], bool],
+                   what: str) -> Iterator[Path]:
+    """:func:`atomic_output` for a URL: a local staging folder, uploaded on success."""
+    storage.check_url(url)
+
+    def check() -> None:
+        if not storage.is_dir(url):
+            return
+        if not overwrite:
+            raise FileExistsError(f"{url}: output already exists (pass overwrite=True / "
+                                  "--overwrite)")
+        if not replaceable(url):
+            raise FileExistsError(f"{url}: exists and is not {what}; refusing to replace it")
+
+    check()
+    staging = Path(tempfile.mkdtemp(prefix="sscc-upload-"))
+    try:
+        tmp = staging / url.rstrip("/").rsplit("/", 1)[-1]
+        yield tmp
+        check()
+        if storage.is_dir(url):
+            storage.remove_tree(url)
+        storage.upload_dir(tmp, url)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -186,7 +222,7 @@ def ingested_unchanged(path: str | Path, chunk: int, shard: int | None) -> bool:
     written) whose recorded :func:`source_stamp` equals its sources' stamp now."""
     import zarr
 
-    if not _is_store(Path(path)):
+    if not _is_store(path):
         return False
     attrs = zarr.open_group(path, mode="r").attrs
     try:
@@ -201,8 +237,8 @@ def write_cube(
     chunk: int = 256,
     shard: int | None = None,
     overwrite: bool = False,
-) -> Path:
-    """Write a canonical cube as a Zarr v3 store, atomically.
+) -> Path | str:
+    """Write a canonical cube as a Zarr v3 store, atomically (to a URL: staged, then uploaded).
 
     Args:
         ds: Canonical cube (numpy-, memmap- or dask-backed).
@@ -212,11 +248,11 @@ def write_cube(
         overwrite: Replace an existing store at ``path``.
 
     Returns:
-        The store path.
+        The store path (the URL for object storage).
 
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is false.
-        ValueError: Invalid chunk/shard sizes.
+        ValueError: Invalid chunk/shard sizes, or object storage that cannot be used.
     """
     encoding = encoding_for(ds, chunk, shard)
     step = shard or chunk
@@ -225,7 +261,7 @@ def write_cube(
         with _drained_threads():
             ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding)
         consolidate(tmp)
-    return Path(path)
+    return str(path) if storage.is_url(path) else Path(path)
 
 
 def consolidate(path: str | Path) -> None:
@@ -290,10 +326,10 @@ def open_cube(path: str | Path) -> xr.Dataset:
         FileNotFoundError: No store at ``path``.
         ValueError: ``path`` is a Zarr store without the cube variables.
     """
-    p = Path(path)
+    p = path if storage.is_url(path) else Path(path)
     if not _is_store(p):
         raise FileNotFoundError(f"{p}: no Zarr cube store here")
-    ds = xr.open_zarr(p, consolidated=False, decode_coords="all", zarr_format=3)
+    ds = xr.open_zarr(str(p), consolidated=False, decode_coords="all", zarr_format=3)
     missing = [v for v in REQUIRED_VARS if v not in ds]
     if missing:
         raise ValueError(f"{p}: not a cube store (missing variables {missing})")

@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 
 import sscc_core
+from sscc_core import storage
 from sscc_core.checkpoint import checkpoint_file, load_checkpoint
 from sscc_core.export import (
     cluster_class_counts, cluster_mean_spectra, label_colormap, plot_spectra,
@@ -88,9 +89,10 @@ def load_training(path: str | Path) -> TrainingRun:
     )
 
 
-def is_report(path: Path) -> bool:
-    """Whether ``path`` is a folder holding a previous report."""
-    return (path / REPORT_FILE).is_file() and (path / "report.json").is_file()
+def is_report(path: str | Path) -> bool:
+    """Whether ``path`` (a local folder or a URL) holds a previous report."""
+    return storage.exists(storage.join(path, REPORT_FILE)) and \
+        storage.exists(storage.join(path, "report.json"))
 
 
 def find_training(run: str | None, labels: str | Path) -> tuple[TrainingRun | None, str]:
