@@ -35,19 +35,30 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES})
 
 
+WORKER_LOGS_ENV = "SSCC_RAY_WORKER_LOGS"
+
+
 def ensure_ray(**options: Any) -> None:
     """Connect to Ray unless this process already did (the project's one ``ray.init``).
 
     With ``RAY_ADDRESS`` set (``ray job submit`` sets it for the job's driver) this joins that
     cluster; without it, it starts an embedded local Ray, never a stale cluster found on disk.
 
+    Ray workers' own output (Ray Train's and Ray Data's INFO lines and progress bars inside
+    the training workers, internal warnings of Ray's helper actors) is not forwarded to this
+    terminal: the stages print their own progress lines, and every user error raised in a
+    worker reaches the driver as one line. The workers' logs stay in Ray's session log folder
+    (``/tmp/ray/session_latest/logs`` on each node, and the dashboard); ``SSCC_RAY_WORKER_LOGS=1``
+    forwards them to the terminal again (docs/OPERATIONS.md, Monitor).
+
     Args:
         **options: Further ``ray.init`` arguments that change no resource (e.g.
-            ``include_dashboard=False``, ``log_to_driver=False`` for the benchmarks).
+            ``include_dashboard=False`` for the benchmarks).
     """
     import ray
 
     if not ray.is_initialized():
+        options.setdefault("log_to_driver", os.environ.get(WORKER_LOGS_ENV, "") == "1")
         ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local", **options)
 
 

@@ -108,3 +108,8 @@ def test_ray_job_submit_runs_the_stages_and_reports_user_errors(head: dict[str, 
     assert ckpt.epoch == 1 and ckpt.config.model.n_clusters == 6
     assert done.returncode != 0
     assert "sscc train: error:" in output
+    # A quiet terminal: the stage's own progress line, none of Ray's worker-side lines (Ray
+    # Train / Ray Data INFO lines, progress bars, internal tracebacks) and no traceback at all.
+    assert "epoch 1/1" in output, output[-3000:]
+    for noise in ("RayTrainWorker pid=", "TrainController pid=", "Traceback"):
+        assert noise not in output, output[-3000:]
