@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help="label store written by `sscc predict`, or the --out-root of `sscc reprocess` (its current version)")
     p.add_argument("--store", required=True, help="cube store holding ground-truth `labels`")
     p.add_argument("--out", default=None, help="write the metrics and provenance as JSON here")
-    add_logging_args(p)
+    add_logging_args(p, beside="OUT (stderr without --out)")
     return p
 
 
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ValueError: Incomplete label store, no ground truth, or mismatched grids.
         FileNotFoundError: A store is missing.
     """
-    log = setup_logging("evaluate", args.log_file)
+    log = setup_logging("evaluate", args.log_file, output=args.out)
     for url in (args.labels, args.store):
         storage.check_url(url)
     store = open_label_store(resolve_labels(args.labels))

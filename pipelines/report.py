@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "cube is read in a seeded sample of chunks")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a previous report in --out (default: refuse a non-empty --out)")
-    add_logging_args(p)
+    add_logging_args(p, beside="OUT")
     return p
 
 
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> ReportResult:
         FileNotFoundError: A store, ``--run`` or ``--previous`` is missing.
         FileExistsError: ``--out`` is not empty (without ``--overwrite``) or not a report.
     """
-    log = setup_logging("report", args.log_file)
+    log = setup_logging("report", args.log_file, output=args.out)
     if args.spectra_pixels < 1:
         raise ValueError(f"--spectra-pixels must be >= 1, got {args.spectra_pixels}")
     store = open_finished(args.labels)
