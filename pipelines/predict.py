@@ -48,7 +48,7 @@ from pipelines.common import add_logging_args, ensure_ray, log_event, run_stage,
 from sscc_core import storage
 from sscc_core.checkpoint import load_checkpoint
 from sscc_core.config import to_dict
-from sscc_core.inference import Labeller, check_wavelengths
+from sscc_core.inference import Labeller
 from sscc_core.io.store import cube_identity, open_cube
 from sscc_core.labelstore import (
     LabelStore,
@@ -345,15 +345,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     labeller = Labeller.from_checkpoint(ckpt, args.mode, args.batch_size)
     dense = labeller.dense  # raises for --mode dense with a patch-only backbone
     cube = open_cube(args.store)
-    n_bands = int(cube.sizes["band"])
-    if n_bands != labeller.pre.n_bands:
-        raise ValueError(f"{args.store}: cube has {n_bands} bands but checkpoint {args.checkpoint} "
-                         f"was fitted on {labeller.pre.n_bands} bands")
     cube_wl = cube["wavelength"].values if "wavelength" in cube.coords else ()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            check_wavelengths(ckpt.wavelength, cube_wl)
+            labeller.check_cube(int(cube.sizes["band"]), cube_wl)
         except ValueError as exc:
             raise ValueError(f"{args.store} vs checkpoint {args.checkpoint}: {exc}") from exc
     for warning in caught:

@@ -45,7 +45,7 @@ def check_wavelengths(
 ) -> bool:
     """Check that a cube's band centres match those the model was fitted on.
 
-    Equal band counts are checked elsewhere (:meth:`Labeller.check_cube`); this catches a cube
+    Equal band counts are checked first (:meth:`Labeller.check_cube`); this catches a cube
     of another sensor, or bands in another order, with the same count.
 
     Args:
@@ -92,6 +92,7 @@ class Labeller:
             cluster ids; the default is the cluster head's argmax (confidence = max probability).
         mode_window: Odd side of the majority filter window, in pixels (1 = off).
         mode_iterations: Passes of the majority filter.
+        wavelength: Band centres (nm) the model was fitted on; empty when unknown.
     """
 
     model: SSCCNet
@@ -101,6 +102,7 @@ class Labeller:
     readout: Readout = Readout()
     mode_window: int = 1
     mode_iterations: int = 1
+    wavelength: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode_window < 1 or self.mode_window % 2 == 0:
@@ -130,7 +132,7 @@ class Labeller:
                 f"version, or use a config with postprocess.readout 'head'"
             )
         return cls(model, Preprocessor.from_state(ckpt.preprocess_state), mode, batch_size,
-                   readout, post.mode_window, post.mode_iterations)
+                   readout, post.mode_window, post.mode_iterations, tuple(ckpt.wavelength))
 
     @property
     def vector_dim(self) -> int:
@@ -154,10 +156,19 @@ class Labeller:
             raise ValueError("dense inference needs the 'fcn' backbone; use mode 'patch' or 'auto'")
         return self.mode == "dense" or (self.mode == "auto" and self.model.cfg.backbone == "fcn")
 
-    def check_cube(self, n_bands: int) -> None:
-        """Raise a clear error when a cube's band count differs from the model's."""
-        if n_bands != self.pre.n_bands:
-            raise ValueError(f"model expects {self.pre.n_bands} bands, cube has {n_bands}")
+    def check_cube(self, n_bands: int, wavelength: Sequence[float] | None = None) -> bool:
+        """Check that a cube's bands are the model's: the same count and, when ``wavelength``
+        is given, the same band centres (:func:`check_wavelengths`).
+
+        Returns:
+            Whether the band centres were checked (``False``, with a :class:`UserWarning`, when
+            either side has none; ``False`` without a warning when ``wavelength`` is ``None``).
+
+        Raises:
+            ValueError: Another band count, or band centres beyond the tolerance.
+        """
+        self.pre.check_bands(n_bands)
+        return wavelength is not None and check_wavelengths(self.wavelength, wavelength)
 
     def label_tile(self, cube: Any, valid: Any, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
         """Labels and confidence of one tile, mode-filtered when the filter is on.

@@ -158,9 +158,10 @@ class Preprocessor:
             weight = weight / self.comp_std[:, None]
         return weight, -weight @ self.band_mean
 
-    def _check_bands(self, n_bands: int) -> None:
+    def check_bands(self, n_bands: int) -> None:
+        """Raise a clear ``ValueError`` when a cube's band count is not the fitted one."""
         if n_bands != self.n_bands:
-            raise ValueError(f"model expects {self.n_bands} bands, cube has {n_bands}")
+            raise ValueError(f"cube has {n_bands} bands but the model was fitted on {self.n_bands} bands")
 
     def transform_pixels(self, pixels: np.ndarray, whiten: bool = True) -> np.ndarray:
         """Map spectra to standardised PCA features.
@@ -176,7 +177,7 @@ class Preprocessor:
         pixels = np.asarray(pixels)
         if pixels.ndim != 2:
             raise ValueError(f"expected (N, bands) spectra, got shape {pixels.shape}")
-        self._check_bands(pixels.shape[1])
+        self.check_bands(pixels.shape[1])
         weight, bias = self._affine(whiten)
         return (pixels.astype(np.float64) @ weight.T + bias).astype(np.float32)
 
@@ -197,7 +198,7 @@ class Preprocessor:
         block = np.asarray(block)
         if block.ndim != 3:
             raise ValueError(f"expected a (band, y, x) block, got shape {block.shape}")
-        self._check_bands(block.shape[0])
+        self.check_bands(block.shape[0])
         _, h, w = block.shape
         weight, bias = self._affine(whiten)
         out = weight @ block.reshape(block.shape[0], h * w).astype(np.float64) + bias[:, None]

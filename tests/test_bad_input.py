@@ -53,7 +53,7 @@ def test_wrong_band_count(root, salinas, capsys):
     cut = write_cube(read_benchmark("salinasA").isel(band=slice(0, 200)), root / "sa200.zarr",
                      chunk=TILE)
     assert predict_main(ckpt, cut, root / "bands.zarr") == 2
-    assert "cube has 200 bands but checkpoint" in last_error(capsys)
+    assert "cube has 200 bands but the model was fitted on" in last_error(capsys)
     assert not (root / "bands.zarr").exists()
 
 

@@ -130,7 +130,7 @@ def test_user_errors(scene, capsys):
     assert predict.main([*base, "--store", str(cut), "--out", str(root / "x.zarr")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("sscc predict: error: ")
-    assert "cube has 100 bands but checkpoint" in err and "fitted on 204 bands" in err
+    assert "cube has 100 bands but the model was fitted on 204 bands" in err
 
     assert predict.main(["--checkpoint", str(other), "--store", str(store), "--out",
                          str(root / "y.zarr"), "--mode", "dense"]) == 2

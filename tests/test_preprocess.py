@@ -148,9 +148,9 @@ def test_state_round_trip_through_torch_weights_only(
 def test_band_count_mismatch_is_a_clear_error(indian_pines: np.ndarray, salinas: np.ndarray) -> None:
     pp = fit_preprocessor(indian_pines, None)
     salinas_a = salinas
-    with pytest.raises(ValueError, match="model expects 200 bands, cube has 204"):
+    with pytest.raises(ValueError, match="cube has 204 bands but the model was fitted on 200 bands"):
         pp.transform(salinas_a[:, :8, :8])
-    with pytest.raises(ValueError, match="model expects 200 bands, cube has 204"):
+    with pytest.raises(ValueError, match="cube has 204 bands but the model was fitted on 200 bands"):
         pp.transform_pixels(salinas_a[:, 0, :5].T)
 
 
