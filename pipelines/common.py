@@ -108,6 +108,10 @@ def setup_logging(stage: str, log_file: str | None = None,
     by default to :func:`default_log_file` of ``output`` (stderr without one).
 
     Calling it again replaces the handler (tests run several stages in one process).
+
+    Raises:
+        ValueError: The log file cannot be created (its folder is a file, or not writable);
+            the message names the log file and the path that failed.
     """
     logger = logging.getLogger(f"sscc.{stage}")
     for handler in list(logger.handlers):
@@ -115,12 +119,16 @@ def setup_logging(stage: str, log_file: str | None = None,
         handler.close()
     if log_file is None and output is not None:
         log_file = default_log_file(output)
+    handler: logging.Handler
     if log_file and log_file != "-":
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-    handler: logging.Handler = (
-        logging.FileHandler(log_file) if log_file and log_file != "-"
-        else logging.StreamHandler(sys.stderr)
-    )
+        try:
+            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(log_file)
+        except OSError as err:
+            raise ValueError(f"{log_file}: cannot write the log file "
+                             f"({err.strerror}: {err.filename})") from err
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLinesFormatter())
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

@@ -86,10 +86,16 @@ def test_unwritable_output_gives_a_clear_error(scene, capsys):
     blocker = root / "a_file"
     blocker.write_text("a file where the output directory should be")
     assert predict.main(args_for(ckpt, store, blocker / "labels.zarr")) == 2
+    # the first thing written beside the output is its log file (OUT.log.jsonl)
+    assert last_error(capsys).strip() == (f"sscc predict: error: {blocker}/labels.zarr.log.jsonl: "
+                                          f"cannot write the log file (File exists: {blocker})")
+    assert blocker.read_text().startswith("a file")
+    assert predict.main([*args_for(ckpt, store, blocker / "labels.zarr"), "--log-file", "-"]) == 2
     err = last_error(capsys)
     assert "labels.zarr: cannot create the label store (File exists" in err and "a_file" in err
-    assert blocker.read_text().startswith("a file")
     assert predict.main(args_for(ckpt, store, "/proc/sscc-no-such/labels.zarr")) == 2
+    assert "/proc/sscc-no-such/labels.zarr.log.jsonl: cannot write the log file" in last_error(capsys)
+    assert predict.main([*args_for(ckpt, store, "/proc/sscc-no-such/labels.zarr"), "--log-file", "-"]) == 2
     assert "/proc/sscc-no-such/labels.zarr: cannot create the label store" in last_error(capsys)
     assert not list(root.glob("*.tmp-*"))
 
