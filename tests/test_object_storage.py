@@ -3,17 +3,27 @@ credentials and endpoint only from the standard AWS environment variables.
 
 The default tests cover the store layer on the server: a label store with its tile records, a
 labelling killed and resumed tile by tile (bit-identical to a local one), verify and evaluate
-reading it; and the bad-input errors, line for line. The slow test runs ingest, evaluate and
-export on ``s3://`` stores against the same stages on local paths.
+reading it; and the bad-input errors, line for line. The slow tests run ingest, evaluate and
+export on ``s3://`` stores against the same stages on local paths, and every stage (ingest ->
+train -> predict killed and resumed -> evaluate -> export -> reprocess) on ``s3://``, each in its
+own process with its own local Ray, labels bit-identical to a local predict (802 s on 2 loaded
+cores).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import numpy as np
+import psutil
 import pytest
 import zarr
 
@@ -21,10 +31,10 @@ from pipelines import evaluate, export, ingest, predict, verify
 from sscc_core.io.matlab import read_benchmark
 from sscc_core.io.store import open_cube, write_cube
 from sscc_core.labelstore import LabelStoreSpec, open_label_store, prepare_label_store
-from test_integrity import one_line_error
 
 TILE = 32
 BUCKET = "sscc-test"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +58,16 @@ def s3():
         else:
             os.environ[key] = value
     server.stop()
+
+
+def one_line_error(capsys, stage: str) -> str:
+    """The message of the one ``sscc <stage>: error: ...`` line that ends stderr (no traceback
+    before it)."""
+    lines = capsys.readouterr().err.splitlines()
+    prefix = f"sscc {stage}: error: "
+    assert lines and lines[-1].startswith(prefix), lines[-20:]
+    assert not any("Traceback" in line or line.startswith(prefix) for line in lines[:-1])
+    return lines[-1].removeprefix(prefix)
 
 
 def url(name: str) -> str:
@@ -156,3 +176,90 @@ def test_unusable_object_storage_is_one_line_naming_the_url(s3, monkeypatch, tmp
                                secret=s3["AWS_SECRET_ACCESS_KEY"],
                                endpoint_url=s3["AWS_ENDPOINT_URL"])
     assert not server.exists(f"{BUCKET}/never.zarr")
+
+
+TINY = ["--num-workers", "1", "--cpus-per-worker", "0.5", "--set", "model.backbone=fcn",
+        "--set", "model.widths=[8,8,8]", "--set", "model.stem_channels=8",
+        "--set", "model.head_hidden=16", "--set", "model.n_clusters=6", "--set", "train.epochs=1",
+        "--set", "train.batch_size=256", "--set", "tile.tile_size=32"]
+
+
+def sscc(env: dict[str, str], stage: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``python -m pipelines.<stage>`` in its own process (its own local Ray)."""
+    done = subprocess.run([sys.executable, "-m", f"pipelines.{stage}", *args], env=env,
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def chunks(fs: Any, root: str) -> dict[str, bytes]:
+    """Chunk objects (``.../c/...``) under a store, local folder or bucket prefix, by key."""
+    return {k.removeprefix(root).lstrip("/"): fs.cat(k) for k in sorted(fs.find(root))
+            if "/c/" in k}
+
+
+@pytest.mark.slow
+def test_every_stage_on_s3_with_a_killed_predict_equals_local(s3, tmp_path):
+    """ingest -> train (1 epoch) -> predict (SIGKILLed after its first recorded tiles, resumed)
+    -> evaluate -> export -> reprocess, every store on s3://; the labels equal a local predict
+    of the same checkpoint on a local cube, chunk for chunk."""
+    env = {**os.environ, **s3, "RAY_ADDRESS": "local", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "OMP_NUM_THREADS": "1"}
+    cube, local_cube = url("e2e/cube.zarr"), str(tmp_path / "cube.zarr")
+    for out in (cube, local_cube):
+        sscc(env, "ingest", "--benchmark", "salinasA", "--out", out, "--chunk", "16")
+    sscc(env, "train", "--store", cube, "--run-name", "demo", "--storage-path", url("e2e/runs"),
+         *TINY)
+    ckpt = url("e2e/runs/demo/final")
+    labels = url("e2e/labels.zarr")
+    predict_args = ["--checkpoint", ckpt, "--store", cube, "--out", labels, "--tile-size", "16",
+                    "--actors", "1", "--mode", "patch", "--confidence"]
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.predict", *predict_args], env=env,
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    try:
+        while True:
+            try:
+                if open_label_store(labels).done_tiles():
+                    break
+            except FileNotFoundError:
+                pass
+            assert proc.poll() is None, "the labelling job ended before it could be killed"
+            assert time.time() < deadline, "no tile was recorded in time"
+            time.sleep(0.2)
+    finally:
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        for p in family:  # the driver, its local Ray and the actor: all started by this test
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(family, timeout=30)
+    killed = open_label_store(labels)
+    assert 1 <= len(killed.done_tiles()) < 36 and not killed.complete
+    sscc(env, "predict", *predict_args)
+    local_labels = str(tmp_path / "labels.zarr")
+    sscc(env, "predict", *predict_args[:2], "--store", local_cube, "--out", local_labels,
+         *predict_args[6:])
+    fs = fsspec.filesystem("s3")
+    local = fsspec.filesystem("file")
+    for array in ("labels", "confidence"):
+        remote = chunks(fs, f"{BUCKET}/e2e/labels.zarr/{array}")
+        assert remote and remote == chunks(local, f"{local_labels}/{array}")
+    assert open_label_store(labels).complete
+
+    sscc(env, "evaluate", "--labels", labels, "--store", cube)
+    sscc(env, "export", "--labels", labels, "--store", cube, "--out", url("e2e/export"),
+         "--no-report")
+    assert fs.exists(f"{BUCKET}/e2e/export/labels.tif")
+    root = url("e2e/versions")
+    sscc(env, "reprocess", "--checkpoint", ckpt, "--store", cube, "--out-root", root,
+         "--tile-size", "16", "--actors", "1", "--mode", "patch", "--confidence", "--no-report")
+    again = sscc(env, "reprocess", "--checkpoint", ckpt, "--store", cube, "--out-root", root,
+                 "--tile-size", "16", "--actors", "1", "--mode", "patch", "--confidence",
+                 "--no-report")
+    assert "0 tiles labelled" in again.stdout
+    version = json.loads(fs.cat(f"{BUCKET}/e2e/versions/current"))["store"]
+    assert chunks(fs, f"{BUCKET}/e2e/versions/{version}/labels") == chunks(
+        local, f"{local_labels}/labels")
