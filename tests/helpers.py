@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
+import psutil
 import zarr
 
 from sscc_core.io.store import cube_identity, open_cube
@@ -29,3 +31,15 @@ def relabelled_store(cube_path: Path, out: Path, lut: np.ndarray, model_version:
     if complete:
         store.mark_complete(valid)
     return store
+
+
+def kill_process_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant (a stage's driver, the local Ray it started and
+    its actors: all started by the test) and wait for them to go."""
+    family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    for proc in family:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=30)

@@ -96,6 +96,7 @@ def test_chunk_cache_reads_equal_the_array(tiny_store, tile_size):
     np.testing.assert_array_equal(refl[3, 10:20, 4:9], group["reflectance"][3, 10:20, 4:9])
 
 
+@pytest.mark.slow  # 1-3 min on 2 cores; `make test-slow`
 def test_bench_smoke(ray_session, tmp_path):
     """Throughput and dense sections end to end on a tiny mosaic: the figures are consistent
     with each other and with the store, and the report quotes them with their commands."""

@@ -9,17 +9,16 @@ tests/test_train_pipeline.py::test_injected_worker_failure_finishes_from_checkpo
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 import zarr
 
+from helpers import kill_process_tree
 from pipelines import evaluate, predict
 from sscc_core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from sscc_core.config import ModelConfig, SSCCConfig
@@ -164,13 +163,7 @@ def test_killed_labelling_job_resumes_bit_identical(ray_session, tmp_path):
             assert time.time() < deadline, "no tile finished in time"
             time.sleep(0.05)
     finally:
-        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-        for p in family:  # the driver, its local Ray and the actors: all started by this test
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(family, timeout=30)
+        kill_process_tree(proc.pid)
     done_at_kill = n_recorded(out)
     assert 3 <= done_at_kill < 36 and not open_label_store(out).complete
 

@@ -128,6 +128,7 @@ def test_config_rejects_non_finite_floats(root, value, capsys):
     assert one_line_error(capsys, "train") == f"train.lr: must be a finite number, got {shown}"
 
 
+@pytest.mark.slow  # 1-3 min on 2 cores; `make test-slow`
 def test_non_finite_loss_stops_training_once_without_a_checkpoint(ray_session, salinas_store,
                                                                   tmp_path, capsys):
     """A diverging run stops at the first non-finite loss, naming epoch and step, in one line,

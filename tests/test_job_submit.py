@@ -88,6 +88,7 @@ def submit(env: dict[str, str], *entrypoint: str) -> subprocess.CompletedProcess
         time.sleep(3)
 
 
+@pytest.mark.slow  # 1-3 min on 2 cores; `make test-slow`
 def test_ray_job_submit_runs_the_stages_and_reports_user_errors(head: dict[str, str], tmp_path: Path) -> None:
     """One job (each submission costs a job driver and a working-dir upload): ingest, then
     Ray Train in the job's cluster, then a train with a missing store, which fails the job with

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,10 +22,10 @@ from typing import Any
 
 import fsspec
 import numpy as np
-import psutil
 import pytest
 import zarr
 
+from helpers import kill_process_tree
 from pipelines import evaluate, export, ingest, predict, verify
 from sscc_core.io.matlab import read_benchmark
 from sscc_core.io.store import open_cube, write_cube
@@ -229,13 +228,7 @@ def test_every_stage_on_s3_with_a_killed_predict_equals_local(s3, tmp_path):
             assert time.time() < deadline, "no tile was recorded in time"
             time.sleep(0.2)
     finally:
-        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-        for p in family:  # the driver, its local Ray and the actor: all started by this test
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(family, timeout=30)
+        kill_process_tree(proc.pid)
     killed = open_label_store(labels)
     assert 1 <= len(killed.done_tiles()) < 36 and not killed.complete
     sscc(env, "predict", *predict_args)

@@ -80,6 +80,7 @@ def test_training_tiles_skip_tiles_without_training_pixels(salinas_store: Path) 
     assert len(training_tiles(str(salinas_store), "all", 32)) == 9  # 83x86 scene, 3x3 tiles
 
 
+@pytest.mark.slow  # 1-3 min on 2 cores; `make test-slow`
 def test_ray_train_two_workers_recover_from_a_killed_worker_and_resume(
         ray_session, salinas_store: Path, tmp_path: Path) -> None:
     """Two DDP workers train; worker rank 0, killed mid-way through the second epoch, is
