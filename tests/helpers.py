@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,21 @@ def relabelled_store(cube_path: Path, out: Path, lut: np.ndarray, model_version:
     if complete:
         store.mark_complete(valid)
     return store
+
+
+def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float, poll: float,
+              waiting_for: str) -> None:
+    """Wait until ``ready()`` (polled every ``poll`` seconds) while ``proc`` still runs, then
+    SIGKILL its process tree (also when the wait fails); fails naming ``waiting_for`` after
+    ``timeout`` seconds, or when the process ends before it could be killed."""
+    deadline = time.time() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, "the labelling job ended before it could be killed"
+            assert time.time() < deadline, f"{waiting_for} in time"
+            time.sleep(poll)
+    finally:
+        kill_process_tree(proc.pid)
 
 
 def kill_process_tree(pid: int) -> None:

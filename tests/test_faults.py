@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 
-from helpers import kill_process_tree
+from helpers import kill_when
 from pipelines import evaluate, predict
 from sscc_core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from sscc_core.config import ModelConfig, SSCCConfig
@@ -156,14 +155,7 @@ def test_killed_labelling_job_resumes_bit_identical(ray_session, tmp_path):
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    deadline = time.time() + 240
-    try:
-        while n_recorded(out) < 3:
-            assert proc.poll() is None, "the labelling job ended before it could be killed"
-            assert time.time() < deadline, "no tile finished in time"
-            time.sleep(0.05)
-    finally:
-        kill_process_tree(proc.pid)
+    kill_when(proc, lambda: n_recorded(out) >= 3, 240, 0.05, "no tile finished")
     done_at_kill = n_recorded(out)
     assert 3 <= done_at_kill < 36 and not open_label_store(out).complete
 

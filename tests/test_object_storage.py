@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,8 @@ import numpy as np
 import pytest
 import zarr
 
-from helpers import kill_process_tree
-from pipelines import evaluate, export, ingest, predict, verify
+from helpers import kill_when
+from pipelines import evaluate, export, ingest, verify
 from sscc_core.io.matlab import read_benchmark
 from sscc_core.io.store import open_cube, write_cube
 from sscc_core.labelstore import LabelStoreSpec, open_label_store, prepare_label_store
@@ -216,19 +215,14 @@ def test_every_stage_on_s3_with_a_killed_predict_equals_local(s3, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.predict", *predict_args], env=env,
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.time() + 300
-    try:
-        while True:
-            try:
-                if open_label_store(labels).done_tiles():
-                    break
-            except FileNotFoundError:
-                pass
-            assert proc.poll() is None, "the labelling job ended before it could be killed"
-            assert time.time() < deadline, "no tile was recorded in time"
-            time.sleep(0.2)
-    finally:
-        kill_process_tree(proc.pid)
+
+    def recorded() -> bool:
+        try:
+            return bool(open_label_store(labels).done_tiles())
+        except FileNotFoundError:
+            return False
+
+    kill_when(proc, recorded, 300, 0.2, "no tile was recorded")
     killed = open_label_store(labels)
     assert 1 <= len(killed.done_tiles()) < 36 and not killed.complete
     sscc(env, "predict", *predict_args)
