@@ -163,7 +163,9 @@ def fit_readout(model: SSCCNet, pre: Preprocessor, cube: Any, valid: Any, train_
     Returns:
         The fitted :class:`Readout`; its ``state`` is the checkpoint's ``readout_state``. With
         ``readout: auto`` its ``kind`` and ``smooth_sigma`` are the chosen ones and
-        ``selection`` records the choice.
+        ``selection`` records the choice; a fixed ``"kmeans"``/``"spectral"`` readout with
+        ``spectra_scale`` other than ``"whitened"`` is fitted the same way on a grid of that
+        one candidate (else its scale would be ignored).
 
     Raises:
         ValueError: Fewer sample pixels than clusters (or than the spectral neighbours).
@@ -175,6 +177,12 @@ def fit_readout(model: SSCCNet, pre: Preprocessor, cube: Any, valid: Any, train_
     model.eval()
     if post.readout == "auto":
         return fit_auto(model, pre, cube, valid, train_mask, post, seed, tile_size, log)
+    if post.readout != "head" and post.readout_spectra > 0 and post.spectra_scale != "whitened":
+        # a fixed readout with the other spectrum weightings: the selection's standardised
+        # vectors, on a grid of this one candidate
+        fixed = replace(post, select_kinds=(post.readout,), select_sigmas=(post.smooth_sigma,),
+                        select_scales=(post.spectra_scale,))
+        return fit_auto(model, pre, cube, valid, train_mask, fixed, seed, tile_size, log)
     readout = Readout.from_config(post)
     if not readout.uses_features:
         return readout

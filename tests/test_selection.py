@@ -7,6 +7,7 @@ network, as in test_postprocess_pipeline."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -153,3 +154,25 @@ def test_auto_readout_is_the_same_choice_and_labels_in_the_harness_and_the_produ
     ckpt = load_checkpoint(save_checkpoint(fitted, tmp_path / "auto"))
     production, _ = label_scene(Labeller.from_checkpoint(ckpt), cube, valid, TILE)
     np.testing.assert_array_equal(production, harness)
+
+
+def test_a_fixed_readout_applies_its_spectra_scale(scene):
+    """A fixed readout with ``spectra_scale: balanced`` is fitted with the balanced weights (K - 1
+    scores kept), the same readout ``auto`` gives on a grid of that one candidate."""
+    cube, valid, labels, pre = scene
+    post = replace(AUTO, readout="kmeans", smooth_sigma=2.0, spectra_scale="balanced")
+    cfg = SSCCConfig(model=TINY, train=TrainConfig(seed=3, protocol="all"), postprocess=post)
+    model = build_training(cfg, pre.n_components).model.eval()
+    mask = training_mask(valid, labels, "all")
+    readout = fit_readout(model, pre, cube, valid, mask, cfg)
+    assert (readout.kind, readout.smooth_sigma) == ("kmeans", 2.0)
+    weights = readout.state["weights"]
+    d, k = model.feature_dim, TINY.n_clusters
+    np.testing.assert_allclose(weights[:d].numpy(), 1 / math.sqrt(d), rtol=1e-6)
+    np.testing.assert_allclose(weights[d:d + k - 1].numpy(), 1 / math.sqrt(k - 1), rtol=1e-6)
+    assert (weights[d + k - 1:] == 0).all()
+    grid = replace(post, readout="auto", select_kinds=("kmeans",), select_sigmas=(2.0,),
+                   select_scales=("balanced",))
+    auto = fit_readout(model, pre, cube, valid, mask, replace(cfg, postprocess=grid))
+    for key in readout.state:
+        torch.testing.assert_close(readout.state[key], auto.state[key], rtol=0, atol=0)
