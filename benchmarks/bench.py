@@ -7,7 +7,7 @@ Usage::
     python -m benchmarks.bench --out docs/bench --doc docs/BENCHMARKS.md                # `make bench`
     python -m benchmarks.bench --out docs/bench --doc docs/BENCHMARKS.md --scale-gb 26  # `make bench-scale`
 
-Synthetic mosaics (:mod:`sscc_core.synthetic`, real Salinas-A spectra) are generated once into
+Synthetic mosaics (:mod:`sscc_core.io.synthetic`, real Salinas-A spectra) are generated once into
 ``--work`` and reused while their parameters match.
 """
 

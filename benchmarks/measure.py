@@ -9,17 +9,17 @@ Sections (the report is rendered from every JSON present in ``OUT``, so ``make b
   run on a seeded sample of the same tiles, in the same number of processes as pipeline actors
   (started together behind a barrier, one torch/BLAS thread each): raw Zarr read+decode of the
   tiles with their halo, the pre-processing map, the model's dense forward pass on in-memory
-  feature tiles, and k-means' nearest centroid (``sscc_core.baselines.predict``) on in-memory pixel features.
+  feature tiles, and k-means' nearest centroid (``sscc_core.model.baselines.predict``) on in-memory pixel features.
 - ``dense``: dense fcn vs per-patch fcn vs per-patch authors' ResNet on the same tile.
 - ``train``: Ray Train with 1 and 2 workers vs the plain PyTorch loop
-  (:func:`sscc_core.trainer.train_epoch`) on the same patches and config.
+  (:func:`sscc_core.training.trainer.train_epoch`) on the same patches and config.
 - ``memory``: peak summed RSS of this driver and every Ray process it started, and peak object
   store bytes, while labelling mosaics of 1x, 4x and 16x size.
 - ``accuracy``: SSCC (short training on a pixel sample of the smallest mosaic) vs k-means (fitted
   on the same sample) against the mosaic's true labels, on the 4x mosaic.
 - ``scale`` (``--scale-gb``): labelling one mosaic larger than the machine's RAM with a tiny model.
 
-Synthetic mosaics (:mod:`sscc_core.synthetic`, real Salinas-A spectra) are generated once into
+Synthetic mosaics (:mod:`sscc_core.io.synthetic`, real Salinas-A spectra) are generated once into
 ``--work`` and reused while their parameters match.
 """
 
@@ -44,7 +44,7 @@ import numpy as np
 
 from pipelines import predict, synth
 from pipelines.common import ensure_ray
-from sscc_core import synthetic
+from sscc_core.io import synthetic
 from sscc_core.config import ModelConfig, SSCCConfig, TrainConfig, replace
 from sscc_core.profiling import TreeMemorySampler, machine_info
 
@@ -98,12 +98,12 @@ def sample_patches(store: Path, cfg: SSCCConfig, n: int, seed: int) -> tuple[Any
     """Fit the pre-processing on a pixel sample of a store and gather ``n`` sampled patches.
 
     Returns:
-        ``(pre, patches, sample)``: the fitted :class:`sscc_core.preprocess.Preprocessor`,
+        ``(pre, patches, sample)``: the fitted :class:`sscc_core.model.preprocess.Preprocessor`,
         (n, C, P, P) float32 patches of uniformly sampled valid pixels, and the (H, W) bool mask
         of those pixels.
     """
-    from sscc_core.patches import gather_patches
-    from sscc_core.preprocess import fit_preprocessor
+    from sscc_core.model.patches import gather_patches
+    from sscc_core.model.preprocess import fit_preprocessor
 
     cube, valid, _ = _open(store)
     pre = fit_preprocessor(cube, valid, cfg.preprocess, cfg.tile.tile_size, "sample")
@@ -126,10 +126,10 @@ def train_model(store: Path, cfg: SSCCConfig, n: int, seed: int, out: Path) -> d
     """
     import torch
 
-    from sscc_core.baselines import fit_kmeans_baseline
-    from sscc_core.checkpoint import Checkpoint, save_checkpoint
+    from sscc_core.model.baselines import fit_kmeans_baseline
+    from sscc_core.model.checkpoint import Checkpoint, save_checkpoint
     from sscc_core.io.store import open_cube
-    from sscc_core.trainer import train_reference
+    from sscc_core.training.trainer import train_reference
 
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -215,11 +215,11 @@ def _limit_worker(kind: str, store: str, checkpoint: str, tiles: list[tuple[int,
     import torch
     from threadpoolctl import threadpool_limits
 
-    from sscc_core.baselines import predict_block
-    from sscc_core.checkpoint import load_checkpoint
-    from sscc_core.inference import Labeller
-    from sscc_core.model import predict_dense
-    from sscc_core.tiling import Tile, read_with_halo
+    from sscc_core.model.baselines import predict_block
+    from sscc_core.model.checkpoint import load_checkpoint
+    from sscc_core.labelling.inference import Labeller
+    from sscc_core.model.network import predict_dense
+    from sscc_core.io.tiling import Tile, read_with_halo
 
     torch.set_num_threads(1)
     threadpool_limits(1)
@@ -281,7 +281,7 @@ def measure_limit(kind: str, store: Path, checkpoint: Path, tiles: list[Any], pr
 
 def sample_tiles(store: Path, tile_size: int, n: int, seed: int) -> list[Any]:
     """A seeded sample of ``n`` non-empty tiles of the store's grid (row-major order)."""
-    from sscc_core.tiling import nonempty_tiles, tile_grid
+    from sscc_core.io.tiling import nonempty_tiles, tile_grid
 
     _, valid, _ = _open(store)
     tiles = nonempty_tiles(valid, tile_grid(*valid.shape, tile_size))
@@ -297,10 +297,10 @@ def chunk_cache_ablation(store: Path, checkpoint: Path, tiles: list[Any], tile_s
     import torch
     import zarr
 
-    from sscc_core.checkpoint import load_checkpoint
+    from sscc_core.model.checkpoint import load_checkpoint
     from sscc_core.config import to_dict
     from sscc_core.io.store import open_cube
-    from sscc_core.labelstore import LabelStoreSpec, prepare_label_store
+    from sscc_core.labelling.labelstore import LabelStoreSpec, prepare_label_store
 
     torch.set_num_threads(1)
     ckpt = load_checkpoint(checkpoint)
@@ -376,13 +376,13 @@ def dense_section(store: Path, checkpoint: Path, side: int = 48, resnet_pixels: 
     """
     import torch
 
-    from sscc_core.checkpoint import load_checkpoint
-    from sscc_core.inference import Labeller
-    from sscc_core.model import SSCCNet, predict_dense, predict_patches
-    from sscc_core.patches import tile_features
-    from sscc_core.readout import Readout
-    from sscc_core.readout_fit import fit_spectral
-    from sscc_core.tiling import Tile, extract_patches
+    from sscc_core.model.checkpoint import load_checkpoint
+    from sscc_core.labelling.inference import Labeller
+    from sscc_core.model.network import SSCCNet, predict_dense, predict_patches
+    from sscc_core.model.patches import tile_features
+    from sscc_core.model.readout import Readout
+    from sscc_core.training.readout_fit import fit_spectral
+    from sscc_core.io.tiling import Tile, extract_patches
 
     torch.set_num_threads(1)
     cube, valid, _ = _open(store)
@@ -483,9 +483,9 @@ def train_section(store: Path, cfg: SSCCConfig, work: Path, use_gpu: bool) -> di
     from pipelines.train import TilePatches, run_training, training_tiles
     from sscc_core.config import to_dict
     from sscc_core.io.store import open_cube
-    from sscc_core.patches import gather_patches
-    from sscc_core.preprocess import Preprocessor
-    from sscc_core.trainer import build_training, train_epoch, training_mask
+    from sscc_core.model.patches import gather_patches
+    from sscc_core.model.preprocess import Preprocessor
+    from sscc_core.training.trainer import build_training, train_epoch, training_mask
 
     out: dict[str, Any] = {"epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size}
     storage = work / "train_runs"
@@ -535,11 +535,11 @@ def train_section(store: Path, cfg: SSCCConfig, work: Path, use_gpu: bool) -> di
 def accuracy_section(store: Path, labels_store: Path, checkpoint: Path, kmeans: Any,
                      train_info: dict[str, Any]) -> dict[str, Any]:
     """ACC/NMI/ARI of the pipeline's SSCC labels and of k-means vs the mosaic's true labels."""
-    from sscc_core.baselines import label_kmeans_baseline
-    from sscc_core.checkpoint import load_checkpoint
-    from sscc_core.labelstore import LabelStore
+    from sscc_core.model.baselines import label_kmeans_baseline
+    from sscc_core.model.checkpoint import load_checkpoint
+    from sscc_core.labelling.labelstore import LabelStore
     from sscc_core.metrics import evaluate
-    from sscc_core.preprocess import Preprocessor
+    from sscc_core.model.preprocess import Preprocessor
 
     ckpt = load_checkpoint(checkpoint)
     pre = Preprocessor.from_state(ckpt.preprocess_state)

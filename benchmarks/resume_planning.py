@@ -8,7 +8,7 @@ Usage::
 
 Both stores have ``--tiles`` tiles (a square grid of 1-pixel tiles, so the label arrays hold no
 chunks), every tile recorded done. Planning is what ``sscc predict`` does before labelling: open
-the store and find the done tiles (:meth:`sscc_core.labelstore.LabelStore.done_tiles`); for the
+the store and find the done tiles (:meth:`sscc_core.labelling.labelstore.LabelStore.done_tiles`); for the
 marker format that is listing the marker folder and parsing the names, as the marker-format code
 did. Each is timed ``--repeats`` times (warm file cache); the report gives min and median.
 With ``--url`` the records store is also written to and planned from that object-storage URL
@@ -33,7 +33,7 @@ import fsspec
 import numpy as np
 import xarray as xr
 
-from sscc_core.labelstore import (
+from sscc_core.labelling.labelstore import (
     DONE_GROUP,
     LabelStore,
     LabelStoreSpec,

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sscc_core.labelstore import LabelStore
+    from sscc_core.labelling.labelstore import LabelStore
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES})
@@ -144,9 +144,9 @@ def log_event(logger: logging.Logger, event: str, **fields: Any) -> None:
 def label_provenance(store: "LabelStore", cube_path: str | Path) -> dict[str, str]:
     """Provenance of products derived from a label store: model version, config hash, input
     cube, label store and its creation time, tiles done (see
-    :func:`sscc_core.export.build_provenance`)."""
+    :func:`sscc_core.labelling.export.build_provenance`)."""
     from sscc_core.config import SSCCConfig, from_dict
-    from sscc_core.export import build_provenance
+    from sscc_core.labelling.export import build_provenance
 
     attrs = store.attrs
     return build_provenance(

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from pipelines import evaluate, export, ingest, predict, train
 from pipelines.common import run_stage
-from sscc_core.baselines import fit_kmeans_baseline, label_kmeans_baseline
-from sscc_core.checkpoint import load_checkpoint
+from sscc_core.model.baselines import fit_kmeans_baseline, label_kmeans_baseline
+from sscc_core.model.checkpoint import load_checkpoint
 from sscc_core.io.store import open_cube
 from sscc_core.metrics import evaluate as evaluate_labels
-from sscc_core.preprocess import Preprocessor
+from sscc_core.model.preprocess import Preprocessor
 
 COLUMNS = ("acc", "nmi", "ari", "kappa", "purity")
 

@@ -25,11 +25,11 @@ from pipelines.common import (
     add_logging_args, label_provenance, log_event, run_stage, setup_logging,
 )
 from sscc_core import storage
-from sscc_core.export import write_metrics_json
+from sscc_core.labelling.export import write_metrics_json
 from sscc_core.io.store import open_cube
-from sscc_core.labelstore import open_label_store
+from sscc_core.labelling.labelstore import open_label_store
 from sscc_core.metrics import evaluate
-from sscc_core.tiling import tile_grid
+from sscc_core.io.tiling import tile_grid
 from sscc_core.versioning import resolve_labels
 
 WINDOW = 1024

@@ -5,11 +5,11 @@ Usage::
     sscc export --labels runs/ip_labels.zarr --store runs/ip.zarr --out runs/ip_products \\
         [--metrics runs/ip_metrics.json]
 
-Writes (:func:`sscc_core.export.export_all`) ``labels.tif`` (Cloud-Optimized GeoTIFF with a colour
+Writes (:func:`sscc_core.labelling.export.export_all`) ``labels.tif`` (Cloud-Optimized GeoTIFF with a colour
 table and provenance tags), ``quicklook.png``, ``spectra.csv`` / ``spectra_std.csv`` /
 ``spectra.png`` (per-cluster mean spectra of the cube), ``cluster_class_counts.csv`` when the
 cube has ground truth, and ``metrics.json`` when ``--metrics`` (an ``sscc evaluate --out`` file)
-is given, and the run report ``report/index.html`` (:mod:`sscc_core.report`; training curves
+is given, and the run report ``report/index.html`` (:mod:`sscc_core.labelling.report`; training curves
 with ``--run``; ``--no-report`` skips it). Provenance comes from the label store's attributes.
 Refuses an incomplete label store or one whose chunks do not hold what its tile records say
 (``sscc verify``),
@@ -35,10 +35,10 @@ from pipelines.common import (
     add_logging_args, label_provenance, log_event, run_stage, setup_logging,
 )
 from sscc_core import storage
-from sscc_core.export import export_all
+from sscc_core.labelling.export import export_all
 from sscc_core.io.store import atomic_output, cube_identity, open_cube
-from sscc_core.labelstore import LabelStore, open_label_store
-from sscc_core.report import find_training, write_report
+from sscc_core.labelling.labelstore import LabelStore, open_label_store
+from sscc_core.labelling.report import find_training, write_report
 from sscc_core.versioning import resolve_labels
 
 

@@ -7,12 +7,12 @@ Usage::
         [--recheck]
 
 The driver loads the checkpoint, checks the cube's band count and wavelengths, creates (or
-reopens) the label store (:mod:`sscc_core.labelstore`), lists the non-empty tiles and drops those
+reopens) the label store (:mod:`sscc_core.labelling.labelstore`), lists the non-empty tiles and drops those
 already marked done, so a rerun after a crash, or after new tiles gained data, labels only the
 rest. With ``--recheck`` the done tiles are kept in the list: their input window is re-read and
 only those whose fingerprint differs from their record's are relabelled (``sscc reprocess``).
 Done tiles whose chunks are missing, unreadable or do not hold what their records say
-(:meth:`sscc_core.labelstore.LabelStore.damaged_tiles`) are labelled again. An existing store
+(:meth:`sscc_core.labelling.labelstore.LabelStore.damaged_tiles`) are labelled again. An existing store
 made from another input (its recorded
 :func:`sscc_core.io.store.cube_identity` differs) is refused without ``--recheck``; with it,
 the new input is recorded once every tile has been rechecked.
@@ -21,11 +21,11 @@ actor pool: each actor loads the checkpoint once, reopens the input store with z
 small cache of decoded chunks, :class:`ChunkCache`, so a tile's fingerprint and label reads and
 the overlapping halos of neighbouring tiles decode each chunk once), fingerprints
 the tile's input window, labels the tile with its halo
-(:meth:`sscc_core.inference.Labeller.label_tile`), writes the tile's whole chunk and returns the
+(:meth:`sscc_core.labelling.inference.Labeller.label_tile`), writes the tile's whole chunk and returns the
 tile's record (with the fingerprint); the driver, the only writer of the store's tile records,
 records the finished tiles in batches (at most every ``RECORD_SECONDS``), and marks the store
 complete last. Labels equal the single-process
-:func:`sscc_core.inference.label_scene` bit for bit. An unreadable input tile fails the run with
+:func:`sscc_core.labelling.inference.label_scene` bit for bit. An unreadable input tile fails the run with
 an error naming the tile. The store is marked complete only when every non-empty tile is done.
 """
 
@@ -46,18 +46,18 @@ import zarr
 
 from pipelines.common import add_logging_args, ensure_ray, log_event, run_stage, setup_logging
 from sscc_core import storage
-from sscc_core.checkpoint import load_checkpoint
+from sscc_core.model.checkpoint import load_checkpoint
 from sscc_core.config import to_dict
-from sscc_core.inference import Labeller
+from sscc_core.labelling.inference import Labeller
 from sscc_core.io.store import cube_identity, open_cube
-from sscc_core.labelstore import (
+from sscc_core.labelling.labelstore import (
     LabelStore,
     LabelStoreSpec,
     TileRecord,
     prepare_label_store,
     tile_fingerprint,
 )
-from sscc_core.tiling import Tile, nonempty_tiles
+from sscc_core.io.tiling import Tile, nonempty_tiles
 
 TILE_FIELDS = tuple(f.name for f in dataclasses.fields(Tile))
 BLOCKS_PER_ACTOR = 16
@@ -170,7 +170,7 @@ class LabelTiles:
         checkpoint: Checkpoint path (loaded once per actor).
         store: Input cube store path.
         out: Label store path (created by the driver).
-        mode: Inference mode of :class:`sscc_core.inference.Labeller`.
+        mode: Inference mode of :class:`sscc_core.labelling.inference.Labeller`.
         batch_size: Patches per forward pass in patch mode.
         threads: torch intra-op threads of this actor.
     """
@@ -204,7 +204,7 @@ class LabelTiles:
         """Label every tile of a batch of tile descriptors.
 
         Args:
-            batch: Columns of :class:`sscc_core.tiling.Tile` fields, each ``(n,)`` int, and
+            batch: Columns of :class:`sscc_core.io.tiling.Tile` fields, each ``(n,)`` int, and
                 ``fingerprint`` (the tile's recorded fingerprint, "" when not done).
 
         Returns:

@@ -5,7 +5,7 @@ Usage::
     sscc report --labels runs/ip_labels.zarr --store runs/ip.zarr --out runs/ip_report \\
         [--run runs/train/ip] [--previous runs/old_labels.zarr] [--overwrite]
 
-Writes ``OUT/index.html`` with its assets (:func:`sscc_core.report.write_report`): the label map
+Writes ``OUT/index.html`` with its assets (:func:`sscc_core.labelling.report.write_report`): the label map
 as a zoomable tile pyramid with a legend (colour, pixels, area when georeferenced), the cluster
 mean ± std spectra, the training curves and provenance of the run (``--run``: the training run
 directory or its checkpoint; found by itself for the ``--out-root`` of ``sscc reprocess``),
@@ -27,8 +27,8 @@ from pipelines.common import add_logging_args, log_event, run_stage, setup_loggi
 from pipelines.export import check_input
 from sscc_core import storage
 from sscc_core.io.store import atomic_output, open_cube
-from sscc_core.labelstore import LabelStore, open_label_store
-from sscc_core.report import (
+from sscc_core.labelling.labelstore import LabelStore, open_label_store
+from sscc_core.labelling.report import (
     NO_RUN, SPECTRA_PIXELS, ReportResult, TrainingRun, check_grid, find_training, is_report,
     load_training, write_report,
 )
@@ -81,7 +81,7 @@ def report_into(
     Raises:
         FileExistsError: ``out`` holds something (without ``overwrite``: anything but an empty
             folder; with it: anything but a previous report).
-        ValueError: As :func:`sscc_core.report.write_report`, or a cube that is not the labels'
+        ValueError: As :func:`sscc_core.labelling.report.write_report`, or a cube that is not the labels'
             input.
     """
     cube = open_cube(cube_path)

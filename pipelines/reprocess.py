@@ -12,12 +12,12 @@ Labels go to ``LABELS_DIR/<model_version>.zarr`` (:mod:`sscc_core.versioning`):
   on an unchanged mosaic labels nothing and the result always equals a from-scratch
   ``sscc predict`` of the current mosaic;
 - a mosaic that grew at the bottom and/or right (same origin and pixel spacing) grows the store
-  (:meth:`sscc_core.labelstore.LabelStore.grow`), keeping the tiles whose windows did not change;
+  (:meth:`sscc_core.labelling.labelstore.LabelStore.grow`), keeping the tiles whose windows did not change;
   any other change of grid is refused with a clear error (label into a new ``--out-root``);
 - a new model version writes a new store beside the old ones and never touches them;
 - ``LABELS_DIR/current`` is switched (atomically) to the version only once its store is complete;
 - then the version's run report is written to ``LABELS_DIR/<model_version>.report/index.html``
-  (:mod:`sscc_core.report`), with the change from the version ``current`` pointed to before
+  (:mod:`sscc_core.labelling.report`), with the change from the version ``current`` pointed to before
   (``--no-report`` skips it).
 """
 
@@ -31,9 +31,9 @@ from pipelines import predict
 from pipelines.common import run_stage
 from pipelines.report import version_report
 from sscc_core import storage
-from sscc_core.checkpoint import load_checkpoint
+from sscc_core.model.checkpoint import load_checkpoint
 from sscc_core.io.store import open_cube
-from sscc_core.labelstore import open_label_store
+from sscc_core.labelling.labelstore import open_label_store
 from sscc_core.versioning import switch_current, versioned_store
 
 

@@ -5,11 +5,11 @@
     sscc reproduce --dataset salinas_a --method kmeans_pca --protocol all --seeds 0 1 2
     python -m pipelines.reproduce ... --set train.epochs=5 --json runs/ip.json
 
-Runs in this process (no Ray): :func:`sscc_core.experiment.run_one` per seed. Prints one line
+Runs in this process (no Ray): :func:`sscc_core.accuracy.experiment.run_one` per seed. Prints one line
 per seed, then a Markdown table row of mean ± std (ACC, NMI, ARI, kappa) with the mean CPU and
 wall seconds per run; ``--json`` also writes every per-seed row and the summary.
 
-``--suite`` runs the whole accuracy suite instead (:mod:`sscc_core.suite`: every bundled scene x
+``--suite`` runs the whole accuracy suite instead (:mod:`sscc_core.accuracy.suite`: every bundled scene x
 both protocols x the seeds, SSCC with ``configs/default.yaml`` unless ``--config`` says
 otherwise, its ablations and the three baselines), ``--jobs`` runs at a time, per-seed JSON under
 ``--out``, and regenerates the tables of ``--doc`` (``docs/RESULTS.md``) once every run succeeded:
@@ -31,7 +31,7 @@ from threadpoolctl import threadpool_limits
 from pipelines.common import run_stage
 from pipelines.options import DEFAULT_CONFIG, add_config_args, load_cli_config
 from sscc_core.config import to_dict
-from sscc_core.experiment import (
+from sscc_core.accuracy.experiment import (
     METHODS,
     Scene,
     PROTOCOLS,
@@ -41,7 +41,7 @@ from sscc_core.experiment import (
     scene_config,
     summarise,
 )
-from sscc_core import suite
+from sscc_core.accuracy import suite
 
 TABLE_HEADER = ("| dataset | method | protocol | ACC | NMI | ARI | kappa | CPU s/run | wall s/run |\n"
                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -104,7 +104,7 @@ def _run_suite(args: argparse.Namespace, command: str) -> None:
 
 def check_k_override(overrides: list[str], k: int, scene: Scene) -> None:
     """Refuse ``--set model.n_clusters`` other than the scene's class count: every run here sets
-    K to it (:func:`sscc_core.experiment.scene_config`), so the override would be ignored.
+    K to it (:func:`sscc_core.accuracy.experiment.scene_config`), so the override would be ignored.
 
     Raises:
         ValueError: The override differs from the scene's class count.

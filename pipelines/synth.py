@@ -8,7 +8,7 @@ Usage::
 
 The store is created once on the driver (metadata and coordinates only), then Ray tasks each
 generate and write groups of whole chunk- (shard-) aligned windows (see
-:mod:`sscc_core.synthetic`: values depend only on the seed and pixel position, so the order and
+:mod:`sscc_core.io.synthetic`: values depend only on the seed and pixel position, so the order and
 grouping of the windows do not change a single byte). The store is written to a temporary sibling
 and renamed into place at the end: a crash leaves no half store. Each task holds one window.
 Progress is printed as windows complete, and the throughput (MB/s of reflectance) at the end.
@@ -24,7 +24,7 @@ from typing import Any
 import ray
 
 from pipelines.common import ensure_ray, gather_tasks, run_stage
-from sscc_core import synthetic
+from sscc_core.io import synthetic
 from sscc_core.io import matlab, store
 
 

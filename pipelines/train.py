@@ -9,7 +9,7 @@ Workers: a ``TorchTrainer`` of N workers trains one objective whatever N is. ``t
 is the global batch; rank 0 alone reads the dataset (seeded local shuffle, ``drop_last``) and
 scatters slice r of every global batch to rank r, so the global batches do not depend on N. The
 SSCC loss gathers the cluster outputs of all ranks with gradients and BatchNorm is synchronised
-(:class:`sscc_core.loss.SSCCLoss`, :class:`sscc_core.model.SyncBatchNorm2d`); DDP averages the
+(:class:`sscc_core.model.loss.SSCCLoss`, :class:`sscc_core.model.network.SyncBatchNorm2d`); DDP averages the
 gradients. Rank 0 posts every epoch's summary (loss parts, clusters used, assignment entropy) to
 the clock, which the driver logs as it arrives, and writes an SSCC checkpoint every epoch; a
 relaunch with the same run name and storage path resumes from the latest one.
@@ -43,19 +43,19 @@ import torch
 from pipelines.common import add_logging_args, ensure_ray, log_event, run_stage, setup_logging
 from pipelines.options import DEFAULT_CONFIG, add_config_args, load_cli_config
 from sscc_core import storage
-from sscc_core.augment import two_views
-from sscc_core.checkpoint import (
+from sscc_core.model.augment import two_views
+from sscc_core.model.checkpoint import (
     Checkpoint, CheckpointError, RunRecord, check_run_record, checkpoint_file, fallback_warning,
     load_checkpoint, newest_loadable, run_checkpoints, save_checkpoint,
 )
 from sscc_core.config import SSCCConfig, dump_config, from_dict, to_dict
 from sscc_core.io.store import cube_identity, open_cube
-from sscc_core.model import SSCCNet
-from sscc_core.patches import tile_features
-from sscc_core.preprocess import Preprocessor, fit_preprocessor
-from sscc_core.readout_fit import fit_readout
-from sscc_core.tiling import Tile, extract_patches_at, tile_grid, tile_valid
-from sscc_core.trainer import (
+from sscc_core.model.network import SSCCNet
+from sscc_core.model.patches import tile_features
+from sscc_core.model.preprocess import Preprocessor, fit_preprocessor
+from sscc_core.training.readout_fit import fit_readout
+from sscc_core.io.tiling import Tile, extract_patches_at, tile_grid, tile_valid
+from sscc_core.training.trainer import (
     EpochStats, TrainingDiverged, build_training, check_finite_weights, clusters_warning,
     epoch_generator, progress_line, tile_training_mask, train_step,
 )
@@ -346,8 +346,8 @@ def run_epochs(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from sscc_core.loss import SSCCLoss
-    from sscc_core.model import TwinForward
+    from sscc_core.model.loss import SSCCLoss
+    from sscc_core.model.network import TwinForward
 
     torch.set_num_threads(config["threads"])
     cfg = from_dict(SSCCConfig, config["cfg"])
@@ -391,7 +391,7 @@ def run_epochs(config: dict[str, Any]) -> None:
 def resumed_state(reported: Any, config: dict[str, Any], rank: int) -> Checkpoint | None:
     """The checkpoint to resume from: the newest loadable one up to the one Ray Train reports
     (``None`` for a new run). Rank 0 posts a warning naming each newer one that did not load
-    (:func:`sscc_core.checkpoint.newest_loadable`), so a truncated or corrupt per-epoch
+    (:func:`sscc_core.model.checkpoint.newest_loadable`), so a truncated or corrupt per-epoch
     checkpoint costs an epoch, not a hand-deleted file."""
     if reported is None:
         return None
@@ -535,7 +535,7 @@ def readout_tiles(tiles: list[dict[str, int]], max_pixels: int, seed: int) -> li
 def fit_final_readout(ckpt: Checkpoint, store: str, pre: Preprocessor, tiles: list[dict[str, int]]) -> Checkpoint:
     """Driver-side readout fitting after training (``cfg.postprocess``): BatchNorm recalibration
     and/or the k-means or spectral readout of a seeded sample of the training pixels
-    (:func:`sscc_core.readout_fit.fit_readout`, as the accuracy harness does).
+    (:func:`sscc_core.training.readout_fit.fit_readout`, as the accuracy harness does).
 
     Args:
         ckpt: The final checkpoint of the training loop.

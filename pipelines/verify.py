@@ -6,7 +6,7 @@ Usage::
 
 Every tile with a completion record must have its chunks (``labels``, and ``confidence`` when
 written) present, decodable, and holding exactly the labelled pixel count its record says
-(:meth:`sscc_core.labelstore.LabelStore.damaged_tiles`). A damaged store is marked incomplete,
+(:meth:`sscc_core.labelling.labelstore.LabelStore.damaged_tiles`). A damaged store is marked incomplete,
 the damaged tiles lose their records, and the run ends with one line naming the first damaged
 tile and chunk; ``sscc predict`` with the same arguments then relabels exactly those tiles.
 ``sscc evaluate`` and ``sscc export`` run the same check before reading the labels.
@@ -20,7 +20,7 @@ from typing import Any
 
 from pipelines.common import add_logging_args, log_event, run_stage, setup_logging
 from sscc_core import storage
-from sscc_core.labelstore import open_label_store
+from sscc_core.labelling.labelstore import open_label_store
 from sscc_core.versioning import resolve_labels
 
 

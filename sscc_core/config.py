@@ -177,11 +177,11 @@ class PostprocessConfig:
             ``"unwhitened"`` keeps the components' relative spread, the first one weighing as
             much as all D standardised features together; ``"balanced"`` keeps the first K - 1
             scores and weighs them, together, as much as the D features together (see
-            :mod:`sscc_core.selection`).
+            :mod:`sscc_core.training.selection`).
         select_kinds: ``readout: auto`` chooses among these readouts ...
         select_sigmas: ... these smoothing scales (pixels) ...
         select_scales: ... and these ``spectra_scale`` values, by the label-free stability
-            criterion of :mod:`sscc_core.selection`; the choice is written into the
+            criterion of :mod:`sscc_core.training.selection`; the choice is written into the
             checkpoint's config and its criterion values into the checkpoint's provenance.
         select_resamples: Half-size resamples of the readout sample clustered per candidate
             to measure its stability (>= 1).

@@ -4,7 +4,7 @@
 Layout of ``LABELS_DIR``::
 
     LABELS_DIR/<model_version>.zarr   one label store per model version (never overwritten by
-                                      another version; see :mod:`sscc_core.labelstore`)
+                                      another version; see :mod:`sscc_core.labelling.labelstore`)
     LABELS_DIR/current                JSON: {"model_version", "store", "switched", ...}
 
 ``current`` is replaced atomically (:func:`sscc_core.storage.write_bytes`: temp file, then rename), so a

@@ -55,7 +55,7 @@ def salinas_features(salinas: np.ndarray):
     PCA to 8, each component z-scored)."""
     import torch
 
-    from sscc_core.preprocess import fit_preprocessor
+    from sscc_core.model.preprocess import fit_preprocessor
 
     return torch.from_numpy(fit_preprocessor(salinas, None).transform(salinas))
 

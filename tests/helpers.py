@@ -13,7 +13,7 @@ import psutil
 import zarr
 
 from sscc_core.io.store import cube_identity, open_cube
-from sscc_core.labelstore import LabelStore, LabelStoreSpec, create_label_store
+from sscc_core.labelling.labelstore import LabelStore, LabelStoreSpec, create_label_store
 
 
 def relabelled_store(cube_path: Path, out: Path, lut: np.ndarray, model_version: str = "perfect00001",

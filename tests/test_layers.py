@@ -22,18 +22,12 @@ PACKAGES = ("sscc_core", "pipelines", "benchmarks")
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("sscc_core", "sscc_core.config", "sscc_core.storage", "sscc_core.profiling",
                     "sscc_core.metrics", "sscc_core.versioning")),
-    ("readers and tiling", ("sscc_core.io", "sscc_core.io.*", "sscc_core.tiling",
-                            "sscc_core.synthetic")),
-    ("pre-processing, model, loss, augmentation", (
-        "sscc_core.preprocess", "sscc_core.patches", "sscc_core.augment", "sscc_core.model",
-        "sscc_core.loss", "sscc_core.distributed", "sscc_core.postprocess",
-        "sscc_core.baselines", "sscc_core.checkpoint")),
-    ("training", ("sscc_core.trainer",)),
-    ("applying a readout", ("sscc_core.readout",)),
-    ("labelling and stores", ("sscc_core.inference", "sscc_core.labelstore", "sscc_core.export",
-                              "sscc_core.report", "sscc_core.report.*")),
-    ("fitting a readout", ("sscc_core.selection", "sscc_core.readout_fit")),
-    ("experiment harness", ("sscc_core.experiment", "sscc_core.suite")),
+    ("readers and tiling", ("sscc_core.io", "sscc_core.io.*")),
+    ("pre-processing, model, loss, augmentation, applying a readout",
+     ("sscc_core.model", "sscc_core.model.*")),
+    ("labelling and stores", ("sscc_core.labelling", "sscc_core.labelling.*")),
+    ("training and fitting a readout", ("sscc_core.training", "sscc_core.training.*")),
+    ("accuracy harness", ("sscc_core.accuracy", "sscc_core.accuracy.*")),
 )
 
 
@@ -178,8 +172,8 @@ def edges() -> list[Edge]:
 
 def test_the_graph_is_read(edges):
     pairs = {(e.source, e.target) for e in edges}
-    assert ("sscc_core.inference", "sscc_core.readout") in pairs
-    assert ("pipelines.train", "sscc_core.trainer") in pairs
+    assert ("sscc_core.labelling.inference", "sscc_core.model.readout") in pairs
+    assert ("pipelines.train", "sscc_core.training.trainer") in pairs
     assert any(e.target.startswith("ray") for e in edges)
 
 
@@ -220,5 +214,5 @@ def test_the_checks_catch_what_they_are_for():
     cyclic = [Edge("a", "b", False, 1), Edge("b", "c", False, 1), Edge("c", "a", True, 1)]
     assert find_cycles(_graph(cyclic)) == [["a", "b", "c"]]
     assert _reaches(_graph(cyclic[:2]), "a", "c") and not _reaches(_graph(cyclic[:2]), "c", "a")
-    assert layer_of("sscc_core.io.envi") == 1 and layer_of("sscc_core.readout") < layer_of(
-        "sscc_core.inference") < layer_of("sscc_core.readout_fit")
+    assert layer_of("sscc_core.io.envi") == 1 and layer_of("sscc_core.model.readout") < layer_of(
+        "sscc_core.labelling.inference") < layer_of("sscc_core.training.readout_fit")

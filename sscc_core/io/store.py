@@ -343,7 +343,7 @@ def cube_identity(cube: xr.Dataset) -> str:
     ingest, the sizes and dtype of ``reflectance`` and the ``wavelength``/``y``/``x`` coordinate
     values. Every ingest records a new creation time, so another cube, or the same path ingested
     again, has another identity; reading it costs no pixel reads. Pixel changes inside one store
-    are found tile by tile by :func:`sscc_core.labelstore.tile_fingerprint`.
+    are found tile by tile by :func:`sscc_core.labelling.labelstore.tile_fingerprint`.
 
     Args:
         cube: An opened cube store (:func:`open_cube`).

@@ -1,0 +1,248 @@
+"""Fitting the readout (:mod:`sscc_core.model.readout`) after training.
+
+The readout is fitted after training on the *same* vectors the labeller computes (the tile
+path of :class:`sscc_core.labelling.inference.Labeller`, smoothing included), collected in scene row-major
+order whatever the tile size, so every trainer fits the same readout.
+
+With ``readout: auto`` the kind and the smoothing are chosen first by the label-free stability
+criterion of :mod:`sscc_core.training.selection`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from torch import Tensor
+
+from sscc_core.model.baselines import fit_kmeans
+from sscc_core.config import PostprocessConfig, SSCCConfig
+from sscc_core.labelling.inference import Labeller
+from sscc_core.model.network import SSCCNet, recalibrate_batchnorm
+from sscc_core.model.patches import gather_patches
+from sscc_core.model.preprocess import Preprocessor
+from sscc_core.model.readout import EMPTY_CLUSTER_LOGIT, Readout, standardise
+from sscc_core.training.selection import Selection, select, spectral_clusters, standardiser
+from sscc_core.io.tiling import tile_grid, tile_valid
+
+
+def fit_spectral(vectors: Tensor, n_clusters: int, neighbors: int, seed: int,
+                 weights: Tensor | None = None) -> dict[str, Tensor]:
+    """The spectral readout's state: standardise (N, V) sample vectors per dimension, weight the
+    dimensions, cluster them (:func:`spectral_clusters`), and fit the linear map that extends
+    the clusters to any vector (:func:`fit_extension`).
+
+    Args:
+        vectors: (N, V) sample vectors.
+        n_clusters: K.
+        neighbors: Neighbours of the graph.
+        seed: Seed of the clustering.
+        weights: Optional (V,) per-dimension weights applied after standardising.
+
+    Returns:
+        ``{"mean": (V,), "std": (V,), "coef": (K, V), "intercept": (K,)}``, plus ``"weights"``
+        when given.
+
+    Raises:
+        ValueError: The clustering put every sample vector in one cluster.
+    """
+    state = standardiser(vectors, weights)
+    z = standardise(vectors, state).numpy()
+    return {**state, **fit_extension(z, spectral_clusters(z, n_clusters, neighbors, seed), n_clusters, seed)}
+
+
+def fit_extension(z: np.ndarray, labels: np.ndarray, n_clusters: int, seed: int) -> dict[str, Tensor]:
+    """Multinomial logistic regression of (N, V) standardised sample vectors onto their (N,)
+    cluster ids, as ``logits = z @ coef.T + intercept`` over all K clusters.
+
+    Returns:
+        ``{"coef": (K, V) float32, "intercept": (K,) float32}``; clusters absent from ``labels``
+        get a zero row and an intercept of ``EMPTY_CLUSTER_LOGIT``.
+
+    Raises:
+        ValueError: Fewer than two clusters present.
+    """
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise ValueError(f"spectral readout: the clustering found {len(present)} cluster(s) in "
+                         f"the sample; need at least 2")
+    model = LogisticRegression(max_iter=2000, random_state=seed).fit(z, labels)
+    coef = np.zeros((n_clusters, z.shape[1]))
+    intercept = np.full(n_clusters, EMPTY_CLUSTER_LOGIT)
+    if len(present) == 2:  # scikit-learn's binary form: one logit for classes_[1] against [0]
+        coef[present[1]], intercept[present[1]] = model.coef_[0], model.intercept_[0]
+        intercept[present[0]] = 0.0
+    else:
+        coef[present], intercept[present] = model.coef_, model.intercept_
+    return {"coef": torch.from_numpy(coef).float(), "intercept": torch.from_numpy(intercept).float()}
+
+def readout_patches(
+    cube: Any, valid: Any, train_mask: np.ndarray, pre: Preprocessor, patch_size: int, seed: int,
+    max_pixels: int, tile_size: int = 256,
+) -> Tensor:
+    """Clean patches of a seeded sample of at most ``max_pixels`` training pixels, in scene
+    row-major order whatever the tile size (BatchNorm recalibration).
+
+    Args:
+        cube: (B, H, W) array-like (numpy or zarr).
+        valid: (H, W) bool array-like.
+        train_mask: (H, W) bool, the training pixels (:func:`sscc_core.training.trainer.training_mask`).
+        pre: Fitted pre-processing.
+        patch_size: Odd patch side P.
+        seed: Seed of the sample (the run's ``train.seed``).
+        max_pixels: Largest number of patches returned.
+        tile_size: Tile side used to read the cube.
+
+    Returns:
+        (N, C, P, P) float32 patches, N = min(#training pixels, ``max_pixels``).
+    """
+    mask = sample_mask(train_mask, max_pixels, seed)
+    return row_major(*gather_patches(cube, valid, mask, pre, patch_size, tile_size))
+
+
+def row_major(values: np.ndarray, coords: np.ndarray) -> Tensor:
+    """(N, ...) values gathered tile by tile, reordered by their (N, 2) scene (row, col)
+    coordinates into scene row-major order, so the order does not depend on the tile size."""
+    order = np.lexsort((coords[:, 1], coords[:, 0]))
+    return torch.from_numpy(np.ascontiguousarray(values[order]))
+
+
+def sample_mask(train_mask: np.ndarray, max_pixels: int, seed: int) -> np.ndarray:
+    """(H, W) bool: ``train_mask`` thinned to a seeded uniform sample of at most ``max_pixels``."""
+    train_mask = np.asarray(train_mask, dtype=bool)
+    flat = np.flatnonzero(train_mask)
+    if len(flat) <= max_pixels:
+        return train_mask
+    keep = np.zeros(train_mask.shape, dtype=bool)
+    keep.flat[np.random.default_rng(seed).choice(flat, max_pixels, replace=False)] = True
+    return keep
+
+
+def sample_vectors(labeller: Labeller, cube: Any, valid: Any, mask: np.ndarray,
+                   tile_size: int = 256) -> Tensor:
+    """The labeller's readout vectors (smoothed when configured) at the ``mask`` pixels.
+
+    Returns:
+        (N, V) float32 in scene row-major order, whatever ``tile_size``.
+    """
+    vectors, coords = [], []
+    for tile in tile_grid(mask.shape[0], mask.shape[1], tile_size):
+        local = tile_valid(mask, tile)
+        if not local.any():
+            continue
+        vectors.append(labeller.readout_vectors(cube, valid, tile)[:, local].T)
+        coords.append(np.argwhere(local) + [tile.y0, tile.x0])
+    if not vectors:
+        raise ValueError("readout: no training pixels to fit on")
+    return row_major(np.concatenate(vectors), np.concatenate(coords))
+
+
+def fit_readout(model: SSCCNet, pre: Preprocessor, cube: Any, valid: Any, train_mask: np.ndarray,
+                cfg: SSCCConfig, tile_size: int = 256,
+                log: Callable[[dict[str, Any]], None] | None = None) -> Readout:
+    """Fit what ``cfg.postprocess`` needs after training, on the clean training pixels.
+
+    With ``bn_recalibrate`` the model's BatchNorm statistics are re-estimated first (in place)
+    on clean patches of a sample of the training pixels. The ``"kmeans"`` and ``"spectral"``
+    readouts are then fitted on the labeller's vectors of a seeded sample of at most
+    ``readout_sample`` training pixels (K = ``model.n_clusters``, seed ``train.seed``).
+
+    Args:
+        model: The trained network (left in eval mode).
+        pre: The run's pre-processing.
+        cube: (B, H, W) array-like.
+        valid: (H, W) bool array-like.
+        train_mask: (H, W) bool training pixels.
+        cfg: The run configuration.
+        tile_size: Tile side used to read the cube.
+        log: With ``readout: auto``, called with each candidate's criterion row (progress).
+
+    Returns:
+        The fitted :class:`Readout`; its ``state`` is the checkpoint's ``readout_state``. With
+        ``readout: auto`` its ``kind`` and ``smooth_sigma`` are the chosen ones and
+        ``selection`` records the choice; a fixed ``"kmeans"``/``"spectral"`` readout with
+        ``spectra_scale`` other than ``"whitened"`` is fitted the same way on a grid of that
+        one candidate (else its scale would be ignored).
+
+    Raises:
+        ValueError: Fewer sample pixels than clusters (or than the spectral neighbours).
+    """
+    post, seed = cfg.postprocess, cfg.train.seed
+    if post.bn_recalibrate:
+        recalibrate_batchnorm(model, readout_patches(cube, valid, train_mask, pre, model.patch_size,
+                                                     seed, post.readout_sample, tile_size))
+    model.eval()
+    if post.readout == "auto":
+        return fit_auto(model, pre, cube, valid, train_mask, post, seed, tile_size, log)
+    if post.readout != "head" and post.readout_spectra > 0 and post.spectra_scale != "whitened":
+        # a fixed readout with the other spectrum weightings: the selection's standardised
+        # vectors, on a grid of this one candidate
+        fixed = replace(post, select_kinds=(post.readout,), select_sigmas=(post.smooth_sigma,),
+                        select_scales=(post.spectra_scale,))
+        return fit_auto(model, pre, cube, valid, train_mask, fixed, seed, tile_size, log)
+    readout = Readout.from_config(post)
+    if not readout.uses_features:
+        return readout
+    mask = sample_mask(train_mask, post.readout_sample, seed)
+    vectors = sample_vectors(Labeller(model, pre, readout=readout), cube, valid, mask, tile_size)
+    k = model.cfg.n_clusters
+    if len(vectors) <= max(k, post.spectral_neighbors if readout.kind == "spectral" else 0):
+        raise ValueError(f"readout {readout.kind!r}: {len(vectors)} training pixels are too few "
+                         f"for {k} clusters")
+    weights = readout.spectra_weights(model.feature_dim, vectors.shape[1])
+    if readout.kind == "spectral":
+        return replace(readout, state=fit_spectral(vectors, k, post.spectral_neighbors, seed, weights))
+    km = fit_kmeans((vectors if weights is None else vectors * weights).numpy(), k, seed)
+    state = {"centroids": torch.from_numpy(km.cluster_centers_.astype(np.float32))}
+    return replace(readout, state=state if weights is None else {**state, "weights": weights})
+
+
+def extension(z_fit: np.ndarray, labels: np.ndarray, n_clusters: int, seed: int):
+    """The readout's extension of a clustering of (M, V) standardised vectors to any others:
+    a predictor ``(N, V) -> (N,)`` from the fitted logistic regression (:func:`fit_extension`)."""
+    fitted = fit_extension(z_fit, labels, n_clusters, seed)
+    coef, intercept = fitted["coef"].double().numpy(), fitted["intercept"].double().numpy()
+    return lambda z: np.argmax(z @ coef.T + intercept, axis=1).astype(np.int64)
+
+
+def fit_auto(model: SSCCNet, pre: Preprocessor, cube: Any, valid: Any, train_mask: np.ndarray,
+             post: PostprocessConfig, seed: int, tile_size: int = 256,
+             log: Callable[[dict[str, Any]], None] | None = None) -> Readout:
+    """``readout: auto``: choose the readout by :func:`sscc_core.training.selection.select` on the
+    labeller's vectors of a seeded sample of at most ``readout_sample`` training pixels, and fit
+    the chosen one (k-means: centroids of the standardised sample; spectral: the extension).
+
+    Returns:
+        The fitted :class:`Readout` with ``selection`` set.
+    """
+    mask = sample_mask(train_mask, post.readout_sample, seed)
+    k = model.cfg.n_clusters
+
+    def vectors_at(sigma: float) -> Tensor:
+        labeller = Labeller(model, pre, readout=Readout("kmeans", sigma, post.readout_spectra))
+        vectors = sample_vectors(labeller, cube, valid, mask, tile_size)
+        if len(vectors) <= max(k, post.spectral_neighbors):
+            raise ValueError(f"readout 'auto': {len(vectors)} training pixels are too few for "
+                             f"{k} clusters")
+        return vectors
+
+    chosen: Selection = select(vectors_at, model.feature_dim, pre.comp_std, k, post, seed,
+                               lambda zf, lf: extension(zf, lf, k, seed), log)
+    return readout_of(chosen, k, seed, post.readout_spectra)
+
+
+def readout_of(chosen: Selection, n_clusters: int, seed: int, spectra_weight: float) -> Readout:
+    """The fitted :class:`Readout` of a selection: the chosen kind and smoothing, its
+    standardiser, and k-means centroids of the standardised sample (an empty cluster's centroid
+    is placed out of reach) or the spectral readout's extension."""
+    z, labels = chosen.z, chosen.labels
+    if chosen.choice.kind == "kmeans":
+        centroids = np.stack([z[labels == c].mean(0) if (labels == c).any() else np.full(z.shape[1], 1e15)
+                              for c in range(n_clusters)])
+        state = {**chosen.state, "centroids": torch.from_numpy(centroids).float()}
+    else:
+        state = {**chosen.state, **fit_extension(z, labels, n_clusters, seed)}
+    return Readout(chosen.choice.kind, chosen.choice.smooth_sigma, spectra_weight, state, chosen.record())

@@ -1,0 +1,239 @@
+"""Label-free choice of the readout (``postprocess.readout: auto``): which clustering, which
+smoothing scale and which weighting of the pixel's own spectrum, decided from the data alone.
+
+No setting of the readout suits every scene: a spectral graph on smoothed vectors follows the
+fields of Indian Pines and Salinas-A, while k-means on unsmoothed vectors keeps the thin roads
+and the water of Jasper Ridge. ``readout: auto`` fits every candidate of the grid
+
+    ``select_kinds`` (k-means, spectral)  x  ``select_sigmas`` (smoothing, pixels)
+    x  ``select_scales`` (how the PCA scores are weighted)
+
+on the same seeded sample of training pixels and keeps the most **stable** one: a clustering
+that reflects structure in the data comes back when the data are resampled, one that cuts a
+continuum arbitrarily does not (Ben-Hur et al. 2002; Lange et al. 2004).
+
+Stability of a candidate (deterministic for a seed):
+
+1. cluster the whole sample (M vectors) -> labels ``L0``; this is also the fitted readout;
+2. cluster ``select_resamples`` seeded random halves of the sample, and extend each clustering
+   to the whole sample with the readout's own extension (a logistic regression) -> ``L1..Lr``;
+3. stability = the mean adjusted Rand index over all pairs of ``L0..Lr`` (1 = identical
+   partitions, 0 = chance agreement).
+
+Ties (within ``TIE``) go to the earlier candidate in grid order: smaller smoothing first, k-means
+before spectral, whitened before unwhitened. Nothing here reads a ground-truth label; the rule
+and the scenes looked at while designing it are in ``docs/RESULTS.md``.
+
+Spectrum weighting (``spectra_scale``) of the C appended PCA scores, after each of the D + C
+dimensions is standardised over the sample:
+
+* ``"whitened"``: every score gets the weight ``readout_spectra`` (the components count equally,
+  as in the authors' pre-processing);
+* ``"unwhitened"``: score i gets ``sqrt(D) * s_i / max_j s_j`` where ``s_i`` is its spread in
+  PCA units (the sample std of the whitened score times the component's std): the components
+  keep their relative variance, as k-means on plain PCA scores sees them, and the first one
+  weighs as much as the D standardised features together (as one feature when D = 0);
+* ``"balanced"``: only the first m = min(K - 1, C) scores are kept, and the two blocks weigh
+  the same: every feature gets ``1 / sqrt(D)`` and each kept score ``1 / sqrt(m)``, so each
+  block has total variance 1 over the sample. The centroids of K clusters span at most K - 1
+  dimensions (the rank of the between-cluster scatter, as in Fisher's discriminant), so the
+  leading K - 1 components hold the spectrum's cluster structure and the rest add noise; and
+  with equal block weights neither the D network features nor the spectrum outvote the other
+  by their number of dimensions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+from sklearn.cluster import SpectralClustering
+from sklearn.metrics import adjusted_rand_score
+from torch import Tensor
+
+from sscc_core.model.baselines import fit_kmeans
+from sscc_core.config import PostprocessConfig
+from sscc_core.model.readout import standardise
+
+Kind = Literal["kmeans", "spectral"]
+Scale = Literal["whitened", "unwhitened", "balanced"]
+TIE = 1e-3  # stabilities closer than this count as equal
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One readout setting of the selection grid.
+
+    Attributes:
+        kind: ``"kmeans"`` or ``"spectral"``.
+        smooth_sigma: Gaussian smoothing of the vectors before the readout, pixels.
+        spectra_scale: ``"whitened"`` or ``"unwhitened"`` weighting of the appended PCA scores.
+    """
+
+    kind: Kind
+    smooth_sigma: float
+    spectra_scale: Scale
+
+    @property
+    def name(self) -> str:
+        """Short label, e.g. ``spectral/sigma=2/unwhitened``."""
+        return f"{self.kind}/sigma={self.smooth_sigma:g}/{self.spectra_scale}"
+
+
+def candidates(post: PostprocessConfig) -> list[Candidate]:
+    """The selection grid of a ``postprocess`` config, in tie-breaking order (smaller sigma,
+    then the order of ``select_kinds``, then of ``select_scales``); one scale when no spectra
+    are appended (``readout_spectra == 0``)."""
+    scales = post.select_scales if post.readout_spectra > 0 else post.select_scales[:1]
+    return [Candidate(kind, float(sigma), scale)  # type: ignore[arg-type]
+            for sigma in sorted(post.select_sigmas) for kind in post.select_kinds for scale in scales]
+
+
+def spectra_weights(vectors: Tensor, feature_dim: int, comp_std: np.ndarray | None, scale: Scale,
+                    weight: float, n_clusters: int) -> Tensor | None:
+    """(V,) per-dimension weights (applied after standardising) of ``[features; PCA scores]``
+    vectors: 1 on the features, the ``scale`` rule of the module docstring on the scores.
+
+    Args:
+        vectors: (N, V) sample vectors, V = D features + C whitened PCA scores.
+        feature_dim: D.
+        comp_std: (C,) the pre-processing's component standard deviations (``Preprocessor.
+            comp_std``); needed for ``"unwhitened"``.
+        scale: ``"whitened"`` or ``"unwhitened"``.
+        weight: ``readout_spectra``; 0 means no scores are appended (returns ``None``).
+            ``"balanced"`` fixes the scores' weight itself (``weight`` only switches them on).
+        n_clusters: K (``"balanced"`` keeps K - 1 scores).
+    """
+    if weight <= 0 or vectors.shape[1] == feature_dim:
+        return None
+    weights = torch.ones(vectors.shape[1], dtype=torch.float64)
+    if scale == "balanced":
+        kept = min(n_clusters - 1, vectors.shape[1] - feature_dim)
+        weights[:feature_dim] = 1 / math.sqrt(max(feature_dim, 1))
+        weights[feature_dim:] = 0.0
+        weights[feature_dim:feature_dim + kept] = 1 / math.sqrt(kept)
+        return weights.float()
+    if scale == "whitened":
+        weights[feature_dim:] = weight
+        return weights.float()
+    if comp_std is None:
+        raise ValueError("spectra_scale 'unwhitened' needs the pre-processing's component std")
+    spread = vectors[:, feature_dim:].double().std(0, unbiased=False) * torch.as_tensor(comp_std).double()
+    weights[feature_dim:] = math.sqrt(max(feature_dim, 1)) * spread / spread.max().clamp(min=1e-12)
+    return weights.float()
+
+
+def standardiser(vectors: Tensor, weights: Tensor | None) -> dict[str, Tensor]:
+    """``{"mean", "std"[, "weights"]}`` of (N, V) sample vectors: per-dimension mean and
+    population std (floored at 1e-6), float32."""
+    state = {"mean": vectors.double().mean(0).float(),
+             "std": vectors.double().std(0, unbiased=False).clamp(min=1e-6).float()}
+    if weights is not None:
+        state["weights"] = weights.float()
+    return state
+
+
+def spectral_clusters(vectors: np.ndarray, n_clusters: int, neighbors: int, seed: int) -> np.ndarray:
+    """Spectral clustering of (M, D) vectors on a k-nearest-neighbour graph -> (M,) int64 ids."""
+    model = SpectralClustering(n_clusters, affinity="nearest_neighbors", n_neighbors=neighbors,
+                               assign_labels="cluster_qr", random_state=seed)
+    return model.fit_predict(vectors).astype(np.int64)
+
+
+def cluster(z: np.ndarray, kind: Kind, n_clusters: int, neighbors: int, seed: int) -> np.ndarray:
+    """(M,) int64 cluster ids of (M, V) standardised vectors: k-means (k-means++, several
+    inits) or spectral clustering on a k-nearest-neighbour graph (QR assignment)."""
+    if kind == "kmeans":
+        return fit_kmeans(z, n_clusters, seed).labels_.astype(np.int64)
+    return spectral_clusters(z, n_clusters, neighbors, seed)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The outcome of :func:`select`: the chosen candidate, its fitted sample labels, and every
+    candidate's criterion value (the checkpoint's provenance).
+
+    Attributes:
+        choice: The chosen :class:`Candidate`.
+        labels: (M,) cluster ids of the sample under the choice (``L0``).
+        z: (M, V) the sample's standardised vectors under the choice.
+        state: ``{"mean", "std"[, "weights"]}`` standardiser of the choice.
+        table: One dict per candidate: ``kind``, ``smooth_sigma``, ``spectra_scale``,
+            ``stability`` (mean pairwise ARI), ``clusters`` (distinct ids in ``L0``).
+    """
+
+    choice: Candidate
+    labels: np.ndarray
+    z: np.ndarray
+    state: dict[str, Tensor]
+    table: list[dict[str, object]]
+
+    def record(self) -> dict[str, object]:
+        """JSON-serialisable provenance: criterion, choice and the per-candidate values."""
+        return {"criterion": "stability: mean pairwise ARI of the sample's clustering and of "
+                             "half-resample clusterings extended to it",
+                "choice": asdict(self.choice), "candidates": self.table}
+
+
+def stability(z: np.ndarray, labels: np.ndarray, kind: Kind, n_clusters: int, neighbors: int,
+              resamples: int, seed: int, extend: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> float:
+    """Mean pairwise adjusted Rand index of ``labels`` (the clustering of all M vectors) and of
+    the clusterings of ``resamples`` seeded random halves, each extended to the M vectors by
+    ``extend(z_half, labels_half) -> (M,) labels``."""
+    rng = np.random.default_rng(seed + 7919)
+    runs = [labels]
+    for r in range(resamples):
+        half = np.sort(rng.choice(len(z), len(z) // 2, replace=False))
+        sub = cluster(z[half], kind, n_clusters, neighbors, seed + 1 + r)
+        runs.append(extend(z[half], sub) if len(np.unique(sub)) > 1 else np.zeros(len(z), np.int64))
+    pairs = [adjusted_rand_score(runs[i], runs[j]) for i in range(len(runs)) for j in range(i + 1, len(runs))]
+    return float(np.mean(pairs))
+
+
+def select(
+    vectors_at: Callable[[float], Tensor], feature_dim: int, comp_std: np.ndarray | None,
+    n_clusters: int, post: PostprocessConfig, seed: int,
+    extend: Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray]],
+    log: Callable[[dict[str, object]], None] | None = None,
+) -> Selection:
+    """Fit every candidate of :func:`candidates` and keep the most stable one.
+
+    Args:
+        vectors_at: ``sigma -> (M, V)`` the sample's readout vectors smoothed at ``sigma``
+            (the same M pixels, in the same order, for every sigma).
+        feature_dim: D, the backbone features at the front of each vector.
+        comp_std: (C,) component stds of the pre-processing (``"unwhitened"`` scale).
+        n_clusters: K.
+        post: ``select_*``, ``spectral_neighbors``, ``readout_spectra``.
+        seed: Seed of every clustering and resample.
+        extend: ``(z_fit, labels_fit) -> predict`` where ``predict(z) -> labels``: how a
+            clustering of some vectors labels others (the readout's extension).
+        log: Called with each candidate's row as it is measured (progress).
+
+    Returns:
+        The :class:`Selection`.
+    """
+    cache: dict[float, Tensor] = {}
+    best: tuple[float, Candidate, np.ndarray, np.ndarray, dict[str, Tensor]] | None = None
+    table = []
+    for cand in candidates(post):
+        if cand.smooth_sigma not in cache:
+            cache[cand.smooth_sigma] = vectors_at(cand.smooth_sigma)
+        vectors = cache[cand.smooth_sigma]
+        state = standardiser(vectors, spectra_weights(vectors, feature_dim, comp_std, cand.spectra_scale,
+                                                      post.readout_spectra, n_clusters))
+        z = standardise(vectors, state).numpy()
+        labels = cluster(z, cand.kind, n_clusters, post.spectral_neighbors, seed)
+        value = stability(z, labels, cand.kind, n_clusters, post.spectral_neighbors,
+                          post.select_resamples, seed, lambda zf, lf: extend(zf, lf)(z))
+        row = {**asdict(cand), "stability": round(value, 6), "clusters": int(len(np.unique(labels)))}
+        table.append(row)
+        if log is not None:
+            log(row)
+        if best is None or value > best[0] + TIE:
+            best = (value, cand, labels, z, state)
+    assert best is not None  # candidates() is never empty (validated config)
+    return Selection(*best[1:], table=table)

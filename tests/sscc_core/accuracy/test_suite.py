@@ -1,0 +1,112 @@
+"""The accuracy suite (``sscc reproduce --suite``): the plan, the generated tables against the
+rows they summarise, the document replaced only inside its markers and only when every run
+succeeded, resuming from per-seed JSON and refusing another configuration's files, and the
+harness's one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.reproduce import main as reproduce_main
+from sscc_core.accuracy import suite
+from sscc_core.config import load_config
+from sscc_core.accuracy.experiment import Scene, load_scene, run_one, scene_config
+
+DATA = Path(__file__).resolve().parents[3] / "data"
+
+
+def _rows(acc: dict[tuple[str, str, str], list[float]]) -> list[dict]:
+    return [{"dataset": s, "protocol": p, "method": m, "seed": i, "acc": a, "nmi": a / 2, "kappa": a / 3,
+             "n_clusters_used": 4, "cpu_seconds": 10.0,
+             "choice": {"kind": "kmeans", "smooth_sigma": 1.0, "spectra_scale": "whitened"} if m == "sscc" else None}
+            for (s, p, m), accs in acc.items() for i, a in enumerate(accs)]
+
+
+def test_render_compares_sscc_with_the_best_baseline_of_each_cell() -> None:
+    acc = {}
+    for protocol, base in (("labelled", 0.6), ("all", 0.5)):
+        for method in suite.METHODS:
+            acc[("samson", protocol, method)] = [base, base]
+        acc[("samson", protocol, "kmeans_pca")] = [base + 0.1, base + 0.1]
+        acc[("samson", protocol, "sscc")] = [base + 0.2, base]
+    text = suite.render(_rows(acc), 120.0, 60.0, "sscc reproduce --suite")
+    assert "| Samson | labelled | 0.700 ± 0.100 | 0.700 (kmeans_pca) | +0.000 | 0.600 | 0.600 | " in text
+    assert "| Samson | all | 0.600 ± 0.100 | 0.600 (kmeans_pca) | +0.000 |" in text
+    assert "SSCC **0.650**; best baseline per cell 0.650 (SSCC +0.000)" in text
+    assert "Cells where SSCC >= the best baseline: 2 of 2." in text
+    assert "kmeans/σ1/white, kmeans/σ1/white" in text
+    assert "in 2.0 min wall" in text and "1.0 CPU min" in text
+
+
+def test_document_is_replaced_between_the_markers_only(tmp_path: Path) -> None:
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text(f"intro\n{suite.BEGIN}\nold\n{suite.END}\noutro\n")
+    suite.update_document(doc, "new table")
+    assert doc.read_text() == f"intro\n{suite.BEGIN}\nnew table\n{suite.END}\noutro\n"
+    bare = tmp_path / "bare.md"
+    bare.write_text("no markers\n")
+    with pytest.raises(ValueError, match="no generated block"):
+        suite.update_document(bare, "x")
+    assert bare.read_text() == "no markers\n" and sorted(p.name for p in tmp_path.iterdir()) == ["RESULTS.md", "bare.md"]
+
+
+def test_plan_reuses_the_labelled_runs_where_every_pixel_is_labelled() -> None:
+    scenes = {name: load_scene(name) for name in ("salinasA", "samson")}
+    assert not suite.same_protocols(scenes["salinasA"]) and suite.same_protocols(scenes["samson"])
+    runs = suite.plan(scenes, [0])
+    assert {(r.scene, r.protocol) for r in runs} == {("salinasA", "labelled"), ("salinasA", "all"),
+                                                     ("samson", "labelled")}
+    assert len(runs) == 3 * len(suite.METHODS)
+    assert all(r.method.startswith("sscc") for r in runs[:6])  # the slow runs start first
+
+
+def test_a_missing_scene_fails_before_any_run_and_leaves_the_document(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(DATA, data)
+    (data / "jasper_ridge" / "end4.mat").unlink()
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text(f"{suite.BEGIN}\nold\n{suite.END}\n")
+    assert reproduce_main(["--suite", "--data-dir", str(data), "--out", str(tmp_path / "out"),
+                           "--doc", str(doc), "--seeds", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sscc reproduce: error: ") and "end4.mat: no such file" in err[0]
+    assert doc.read_text() == f"{suite.BEGIN}\nold\n{suite.END}\n" and not (tmp_path / "out").exists()
+
+
+def test_resume_refuses_runs_of_another_configuration(tmp_path: Path) -> None:
+    cfg = load_config("configs/default.yaml")
+    run = suite.Run("salinasA", "labelled", "kmeans", 0)
+    path = run.path(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"config_fingerprint": "0" * 16}))
+    with pytest.raises(ValueError, match=r"a run of another configuration \(fingerprint 0{16}, this one "):
+        suite.run_suite(cfg, tmp_path, [0], jobs=1)
+
+
+def test_bad_scenes_fail_in_one_line_naming_the_value() -> None:
+    sa = load_scene("salinasA")
+    cfg = load_config("configs/default.yaml")
+    one_class = Scene("flat", sa.cube, sa.valid, (sa.labels > 0).astype(np.int64))
+    with pytest.raises(ValueError, match=r"^flat: K = 1 ground-truth classes; clustering needs K >= 2$"):
+        scene_config(cfg, one_class, "all", 0)
+    labels = np.zeros_like(sa.labels)
+    labels[0, :3], labels[1, :2] = [1, 2, 3], [4, 5]  # 5 classes on 5 labelled pixels ...
+    few = Scene("few", sa.cube, sa.valid, labels)
+    with pytest.raises(ValueError, match=r"^few: 5 training pixels \(protocol 'labelled'\) cannot fill one "
+                                         r"batch of train.batch_size=512; lower train.batch_size$"):
+        run_one(few, "sscc", "labelled", 0, cfg)
+    tiny = Scene("tiny", sa.cube[:, :2, :2], sa.valid[:2, :2], np.array([[1, 2], [3, 4]]))
+    small_k = Scene("tiny", tiny.cube, tiny.valid, np.array([[1, 2], [3, 3]]))
+    with pytest.raises(ValueError, match=r"^tiny: 4 training pixels \(protocol 'all'\) cannot fill"):
+        run_one(tiny, "sscc", "all", 0, cfg)
+    assert run_one(small_k, "kmeans", "all", 0, cfg).metrics["n_clusters"] <= 3
+    labels_k = np.zeros((2, 2), np.int64)
+    labels_k[0] = [1, 2]
+    labels_k[1] = [3, 4]
+    with pytest.raises(ValueError, match=r"^tiny: 2 training pixels \(protocol 'labelled'\) are fewer than K = model.n_clusters = 4$"):
+        run_one(Scene("tiny", tiny.cube, np.array([[True, True], [False, False]]), labels_k), "kmeans", "labelled", 0, cfg)

@@ -1,0 +1,216 @@
+"""Synthetic mosaics from real spectra: determinism across windowings, ground truth, nodata,
+store layout, and the ``sscc synth`` CLI (Ray tasks) against the in-process writer."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines import synth
+from sscc_core.io import synthetic as S
+from sscc_core.io import store
+
+VARS = ("reflectance", "valid", "labels", "abundance", "mix_class")
+
+
+@pytest.fixture(scope="module")
+def library() -> S.ClassLibrary:
+    return S.class_library("salinasA")
+
+
+def small_spec(**changes) -> S.SynthSpec:
+    """150 x 200 mosaic with small fields and lines so every feature occurs."""
+    params = dict(height=150, width=200, seed=7, field_size=40, line_width=70, max_gap=6,
+                  drop_line_p=0.03, mix_width=2.0, snr=100.0)
+    params.update(changes)
+    return S.SynthSpec(**params)
+
+
+def arrays(ds) -> dict[str, np.ndarray]:
+    return {v: np.asarray(ds[v].values) for v in VARS}
+
+
+def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    for v in VARS:
+        assert a[v].dtype == b[v].dtype, v
+        np.testing.assert_array_equal(a[v], b[v], err_msg=v)
+
+
+def test_library_pools_are_the_labelled_pixels(library: S.ClassLibrary) -> None:
+    assert library.n_classes == 6 and library.n_bands == 204
+    assert library.pixels.shape == (5348, 204)
+    assert library.source_class_ids == (1, 10, 11, 12, 13, 14)
+    for c in range(1, 7):
+        np.testing.assert_allclose(library.means[c - 1], library.pool(c).mean(axis=0))
+
+
+def test_any_windowing_and_order_gives_identical_stores(tmp_path: Path, library) -> None:
+    spec = small_spec()
+    whole = arrays(S.synthetic_window(spec, library, 0, spec.height, 0, spec.width))
+    n32 = len(S.windows(spec, 32))
+    order = list(np.random.default_rng(0).permutation(n32))
+    a = S.write_synthetic(spec, tmp_path / "a.zarr", library, chunk=32, order=order)
+    b = S.write_synthetic(spec, tmp_path / "b.zarr", library, chunk=48, shard=96)
+    assert_same(arrays(store.open_cube(a)), whole)
+    assert_same(arrays(store.open_cube(b)), whole)
+    # An unaligned window equals the same crop of the whole mosaic.
+    crop = arrays(S.synthetic_window(spec, library, 37, 101, 13, 150))
+    assert_same(crop, {v: x[..., 37:101, 13:150] for v, x in whole.items()})
+
+
+def test_seed_changes_everything(library) -> None:
+    a = arrays(S.synthetic_window(small_spec(), library, 0, 150, 0, 200))
+    b = arrays(S.synthetic_window(small_spec(seed=8), library, 0, 150, 0, 200))
+    assert (a["labels"] != b["labels"]).mean() > 0.3
+    assert (a["reflectance"] != b["reflectance"]).mean() > 0.9
+
+
+def test_pure_pixels_are_real_pixels_of_their_class(library) -> None:
+    spec = small_spec(snr=math.inf)
+    win = arrays(S.synthetic_window(spec, library, 0, spec.height, 0, spec.width))
+    refl = win["reflectance"].reshape(204, -1).T
+    labels, mix, ab = win["labels"].ravel(), win["mix_class"].ravel(), win["abundance"].ravel()
+    pure = win["valid"].ravel() & (mix == 0)
+    assert set(np.unique(labels[pure])) == set(range(1, 7))
+    np.testing.assert_array_equal(ab[pure], 1.0)
+    pools = {c: {row.tobytes() for row in library.pool(c).astype(np.int16)} for c in range(1, 7)}
+    assert all(refl[i].tobytes() in pools[labels[i]] for i in np.flatnonzero(pure))
+    # Mixed pixels: another class, abundance in [0.5, 1), within mix_width of that class's field.
+    mixed = np.flatnonzero(win["valid"].ravel() & (mix > 0))
+    assert 0.01 < mixed.size / pure.sum() < 0.3
+    assert (mix[mixed] != labels[mixed]).all()
+    assert (ab[mixed] >= 0.5).all() and (ab[mixed] < 1).all()
+    near, _, _ = S.field_layout(spec, 6, 0, spec.height, 0, spec.width)
+    r = int(spec.mix_width) + 1
+    padded = np.pad(near, r, constant_values=0)
+    ys, xs = np.unravel_index(mixed, near.shape)
+    at_edge = [(padded[y : y + 2 * r + 1, x : x + 2 * r + 1] == mix[i]).any()
+               for i, y, x in zip(mixed, ys, xs)]
+    assert np.mean(at_edge) > 0.99
+
+
+def test_noisy_pure_pixels_stay_nearest_their_class(library) -> None:
+    spec = small_spec(snr=100.0)
+    win = arrays(S.synthetic_window(spec, library, 0, spec.height, 0, spec.width))
+    keep = win["valid"].ravel() & (win["mix_class"].ravel() == 0)
+    pick = np.random.default_rng(0).choice(np.flatnonzero(keep), 1500, replace=False)
+    x = win["reflectance"].reshape(204, -1).T[pick].astype(np.float64)
+    y = win["labels"].ravel()[pick]
+    pool = library.pixels.astype(np.float64)
+    owner = np.repeat(np.arange(1, 7), np.diff(library.offsets))
+    d2 = (x**2).sum(1)[:, None] - 2 * x @ pool.T + (pool**2).sum(1)[None]
+    nearest = d2.argmin(axis=1)
+    assert (owner[nearest] == y).mean() > 0.95
+    sigma = np.sqrt((library.means**2).mean()) / spec.snr
+    residual = x - pool[nearest]
+    assert abs(residual.std() / sigma - 1) < 0.1
+
+
+def test_nodata_stripes_and_nan_pixels_are_invalid(library) -> None:
+    spec = small_spec(dtype="float32", nan_fraction=0.02)
+    win = arrays(S.synthetic_window(spec, library, 0, spec.height, 0, spec.width))
+    refl, valid = win["reflectance"], win["valid"]
+    stripes = S.nodata_mask(spec, 0, spec.height, 0, spec.width)
+    # Each flight line: whole seam columns at its start, then whole dropped row segments.
+    seams = stripes.all(axis=0)
+    dropped = 0
+    for x0 in range(0, spec.width, spec.line_width):
+        line = stripes[:, x0 : x0 + spec.line_width]
+        gap = int(seams[x0 : x0 + spec.line_width].sum())
+        assert gap <= spec.max_gap and seams[x0 : x0 + gap].all()
+        rows = line[:, gap:]
+        assert (rows.all(axis=1) == rows.any(axis=1)).all()
+        dropped += int(rows.all(axis=1).sum())
+    assert seams.sum() >= 1 and 0 < dropped < 0.1 * spec.height * 3
+    assert (refl[:, stripes] == S.NODATA).all()
+    nan = np.isnan(refl).all(axis=0)
+    assert not (nan & stripes).any() and 0.01 < nan.mean() < 0.03
+    assert (np.isnan(refl).any(axis=0) == nan).all()
+    np.testing.assert_array_equal(valid, ~(stripes | nan))
+    assert (win["labels"][~valid] == 0).all() and (win["labels"][valid] > 0).all()
+    assert (refl[:, valid] != S.NODATA).all()
+    with pytest.raises(ValueError, match="nan_fraction: NaN needs dtype float32"):
+        small_spec(nan_fraction=0.1)
+
+
+def test_indian_pines_library_and_dtype_checks(tmp_path: Path) -> None:
+    ip = S.class_library("indian_pines")
+    assert ip.n_classes == 16 and ip.n_bands == 200 and ip.source_dtype == "uint8"
+    spec = small_spec(source="indian_pines", snr=math.inf, height=64, width=64)
+    out = S.write_synthetic(spec, tmp_path / "ip.zarr", ip, chunk=32)
+    ds = store.open_cube(out)
+    assert ds["reflectance"].dtype == np.int16 and ds["wavelength"].shape == (200,)
+    pure = ds["valid"].values & (ds["mix_class"].values == 0)
+    assert set(np.unique(ds["reflectance"].values[:, pure])) <= set(range(256))
+    samson = S.class_library("samson")
+    with pytest.raises(ValueError, match="samson .*float64.* does not fit int16 exactly"):
+        S.synthetic_template(small_spec(source="samson"), samson)
+    with pytest.raises(ValueError, match="spec wants 'salinasA', library is 'samson'"):
+        S.synthetic_window(small_spec(), samson, 0, 8, 0, 8)
+
+
+def test_shape_for_size() -> None:
+    assert S.shape_for_size(0.1, 204, 2) == (496, 496)  # 245,098 pixels
+    assert S.shape_for_size(0.1, 204, 2, width=1000) == (246, 1000)
+    assert S.shape_for_size(48, 204, 2, height=4096) == (4096, 28723)
+    h, w = S.shape_for_size(48, 204, 2)
+    assert 0 <= h * w * 204 * 2 - 48e9 < 2 * h * 204 * 2
+    for kwargs, message in [
+        (dict(size_gb=0), "positive number of GB"),
+        (dict(size_gb=-1), "positive number of GB"),
+        (dict(size_gb=float("nan")), "positive number of GB"),
+        (dict(size_gb=1e-9), "less than one pixel"),
+        (dict(size_gb=1e-6, width=10_000), "less than one row"),
+        (dict(size_gb=1, height=10, width=10), "at most one of height/width"),
+        (dict(size_gb=1, width=0), "width: must be >= 1"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            S.shape_for_size(n_bands=204, itemsize=2, **kwargs)
+
+
+def test_cli_errors_exit_2_and_leave_nothing(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "m.zarr"
+    cases = [
+        (["--size-gb", "-1"], "positive number of GB"),
+        (["--size-gb", "0"], "positive number of GB"),
+        ([], "give --size-gb, or both --height and --width"),
+        (["--height", "64"], "give --size-gb, or both --height and --width"),
+        (["--size-gb", "0.01", "--height", "64", "--width", "64"], "at most one of height/width"),
+        (["--height", "64", "--width", "64", "--snr", "0"], "snr: must be > 0"),
+        (["--height", "64", "--width", "64", "--chunk", "0"], "--chunk: must be >= 1"),
+        (["--height", "64", "--width", "64", "--chunk", "32", "--shard", "48"],
+         "multiple of chunk"),
+    ]
+    for extra, message in cases:
+        assert synth.main(["--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("sscc synth: error: ") and message in err, (extra, err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_ray_tasks_write_the_same_store(tmp_path: Path, library, ray_session, capsys) -> None:
+    out = tmp_path / "cli.zarr"
+    argv = ["--out", str(out), "--size-gb", "0.0025", "--width", "100", "--seed", "3",
+            "--field-size", "40", "--line-width", "64", "--chunk", "32", "--windows-per-task", "3"]
+    assert synth.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "8/8 windows (100%)" in printed and "MB/s" in printed
+    ds = store.open_cube(out)
+    h, w = S.shape_for_size(0.0025, 204, 2, width=100)
+    assert ds["reflectance"].shape == (204, h, w) and (h, w) == (62, 100)
+    assert ds["reflectance"].dtype == np.int16
+    assert ds["reflectance"].encoding["chunks"] == (204, 32, 32)
+    assert ds["reflectance"].attrs["nodata"] == S.NODATA
+    assert ds["reflectance"].attrs["reflectance_scale"] == 1.0
+    assert ds["valid"].dtype == bool and ds["labels"].dtype == np.int16
+    assert ds["labels"].attrs["source_class_ids"] == [1, 10, 11, 12, 13, 14]
+    assert ds.attrs["synthetic"]["seed"] == 3 and ds.attrs["synthetic"]["source"] == "salinasA"
+    np.testing.assert_array_equal(ds["y"].values, np.arange(h))
+    spec = S.SynthSpec(height=h, width=w, seed=3, field_size=40, line_width=64)
+    ref = S.write_synthetic(spec, tmp_path / "ref.zarr", library, chunk=64)
+    assert_same(arrays(ds), arrays(store.open_cube(ref)))
+    assert synth.main(argv) == 2
+    assert "already exists" in capsys.readouterr().err
