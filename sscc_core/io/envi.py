@@ -1,68 +1,48 @@
-"""ENVI ``.hdr`` + raw binary (AVIRIS / AVIRIS-NG / AVIRIS-3 style) -> canonical cube.
+"""ENVI ``.hdr`` + raw binary (AVIRIS / AVIRIS-NG / AVIRIS-3 style) -> canonical cube, via GDAL.
 
-The header is parsed here (no GDAL): ``samples``, ``lines``, ``bands``, ``header offset``,
-``data type``, ``interleave`` (bsq/bil/bip), ``byte order``, ``data ignore value``,
-``wavelength`` (+ ``wavelength units``), ``fwhm``, ``bbl`` (bands with bbl = 0 are dropped),
-``reflectance scale factor`` (physical = raw / factor), ``map info`` (UTM and geographic
-WGS-84/NAD, with rotation) and ``coordinate system string`` (WKT, preferred when present). The
-binary is memory-mapped and wrapped in dask, so nothing is read until the cube is written.
+GDAL's ENVI driver (through rasterio/rioxarray) parses the header and reads the pixels: any
+``data type`` of :data:`DATA_TYPES`, ``interleave`` bsq/bil/bip, ``byte order`` and ``header
+offset``, lazily in blocks of whole rows (windowed reads, nothing is read until the cube is
+written); ``data ignore value`` is its nodata. The header fields come from its ``ENVI`` metadata
+domain. Kept here is what GDAL does not do:
+
+- the data file's size is checked against the header (GDAL opens a file of the wrong size, or
+  refuses it with "Image file is too small"), and the message names both sizes and the terms;
+- ``bbl`` (bands with bbl = 0 are dropped), ``reflectance scale factor`` (physical = raw /
+  factor), and ``wavelength`` / ``fwhm`` in nm at full precision (GDAL's ``IMAGERY`` metadata
+  rounds them to 1 nm and has no ``fwhm`` of its own for ENVI);
+- the grid of ``map info`` (UTM and geographic WGS-84/NAD, with rotation), which GDAL does not
+  expose: for a rotated grid its geotransform shears non-square pixels and does not rotate the
+  reference pixel's offset (:func:`parse_map_info` is also the NEON reader's). The CRS is the
+  ``coordinate system string`` (WKT) when present, else the EPSG code of map info's datum/zone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
-import dask.array as da
 import numpy as np
+import rasterio
+import rioxarray
 import xarray as xr
 from affine import Affine
 from rasterio.crs import CRS
 
 from sscc_core.io.cube import make_cube, to_nm
 
-DATA_TYPES: dict[int, str] = {
-    1: "u1", 2: "i2", 3: "i4", 4: "f4", 5: "f8", 12: "u2", 13: "u4", 14: "i8", 15: "u8",
-}
+# ENVI data type codes read: uint8, int16, int32, float32, float64, uint16, uint32, int64, uint64
+# (GDAL also reads the complex types 6 and 9, which a reflectance cube cannot hold).
+DATA_TYPES = (1, 2, 3, 4, 5, 12, 13, 14, 15)
 DATA_SUFFIXES = ("", ".img", ".dat", ".bsq", ".bil", ".bip", ".raw", ".bin")
 _UTM_DATUM_EPSG = {"wgs-84": (32600, 32700), "nad-83": (26900, None), "nad-27": (26700, None)}
 _GEOGRAPHIC_DATUM_EPSG = {"wgs-84": 4326, "nad-83": 4269, "nad-27": 4267}
-
-
-def parse_header(text: str, path: Path | str = "header") -> dict[str, str]:
-    """Fields of an ENVI header as raw strings (``{...}`` values without braces).
-
-    Args:
-        text: Header file contents.
-        path: Used in error messages.
-
-    Returns:
-        Lower-case field name -> value string.
-
-    Raises:
-        ValueError: The text does not start with ``ENVI`` or a brace is never closed.
-    """
-    if not text.lstrip().startswith("ENVI"):
-        raise ValueError(f"{path}: not an ENVI header (first line is not 'ENVI')")
-    fields: dict[str, str] = {}
-    lines = text.splitlines()[1:]
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        i += 1
-        if "=" not in line:
-            continue
-        key, value = (s.strip() for s in line.split("=", 1))
-        if value.startswith("{"):
-            while "}" not in value:
-                if i >= len(lines):
-                    raise ValueError(f"{path}: field {key!r} has an unclosed '{{'")
-                value += " " + lines[i].strip()
-                i += 1
-            value = value[1 : value.rindex("}")].strip()
-        fields[re.sub(r"\s+", " ", key.lower())] = value
-    return fields
+_MAP_INFO = re.compile(r"^[ \t]*map[ \t]+info[ \t]*=[ \t]*\{([^}]*)\}", re.I | re.M)
+_BLOCK_BYTES = 64 << 20  # source bytes per lazy block of whole rows
 
 
 def split_list(value: str) -> list[str]:
@@ -70,24 +50,15 @@ def split_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _floats(fields: dict[str, str], key: str, path: Path) -> np.ndarray | None:
+def _floats(fields: dict[str, str], key: str, hdr: Path) -> np.ndarray | None:
+    """The header list ``key`` (GDAL's name: lower case, ``_`` for spaces) as float64, or None."""
     if key not in fields:
         return None
     try:
-        return np.array([float(v) for v in split_list(fields[key])], dtype=np.float64)
+        return np.array([float(v) for v in split_list(fields[key].strip("{}"))], dtype=np.float64)
     except ValueError as exc:
-        raise ValueError(f"{path}: field {key!r} is not a list of numbers ({exc})") from exc
-
-
-def _int(fields: dict[str, str], key: str, path: Path, default: int | None = None) -> int:
-    if key not in fields:
-        if default is None:
-            raise ValueError(f"{path}: required field {key!r} missing")
-        return default
-    try:
-        return int(fields[key])
-    except ValueError as exc:
-        raise ValueError(f"{path}: field {key!r} = {fields[key]!r} is not an integer") from exc
+        name = key.replace("_", " ")
+        raise ValueError(f"{hdr}: field {name!r} is not a list of numbers ({exc})") from exc
 
 
 def parse_map_info(value: str | list[str], where: str = "map info") -> tuple[CRS | None, Affine]:
@@ -157,10 +128,65 @@ def find_pair(path: str | Path) -> tuple[Path, Path]:
     raise FileNotFoundError(f"{p}: no ENVI header ({p.with_suffix('.hdr').name}) beside it")
 
 
-def _wavelength_nm(fields: dict[str, str], key: str, path: Path) -> np.ndarray | None:
+@contextlib.contextmanager
+def _quiet_gdal() -> Iterator[None]:
+    """Silence rasterio's warning for a file without a geotransform: the grid is map info's."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        yield
+
+
+def _header_fields(hdr: Path, data_file: Path) -> tuple[dict[str, str], rasterio.profiles.Profile]:
+    """GDAL's view of an ENVI image: its ``ENVI`` metadata domain and its profile.
+
+    GDAL's own size check is off here (``RAW_CHECK_FILE_SIZE``) so that a file of the wrong size
+    opens and :func:`check_size` can say what is wrong.
+
+    Raises:
+        ValueError: The header does not start with ``ENVI`` or GDAL cannot open the pair.
+    """
+    with hdr.open("rb") as fh:
+        if not fh.read(256).lstrip().startswith(b"ENVI"):
+            raise ValueError(f"{hdr}: not an ENVI header (first line is not 'ENVI')")
+    try:
+        with _quiet_gdal(), rasterio.Env(RAW_CHECK_FILE_SIZE="NO"), \
+                rasterio.open(data_file, driver="ENVI") as src:
+            return src.tags(ns="ENVI"), src.profile
+    except rasterio.errors.RasterioIOError as exc:
+        raise ValueError(f"{hdr}: GDAL's ENVI driver cannot read it: {exc}") from exc
+
+
+def check_size(data_file: Path, hdr: Path, fields: dict[str, str], itemsize: int) -> None:
+    """Refuse a data file whose size is not the one its header implies.
+
+    Args:
+        data_file: The raw binary.
+        hdr: Its header (named in the message).
+        fields: GDAL's ``ENVI`` metadata of the pair.
+        itemsize: Bytes per value of the header's data type.
+
+    Raises:
+        ValueError: ``truncated`` or ``longer than its header says``, with both sizes and the
+            header's bands/lines/samples/data type/header offset.
+    """
+    n_bands, height, width = (int(fields[k]) for k in ("bands", "lines", "samples"))
+    offset = int(fields.get("header_offset", 0))
+    needed = offset + n_bands * height * width * itemsize
+    size = data_file.stat().st_size
+    if size != needed:
+        raise ValueError(
+            f"{data_file}: {'truncated' if size < needed else 'longer than its header says'}: "
+            f"the file holds {size} bytes, the header implies {needed} (header offset {offset} + "
+            f"{n_bands} bands x {height} lines x {width} samples x {itemsize} bytes of "
+            f"data type {fields['data_type']}); fix bands/lines/samples/data type/header offset "
+            f"in {hdr.name}"
+        )
+
+
+def _wavelength_nm(fields: dict[str, str], key: str, hdr: Path) -> np.ndarray | None:
     """Wavelength-like list ``key`` in nm, per the header's ``wavelength units``."""
-    values = _floats(fields, key, path)
-    return None if values is None else to_nm(values, fields.get("wavelength units", ""))
+    values = _floats(fields, key, hdr)
+    return None if values is None else to_nm(values, fields.get("wavelength_units", ""))
 
 
 def read_envi(
@@ -174,7 +200,8 @@ def read_envi(
         name: Scene name (default: data file stem).
 
     Returns:
-        Canonical cube backed by a dask view of the memory-mapped file, native byte order.
+        Canonical cube backed by a dask array of GDAL windowed reads (blocks of whole rows of
+        about 64 MiB), native byte order.
 
     Raises:
         FileNotFoundError: Header or data file missing.
@@ -182,38 +209,24 @@ def read_envi(
             differs from the one the header implies.
     """
     hdr, data_file = find_pair(path)
-    fields = parse_header(hdr.read_text(errors="replace"), hdr)
-    width, height = _int(fields, "samples", hdr), _int(fields, "lines", hdr)
-    n_bands = _int(fields, "bands", hdr)
-    offset = _int(fields, "header offset", hdr, default=0)
-    code = _int(fields, "data type", hdr)
+    fields, profile = _header_fields(hdr, data_file)
+    if "data_type" not in fields:
+        raise ValueError(f"{hdr}: required field 'data type' missing")
+    code = int(fields["data_type"])
     if code not in DATA_TYPES:
         raise ValueError(f"{hdr}: unsupported data type {code} (supported {sorted(DATA_TYPES)})")
-    order = _int(fields, "byte order", hdr, default=0)
-    dtype = np.dtype((">" if order == 1 else "<") + DATA_TYPES[code])
     interleave = fields.get("interleave", "bsq").lower()
-    shapes = {
-        "bsq": ((n_bands, height, width), (0, 1, 2)),
-        "bil": ((height, n_bands, width), (1, 0, 2)),
-        "bip": ((height, width, n_bands), (2, 0, 1)),
-    }
-    if interleave not in shapes:
+    if interleave not in ("bsq", "bil", "bip"):
         raise ValueError(f"{hdr}: unknown interleave {interleave!r} (bsq, bil or bip)")
-    shape, axes = shapes[interleave]
-    needed = offset + int(np.prod(shape)) * dtype.itemsize
-    size = data_file.stat().st_size
-    if size != needed:
-        raise ValueError(
-            f"{data_file}: {'truncated' if size < needed else 'longer than its header says'}: "
-            f"the file holds {size} bytes, the header implies {needed} (header offset {offset} + "
-            f"{n_bands} bands x {height} lines x {width} samples x {dtype.itemsize} bytes of "
-            f"data type {code}); fix bands/lines/samples/data type/header offset in {hdr.name}"
-        )
-    raw = np.memmap(data_file, dtype=dtype, mode="r", offset=offset, shape=shape)
-    rows = max(1, (64 << 20) // max(1, n_bands * width * dtype.itemsize))
-    data = da.from_array(raw.transpose(axes), chunks=(n_bands, rows, width))
-    if not dtype.isnative:
-        data = data.astype(dtype.newbyteorder("="))
+    dtype = np.dtype(profile["dtype"])
+    check_size(data_file, hdr, fields, dtype.itemsize)
+    n_bands, width = profile["count"], profile["width"]
+    rows = max(1, _BLOCK_BYTES // max(1, n_bands * width * dtype.itemsize))
+    with _quiet_gdal():
+        data = rioxarray.open_rasterio(
+            data_file, chunks={"band": -1, "y": rows, "x": -1}, parse_coordinates=False,
+            mask_and_scale=False, driver="ENVI",
+        ).data
     wavelength = _wavelength_nm(fields, "wavelength", hdr)
     fwhm = _wavelength_nm(fields, "fwhm", hdr)
     for key, values in (("wavelength", wavelength), ("fwhm", fwhm)):
@@ -227,19 +240,18 @@ def read_envi(
         data = data[keep]
         wavelength = wavelength[keep] if wavelength is not None else None
         fwhm = fwhm[keep] if fwhm is not None else None
-    nodata = None
-    if "data ignore value" in fields:
-        nodata = float(fields["data ignore value"])
-        if np.issubdtype(dtype, np.integer) and nodata.is_integer():
-            nodata = int(nodata)
-    factor = float(fields.get("reflectance scale factor", 1.0))
+    nodata = profile["nodata"]
+    if nodata is not None and np.issubdtype(dtype, np.integer) and float(nodata).is_integer():
+        nodata = int(nodata)
+    factor = float(fields.get("reflectance_scale_factor", 1.0))
     if factor == 0:
         raise ValueError(f"{hdr}: reflectance scale factor is 0")
     crs = transform = None
-    if "map info" in fields:
-        crs, transform = parse_map_info(fields["map info"], f"{hdr}: map info")
-    if "coordinate system string" in fields:
-        crs = CRS.from_wkt(fields["coordinate system string"])
+    map_info = _MAP_INFO.search(hdr.read_text(errors="replace"))
+    if map_info:
+        crs, transform = parse_map_info(map_info.group(1), f"{hdr}: map info")
+    if "coordinate_system_string" in fields:
+        crs = CRS.from_wkt(fields["coordinate_system_string"].strip("{}"))
     if crs is not None and transform is None:
         raise ValueError(f"{hdr}: coordinate system string without map info")
     return make_cube(

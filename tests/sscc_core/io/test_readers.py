@@ -184,11 +184,19 @@ def test_envi_errors(tmp_path: Path, crop: np.ndarray) -> None:
     hdr.write_text(hdr.read_text().replace("data type = 2", "data type = 6"))
     with pytest.raises(ValueError, match="unsupported data type 6"):
         envi.read_envi(hdr)
+    hdr.write_text(hdr.read_text().replace("data type = 6", "data type = 2")
+                   .replace("interleave = bsq", "interleave = bsx"))
+    with pytest.raises(ValueError, match="unknown interleave 'bsx'"):
+        envi.read_envi(hdr)
+    hdr.write_text(hdr.read_text().replace("samples = 30\n", ""))
+    with pytest.raises(ValueError, match="GDAL's ENVI driver cannot read it: .*samples"):
+        envi.read_envi(hdr)
     (tmp_path / "lonely.img").write_bytes(b"\0" * 16)
     with pytest.raises(FileNotFoundError, match="no ENVI header"):
         envi.read_envi(tmp_path / "lonely.img")
-    with pytest.raises(ValueError, match="not an ENVI header"):
-        envi.parse_header("hello = 1", "x.hdr")
+    (tmp_path / "lonely.hdr").write_text("hello = 1\n")
+    with pytest.raises(ValueError, match="lonely.hdr: not an ENVI header"):
+        envi.read_envi(tmp_path / "lonely.img")
 
 
 def store_digest(path: Path) -> str:
