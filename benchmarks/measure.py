@@ -480,11 +480,13 @@ def train_section(store: Path, cfg: SSCCConfig, work: Path, use_gpu: bool) -> di
     """
     import torch
 
-    from pipelines.train import TilePatches, run_training, training_tiles
+    from pipelines.train import TilePatches, run_training
     from sscc_core.config import to_dict
     from sscc_core.io.store import open_cube
+    from sscc_core.model.checkpoint import load_checkpoint
     from sscc_core.model.patches import gather_patches
     from sscc_core.model.preprocess import Preprocessor
+    from sscc_core.training.tiles import training_tiles
     from sscc_core.training.trainer import build_training, train_epoch, training_mask
 
     out: dict[str, Any] = {"epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size}
@@ -504,7 +506,7 @@ def train_section(store: Path, cfg: SSCCConfig, work: Path, use_gpu: bool) -> di
         }
     out["loss_rel_diff"] = max(abs(b - a) / abs(a) for a, b in zip(out["ray_1"]["loss"], out["ray_2"]["loss"]))
     torch.set_num_threads(1)
-    pre = Preprocessor.from_state(torch.load(storage / "w1" / "preprocess.pt", weights_only=True))
+    pre = Preprocessor.from_state(load_checkpoint(storage / "w1" / "final").preprocess_state)
     tiles = training_tiles(str(store), cfg.train.protocol, cfg.tile.tile_size)
     udf = TilePatches(str(store), pre.to_state(), to_dict(cfg))
     batch = {k: np.array([t[k] for t in tiles]) for k in ("row", "col", "y0", "y1", "x0", "x1")}

@@ -1,6 +1,7 @@
 """Ray entry point: data-parallel SSCC training with Ray Data tiles and Ray Train (DDP).
 
-Driver: fit the pre-processing (streaming pass over the store), list the tiles holding training
+Driver: fit the pre-processing (streaming pass over the store) or read it from the run's latest
+checkpoint, list the tiles holding training
 pixels, and build a Ray Dataset of tile descriptors whose ``map_batches`` tasks reopen the store,
 read each tile with its halo, extract standardised PCA patches of its training pixels and draw two
 augmented views of each (seeded by run seed, epoch and tile; the epoch comes from a small clock
@@ -11,11 +12,14 @@ scatters slice r of every global batch to rank r, so the global batches do not d
 SSCC loss gathers the cluster outputs of all ranks with gradients and BatchNorm is synchronised
 (:class:`sscc_core.model.loss.SSCCLoss`, :class:`sscc_core.model.network.SyncBatchNorm2d`); DDP averages the
 gradients. Rank 0 posts every epoch's summary (loss parts, clusters used, assignment entropy) to
-the clock, which the driver logs as it arrives, and writes an SSCC checkpoint every epoch; a
-relaunch with the same run name and storage path resumes from the latest one.
-After training the driver fits what ``cfg.postprocess`` needs (BatchNorm recalibration, the
-k-means or spectral readout) on a sample of the training pixels and stores it in the final
-checkpoint.
+the clock, which the driver logs as it arrives, and reports an SSCC checkpoint (with the
+pre-processing inside) every epoch; a relaunch with the same run name and storage path resumes
+from the latest one, and takes its pre-processing from it.
+After training the driver takes the checkpoint Ray Train reports (``Result.checkpoint``), fits
+what ``cfg.postprocess`` needs (BatchNorm recalibration, the k-means or spectral readout) on a
+sample of the training pixels as a logged post-step, and writes the product, ``final/``, once.
+The reusable steps (tile planning, size checks, the run's pre-processing, the readout fit) are
+in :mod:`sscc_core.training`; this module maps them over Ray.
 
     sscc train --store cube.zarr --run-name ip --storage-path runs/ --epochs 20
     ray job submit --working-dir . -- python -m pipelines.train --store ... --run-name ...
@@ -24,8 +28,7 @@ checkpoint.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import io
+import contextlib
 import json
 import logging
 import os
@@ -43,18 +46,20 @@ import torch
 from pipelines.common import add_logging_args, ensure_ray, log_event, run_stage, setup_logging
 from pipelines.options import DEFAULT_CONFIG, add_config_args, load_cli_config
 from sscc_core import storage
-from sscc_core.model.augment import two_views
-from sscc_core.model.checkpoint import (
-    Checkpoint, CheckpointError, RunRecord, check_run_record, checkpoint_file, fallback_warning,
-    load_checkpoint, newest_loadable, run_checkpoints, save_checkpoint,
-)
 from sscc_core.config import SSCCConfig, dump_config, from_dict, to_dict
 from sscc_core.io.store import cube_identity, open_cube
-from sscc_core.model.network import SSCCNet
+from sscc_core.io.tiling import Tile, extract_patches_at
+from sscc_core.model.augment import two_views
+from sscc_core.model.checkpoint import (
+    Checkpoint, CheckpointError, RunRecord, check_run_record, fallback_warning, load_checkpoint,
+    newest_loadable, run_checkpoints, save_checkpoint,
+)
 from sscc_core.model.patches import tile_features
-from sscc_core.model.preprocess import Preprocessor, fit_preprocessor
-from sscc_core.training.readout_fit import fit_readout
-from sscc_core.io.tiling import Tile, extract_patches_at, tile_grid, tile_valid
+from sscc_core.model.preprocess import Preprocessor
+from sscc_core.training.final_readout import fit_final_readout, readout_needs_fit
+from sscc_core.training.run import final_checkpoint, finished_run, run_preprocessing
+from sscc_core.training.sizing import check_scaling, check_training_size
+from sscc_core.training.tiles import descriptor_tile, tile_stream, training_tiles
 from sscc_core.training.trainer import (
     EpochStats, TrainingDiverged, build_training, check_finite_weights, clusters_warning,
     epoch_generator, progress_line, tile_training_mask, train_step,
@@ -62,7 +67,6 @@ from sscc_core.training.trainer import (
 
 log = logging.getLogger("sscc.train")
 RANK_SYMMETRIC_ERRORS = (TrainingDiverged, CheckpointError)
-PREPROCESS_FILE = "preprocess.pt"  # the run's fitted pre-processing, beside its checkpoints
 
 
 class EpochClock:
@@ -195,7 +199,7 @@ class TilePatches:
         epoch = self.epoch()
         views_a, views_b = [], []
         for i in range(len(batch["row"])):
-            tile = Tile(*(int(batch[k][i]) for k in ("row", "col", "y0", "y1", "x0", "x1")))
+            tile = descriptor_tile({k: v[i] for k, v in batch.items()})
             patches = torch.from_numpy(self.patches(tile))
             gen = epoch_generator(self.cfg.train.seed, epoch, tile_stream(tile))
             va, vb = two_views(patches, self.cfg.augment, gen)
@@ -222,32 +226,6 @@ def tile_views(
     udf = _WORKER_UDFS[key]
     udf.clock = clock
     return udf(batch)
-
-
-def tile_stream(tile: Tile) -> int:
-    """The random stream id of a tile (distinct for every tile of a grid up to 2**20 wide)."""
-    return 1 + (tile.row << 20) + tile.col
-
-
-def training_tiles(store: str, protocol: str, tile_size: int) -> list[dict[str, int]]:
-    """Descriptors of the tiles holding at least one training pixel (driver side, mask reads only),
-    each with its count of training pixels (``n_pixels``)."""
-    import zarr
-
-    group = zarr.open_group(store, mode="r")
-    valid = group["valid"]
-    labels = group["labels"] if "labels" in group else None
-    if protocol == "labelled" and labels is None:
-        raise ValueError(f"{store}: protocol 'labelled' needs a 'labels' variable; use train.protocol=all")
-    tiles = []
-    for t in tile_grid(*valid.shape, tile_size):
-        n_pixels = int(tile_training_mask(valid, labels, t, protocol).sum())
-        if n_pixels:
-            tiles.append({"row": t.row, "col": t.col, "y0": t.y0, "y1": t.y1, "x0": t.x0, "x1": t.x1,
-                          "n_pixels": n_pixels})
-    if not tiles:
-        raise ValueError(f"{store}: no training pixel under protocol {protocol!r}")
-    return tiles
 
 
 def inject_failure(config: dict[str, Any], epoch: int, rank: int) -> None:
@@ -377,15 +355,13 @@ def run_epochs(config: dict[str, Any]) -> None:
                    "samples_per_s": stats.batches * cfg.train.batch_size / seconds,
                    "workers": world_size}
         training.history.append(summary)
-        with tempfile.TemporaryDirectory() as tmp:
+        with report_folder(config["local_dir"]) as folder:
             checkpoint = None
             if rank == 0:
                 config["clock"].post.remote(summary)
-                save_checkpoint(snapshot(training, cfg, config), tmp)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                save_checkpoint(snapshot(training, cfg, config), folder)
+                checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(summary, checkpoint=checkpoint)
-    if rank == 0:  # the run's product, on the run's storage (shared by every node)
-        save_checkpoint(snapshot(training, cfg, config), storage.join(config["run_dir"], "final"))
 
 
 def resumed_state(reported: Any, config: dict[str, Any], rank: int) -> Checkpoint | None:
@@ -420,60 +396,6 @@ def snapshot(training: Any, cfg: SSCCConfig, config: dict[str, Any]) -> Checkpoi
     )
 
 
-def finished_run(run_dir: str, cfg: SSCCConfig) -> str | None:
-    """The final checkpoint of a run that already completed ``train.epochs`` (its readout fitted
-    and ``history.json`` written, the last step of :func:`run_training`), else ``None``."""
-    path = checkpoint_file(storage.join(run_dir, "final"))
-    if not (storage.exists(storage.join(run_dir, "history.json")) and storage.exists(path)):
-        return None
-    return path if load_checkpoint(path).epoch >= cfg.train.epochs else None
-
-
-def fit_or_reuse_preprocessor(store: str, cfg: SSCCConfig, run_dir: str) -> Preprocessor:
-    """Fit the pre-processing once per run and keep it beside the run (a relaunch reuses it).
-
-    Args:
-        store: Cube store.
-        cfg: Run configuration (``preprocess``, ``tile``).
-        run_dir: The run's directory, local or object storage.
-    """
-    import zarr
-
-    path = storage.join(run_dir, PREPROCESS_FILE)
-    if storage.exists(path):
-        return Preprocessor.from_state(torch.load(io.BytesIO(storage.read_bytes(path)), weights_only=True))
-
-    group = zarr.open_group(store, mode="r")
-    valid = group["valid"]
-    n_valid = sum(int(tile_valid(valid, t).sum()) for t in tile_grid(*valid.shape, cfg.tile.tile_size))
-    method = "exact" if n_valid <= cfg.preprocess.sample_pixels else "sample"
-    log_event(log, "fit preprocessing", method=method, n_valid=n_valid)
-    pre = fit_preprocessor(group["reflectance"], group["valid"], cfg.preprocess, cfg.tile.tile_size, method)
-    buf = io.BytesIO()
-    torch.save(pre.to_state(), buf)
-    storage.write_bytes(path, buf.getvalue())
-    return pre
-
-
-def check_scaling(cfg: SSCCConfig, num_workers: int) -> None:
-    """Refuse a worker count the global batch cannot be split over (before anything starts).
-
-    Raises:
-        ValueError: ``num_workers`` < 0, ``train.batch_size`` not divisible by the workers, or
-            fewer than 2 rows per worker (the loss needs 2 rows; BatchNorm needs more than 1).
-    """
-    batch = cfg.train.batch_size
-    if num_workers < 0:
-        raise ValueError(f"--num-workers must be >= 0 (0 = Ray Train local mode), got {num_workers}")
-    world = max(1, num_workers)
-    if batch % world:
-        raise ValueError(f"train.batch_size={batch} is the global batch and must split evenly over "
-                         f"--num-workers={num_workers}; choose a batch divisible by the workers")
-    if batch // world < 2:
-        raise ValueError(f"train.batch_size={batch} over --num-workers={num_workers} leaves "
-                         f"{batch // world} row per worker; each worker needs at least 2")
-
-
 def check_gpus(num_workers: int) -> None:
     """Refuse ``--use-gpu`` when the Ray cluster has fewer GPUs than workers, counting the GPUs
     its autoscaler may add (a GPU node group scaled from zero counts at its maximum size).
@@ -496,94 +418,66 @@ def check_gpus(num_workers: int) -> None:
                          f"--num-workers={num_workers} needs {needed}; drop --use-gpu to train on CPUs")
 
 
-def check_training_size(n_pixels: int, cfg: SSCCConfig, store: str) -> None:
-    """Refuse a run whose training pixels cannot fill one global batch or number fewer than
-    the clusters (K clusters cannot be formed from fewer than K samples).
+def preprocessing(store: str, cfg: SSCCConfig, run_dir: str) -> Preprocessor:
+    """The run's pre-processing (:func:`sscc_core.training.run.run_preprocessing`: from its
+    latest checkpoint, else fitted on the store), logged as ``preprocessing from checkpoint``
+    or ``fit preprocessing``."""
+    found = run_preprocessing(store, cfg, run_dir)
+    if found.checkpoint is not None:
+        log_event(log, "preprocessing from checkpoint", path=found.checkpoint)
+    else:
+        log_event(log, "fit preprocessing", method=found.method, n_valid=found.n_valid)
+    return found.preprocessor
 
-    Raises:
-        ValueError: The message gives the counts and the fields to change.
+
+def reported_checkpoint(result: Any, run_dir: str) -> tuple[str, Checkpoint]:
+    """The SSCC checkpoint Ray Train reports at the end of ``fit()`` (``Result.checkpoint``: the
+    last one reported, or on a relaunch with nothing left to train the one it resumed from),
+    and where Ray Train keeps it (in the run's storage; in local mode, the folder rank 0 wrote).
     """
-    protocol = cfg.train.protocol
-    if n_pixels < cfg.model.n_clusters:
-        raise ValueError(f"{store}: {n_pixels} training pixels (protocol {protocol!r}) are fewer "
-                         f"than model.n_clusters={cfg.model.n_clusters}")
-    if n_pixels < cfg.train.batch_size:
-        raise ValueError(f"{store}: {n_pixels} training pixels (protocol {protocol!r}) cannot fill "
-                         f"one batch of train.batch_size={cfg.train.batch_size}; lower "
-                         "train.batch_size or use more data")
+    if result.checkpoint is None:  # every run reports at least one epoch or resumes from one
+        raise RuntimeError(f"{run_dir}: Ray Train ended without a checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        return result.checkpoint.path, load_checkpoint(folder)
 
 
-READOUT_TILE_FACTOR = 4  # the readout's tiles hold at least this many times its sample size
-
-
-def readout_tiles(tiles: list[dict[str, int]], max_pixels: int, seed: int) -> list[dict[str, int]]:
-    """A seeded random subset of the training tiles, in grid order, holding at least
-    ``READOUT_TILE_FACTOR * max_pixels`` training pixels (all tiles when they hold fewer).
-
-    The driver computes the readout's vectors over every tile its sample touches, so drawing the
-    sample from these tiles bounds that pass by the sample size instead of the mosaic size.
+@contextlib.contextmanager
+def report_folder(local_dir: str | None) -> Iterator[str]:
+    """The folder rank 0 writes an epoch's checkpoint to before reporting it: a temporary one,
+    which Ray Train copies into the run's storage; in local mode (``--num-workers 0``: no copy,
+    ``Result.checkpoint`` is the reported folder itself) ``local_dir``, which outlives ``fit()``.
     """
-    kept, total = [], 0
-    for i in np.random.default_rng(seed).permutation(len(tiles)):
-        if total >= READOUT_TILE_FACTOR * max_pixels:
-            break
-        kept.append(tiles[i])
-        total += tiles[i]["n_pixels"]
-    return sorted(kept, key=lambda t: (t["row"], t["col"]))
+    if local_dir is not None:
+        yield local_dir
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield tmp
 
 
-def fit_final_readout(ckpt: Checkpoint, store: str, pre: Preprocessor, tiles: list[dict[str, int]]) -> Checkpoint:
-    """Driver-side readout fitting after training (``cfg.postprocess``): BatchNorm recalibration
-    and/or the k-means or spectral readout of a seeded sample of the training pixels
-    (:func:`sscc_core.training.readout_fit.fit_readout`, as the accuracy harness does).
-
-    Args:
-        ckpt: The final checkpoint of the training loop.
-        store: Cube store trained on.
-        pre: The run's pre-processing.
-        tiles: :func:`training_tiles` descriptors (the tiles holding training pixels); the
-            sample is drawn from :func:`readout_tiles` of them.
-
-    Returns:
-        ``ckpt`` with the recalibrated weights and the fitted ``readout_state``. With
-        ``postprocess.readout: auto`` its config holds the chosen readout and smoothing, and
-        ``extra["selection"]`` the label-free choice with every candidate's criterion value.
-    """
-    import zarr
-
-    start = time.perf_counter()
+def readout_post_step(ckpt: Checkpoint, store: str, tiles: list[dict[str, int]]) -> Checkpoint:
+    """The explicit step after training: fit what ``cfg.postprocess`` needs
+    (:func:`sscc_core.training.final_readout.fit_final_readout`) and log what was chosen as a
+    ``readout`` event (a cluster head without BatchNorm recalibration needs no fit and keeps
+    ``ckpt`` as it is); ``readout: auto`` also prints and logs its label-free choice."""
     cfg = ckpt.config
+    if not readout_needs_fit(cfg):
+        log_event(log, "readout", readout=cfg.postprocess.readout, fitted=False)
+        return ckpt
     print(f"train: fitting the readout ({cfg.postprocess.readout}) on up to "
           f"{cfg.postprocess.readout_sample} training pixels", flush=True)
-    group = zarr.open_group(store, mode="r")
-    labels = group["labels"] if "labels" in group else None
-    mask = np.zeros(group["valid"].shape, dtype=bool)
-    for t in readout_tiles(tiles, cfg.postprocess.readout_sample, cfg.train.seed):
-        tile = Tile(t["row"], t["col"], t["y0"], t["y1"], t["x0"], t["x1"])
-        mask[tile.y0 : tile.y1, tile.x0 : tile.x1] = tile_training_mask(
-            group["valid"], labels, tile, cfg.train.protocol)
-    model = SSCCNet(cfg.model, ckpt.in_channels, cfg.preprocess.patch_size)
-    model.load_state_dict(ckpt.model_state)
-    readout = fit_readout(model, pre, group["reflectance"], group["valid"], mask, cfg,
-                          tile_size=cfg.tile.tile_size,
-                          log=lambda row: log_event(log, "readout candidate", **row))
-    seconds = time.perf_counter() - start
-    n_pixels = min(int(mask.sum()), cfg.postprocess.readout_sample)
-    log_event(log, "readout fitted", readout=readout.kind, smooth_sigma=readout.smooth_sigma,
-              bn_recalibrate=cfg.postprocess.bn_recalibrate, n_pixels=n_pixels, seconds=seconds)
-    extra = {**(ckpt.extra or {}), "readout": {"n_pixels": n_pixels, "seconds": seconds}}
-    if readout.selection is not None:
-        choice = readout.selection["choice"]
-        print(f"readout chosen from the data: {readout.kind}, smoothing {readout.smooth_sigma:g} px, "
+    ckpt = fit_final_readout(ckpt, store, tiles, log=lambda row: log_event(log, "readout candidate", **row))
+    post = ckpt.config.postprocess
+    log_event(log, "readout", readout=post.readout, fitted=True, smooth_sigma=post.smooth_sigma,
+              spectra_scale=post.spectra_scale, bn_recalibrate=post.bn_recalibrate,
+              **ckpt.extra["readout"])
+    selection = ckpt.extra.get("selection")
+    if selection is not None:
+        choice = selection["choice"]
+        print(f"readout chosen from the data: {post.readout}, smoothing {post.smooth_sigma:g} px, "
               f"{choice['spectra_scale']} spectra (most stable of "
-              f"{len(readout.selection['candidates'])} candidates)", flush=True)
-        log_event(log, "readout chosen", **choice, criterion=readout.selection["criterion"])
-        extra["selection"] = readout.selection
-        post = dataclasses.replace(cfg.postprocess, readout=readout.kind, smooth_sigma=readout.smooth_sigma,
-                                   spectra_scale=choice["spectra_scale"])
-        cfg = dataclasses.replace(cfg, postprocess=post)
-    return dataclasses.replace(ckpt, config=cfg, model_state=model.state_dict(),
-                               readout_state=readout.state, extra=extra)
+              f"{len(selection['candidates'])} candidates)", flush=True)
+        log_event(log, "readout chosen", **choice, criterion=selection["criterion"])
+    return ckpt
 
 
 def run_training(
@@ -633,10 +527,8 @@ def run_training(
     if not storage.is_url(storage_path):
         storage_path = str(Path(storage_path).resolve())
     run_dir = storage.join(storage_path, run_name)
-    final = checkpoint_file(storage.join(run_dir, "final"))
-    progress = bool(run_checkpoints(run_dir)) or storage.exists(final)
+    progress = bool(run_checkpoints(run_dir)) or storage.exists(final_checkpoint(run_dir))
     if check_run_record(run_dir, RunRecord.of(str(store), cube_identity(ds_cube), cfg), progress):
-        storage.remove(storage.join(run_dir, PREPROCESS_FILE))  # fitted for the other settings
         print(f"train: run {run_name} has no checkpoint from its earlier launch (refused, "
               f"diverged or stopped before epoch 1 ended); starting it again with these settings",
               flush=True)
@@ -645,7 +537,7 @@ def run_training(
         print(f"train: run {run_name} already finished (train.epochs={cfg.train.epochs} reached); "
               f"kept {finished} (raise train.epochs to continue it)", flush=True)
         return finished
-    pre = fit_or_reuse_preprocessor(store, cfg, run_dir)
+    pre = preprocessing(store, cfg, run_dir)
     tiles = training_tiles(store, cfg.train.protocol, cfg.tile.tile_size)
     n_train = sum(t["n_pixels"] for t in tiles)
     log_event(log, "training tiles", n_tiles=len(tiles), n_pixels=n_train, protocol=cfg.train.protocol)
@@ -665,6 +557,7 @@ def run_training(
         num_cpus=0.25,
     )
     resources = {"CPU": cpus_per_worker}
+    local_dir = tempfile.TemporaryDirectory(prefix="sscc-train-")  # see report_folder
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
@@ -678,6 +571,7 @@ def run_training(
             "shuffle_buffer": shuffle_buffer,
             "clock": clock,
             "run_dir": run_dir,
+            "local_dir": local_dir.name if num_workers == 0 else None,
             "n_batches": n_train // cfg.train.batch_size,
             "fail_at_epoch": fail_at_epoch,
             "fail_marker": storage.join(run_dir, "injected_failure") if fail_at_epoch is not None else None,
@@ -695,17 +589,17 @@ def run_training(
         dataset_config=ray.train.DataConfig(  # rank 0 reads everything: see rank_batches
             datasets_to_split=[], execution_options=ray.data.ExecutionOptions(preserve_order=True)),
     )
-    with EpochMonitor(clock, cfg.model.n_clusters, cfg.train.epochs):
-        trainer.fit()
-    failure = ray.get(clock.failed.remote())
-    if failure is not None:
-        raise failure
-    path = checkpoint_file(storage.join(run_dir, "final"))
-    ckpt = load_checkpoint(path)
-    if cfg.postprocess.readout != "head" or cfg.postprocess.bn_recalibrate:
-        ckpt = fit_final_readout(ckpt, store, pre, tiles)
-        save_checkpoint(ckpt, path)
-    log_event(log, "final checkpoint", path=path, model_version=ckpt.model_version, epoch=ckpt.epoch)
+    with local_dir:
+        with EpochMonitor(clock, cfg.model.n_clusters, cfg.train.epochs):
+            result = trainer.fit()
+        failure = ray.get(clock.failed.remote())
+        if failure is not None:
+            raise failure
+        reported, ckpt = reported_checkpoint(result, run_dir)
+    ckpt = readout_post_step(ckpt, store, tiles)
+    path = save_checkpoint(ckpt, final_checkpoint(run_dir))
+    log_event(log, "final checkpoint", path=path, reported=reported, model_version=ckpt.model_version,
+              epoch=ckpt.epoch)
     history_list = (ckpt.extra or {}).get("history", [])
     warning = clusters_warning(history_list[-1], cfg.model.n_clusters) if history_list else None
     if warning:

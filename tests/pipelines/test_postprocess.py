@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.train import READOUT_TILE_FACTOR, fit_final_readout, readout_tiles, training_tiles
 from sscc_core.model.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -29,9 +28,11 @@ from sscc_core.model.postprocess import mode_filter, mode_reach, smooth, smooth_
 from sscc_core.model.preprocess import fit_preprocessor
 from sscc_core.model.patches import gather_patches
 from sscc_core.model.readout import Readout
+from sscc_core.training.final_readout import fit_final_readout
 from sscc_core.training.readout_fit import fit_extension, fit_readout, readout_patches, sample_mask
 from sscc_core.training.selection import spectral_clusters
 from sscc_core.io.tiling import Tile, tile_grid
+from sscc_core.training.tiles import training_tiles
 from sscc_core.training.trainer import (
     build_training,
     train_reference,
@@ -141,7 +142,7 @@ def test_kmeans_readout_labels_nearest_centroid_of_patch_features(scene, trained
     # the Ray trainer's driver step fits the same readout from the store, tiled differently
     store = write_cube(read_benchmark("salinasA"), tmp_path / "sa.zarr", chunk=TILE)
     fresh = checkpoint(pre, cube, build_training(cfg, pre.n_components).model, cfg)
-    fitted = fit_final_readout(fresh, str(store), pre, training_tiles(str(store), "labelled", TILE))
+    fitted = fit_final_readout(fresh, str(store), training_tiles(str(store), "labelled", TILE))
     model2 = SSCCNet(cfg.model, pre.n_components, cfg.preprocess.patch_size)
     model2.load_state_dict(fresh.model_state)
     full = np.ones_like(valid)
@@ -312,19 +313,9 @@ def test_spectral_readout_fits_smoothed_features_and_labels_in_the_pipeline(scen
 
     # the Ray trainer's driver step fits the same readout from the store, tiled differently
     store = write_cube(read_benchmark("salinasA"), tmp_path / "sa.zarr", chunk=TILE)
-    fitted = fit_final_readout(checkpoint(pre, cube, model, cfg), str(store), pre,
+    fitted = fit_final_readout(checkpoint(pre, cube, model, cfg), str(store),
                                training_tiles(str(store), "labelled", TILE))
     full = np.ones_like(valid)
     expect = fit_readout(model, pre, cube, full, training_mask(full, labels, "labelled"), cfg)
     for key in ("mean", "std", "weights", "coef", "intercept"):
         torch.testing.assert_close(fitted.readout_state[key], expect.state[key], rtol=0, atol=0)
-
-
-def test_readout_tiles_bound_the_driver_pass_by_the_sample_size():
-    tiles = [{"row": r, "col": c, "n_pixels": 100} for r in range(20) for c in range(30)]  # 600
-    kept = readout_tiles(tiles, max_pixels=500, seed=3)
-    assert len(kept) == READOUT_TILE_FACTOR * 500 // 100  # 20 of 600 tiles: the bound, no more
-    assert kept == sorted(kept, key=lambda t: (t["row"], t["col"]))
-    assert kept == readout_tiles(tiles, 500, 3) and kept != readout_tiles(tiles, 500, 4)
-    assert len({t["row"] for t in kept}) > 5  # spread over the mosaic, not its first rows
-    assert readout_tiles(tiles, max_pixels=10**6, seed=3) == tiles  # small scenes: every tile

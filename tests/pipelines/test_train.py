@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.train import TilePatches, run_training, tile_stream, training_tiles
+from pipelines.train import TilePatches, run_training
 from sscc_core.model.augment import two_views
 from sscc_core.model.checkpoint import load_checkpoint
 from sscc_core.config import SSCCConfig, load_config, to_dict
@@ -18,6 +18,8 @@ from sscc_core.io.store import open_cube, write_cube
 from sscc_core.model.preprocess import fit_preprocessor
 from sscc_core.io.tiling import Tile
 from sscc_core.model.patches import gather_patches
+from sscc_core.training.run import fit_store_preprocessor
+from sscc_core.training.tiles import tile_stream, training_tiles
 from sscc_core.training.trainer import epoch_generator, training_mask
 
 TINY = {
@@ -72,14 +74,6 @@ def test_tile_views_equal_reference_augmentation_of_whole_scene_patches(salinas_
     assert not np.array_equal(again["view_a"], got["view_a"])
 
 
-def test_training_tiles_skip_tiles_without_training_pixels(salinas_store: Path) -> None:
-    tiles = training_tiles(str(salinas_store), "labelled", 32)
-    labels = open_cube(salinas_store)["labels"].values
-    for t in tiles:
-        assert (labels[t["y0"] : t["y1"], t["x0"] : t["x1"]] > 0).any()
-    assert len(training_tiles(str(salinas_store), "all", 32)) == 9  # 83x86 scene, 3x3 tiles
-
-
 @pytest.mark.slow  # 1-3 min on 2 cores; `make test-slow`
 def test_ray_train_two_workers_recover_from_a_killed_worker_and_resume(
         ray_session, salinas_store: Path, tmp_path: Path) -> None:
@@ -104,9 +98,10 @@ def test_ray_train_two_workers_recover_from_a_killed_worker_and_resume(
 
 
 def test_run_storage_may_be_a_url(ray_session, salinas_store: Path, tmp_path: Path) -> None:
-    """Checkpoints, pre-processing and history go through fsspec: a file:// storage URL works
-    like a local path (s3:// and gs:// work the same with their fsspec package installed). The
-    final checkpoint carries the fitted spectral readout the config asks for."""
+    """Checkpoints and history go through fsspec: a file:// storage URL works like a local path
+    (s3:// and gs:// work the same with their fsspec package installed). The final checkpoint
+    carries the fitted spectral readout the config asks for, and the pre-processing fitted on the
+    store, which is nowhere else in the run (Ray Train's reported checkpoint is the product)."""
     cfg = tiny_config(**{"train.epochs": 1, "postprocess.readout": "spectral",
                          "postprocess.smooth_sigma": 1.0, "postprocess.readout_spectra": 2.0})
     url = f"file://{tmp_path}/store"
@@ -116,6 +111,11 @@ def test_run_storage_may_be_a_url(ray_session, salinas_store: Path, tmp_path: Pa
     assert ckpt.epoch == 1
     assert sorted(ckpt.readout_state) == ["coef", "intercept", "mean", "std", "weights"]
     assert Labeller.from_checkpoint(ckpt).readout.fitted  # sscc predict can use it as is
-    assert (tmp_path / "store" / "urlrun" / "preprocess.pt").is_file()
+    run = tmp_path / "store" / "urlrun"  # local mode: Ray Train keeps no per-epoch checkpoint
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "final", "history.json", "run.json"]
+    fitted = fit_store_preprocessor(str(salinas_store), cfg).preprocessor.to_state()
+    assert sorted(ckpt.preprocess_state) == sorted(fitted)
+    assert all(torch.equal(ckpt.preprocess_state[k], v) for k, v in fitted.items()
+               if isinstance(v, torch.Tensor))
     assert (tmp_path / "store" / "urlrun" / "history.json").is_file()
     assert load_config(tmp_path / "store" / "urlrun" / "config.yaml") == cfg

@@ -14,15 +14,16 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from pipelines.train import fit_final_readout, training_tiles
 from sscc_core.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from sscc_core.config import ConfigError, ModelConfig, PostprocessConfig, SSCCConfig, TrainConfig, load_config
 from sscc_core.labelling.inference import Labeller, label_scene
 from sscc_core.io.matlab import read_benchmark
 from sscc_core.io.store import write_cube
 from sscc_core.model.preprocess import fit_preprocessor
+from sscc_core.training.final_readout import fit_final_readout
 from sscc_core.training.readout_fit import extension, fit_readout
 from sscc_core.training.selection import Candidate, candidates, cluster, select, spectra_weights, stability
+from sscc_core.training.tiles import training_tiles
 from sscc_core.training.trainer import build_training, training_mask
 
 TILE = 32
@@ -146,7 +147,7 @@ def test_auto_readout_is_the_same_choice_and_labels_in_the_harness_and_the_produ
     store = write_cube(read_benchmark("salinasA"), tmp_path / "sa.zarr", chunk=TILE)
     bare = Checkpoint(config=cfg, in_channels=pre.n_components, n_bands=cube.shape[0],
                       model_state=model.state_dict(), preprocess_state=pre.to_state())
-    fitted = fit_final_readout(bare, str(store), pre, training_tiles(str(store), "all", TILE))
+    fitted = fit_final_readout(bare, str(store), training_tiles(str(store), "all", TILE))
     assert fitted.extra["selection"] == readout.selection
     post = fitted.config.postprocess
     assert (post.readout, post.smooth_sigma, post.spectra_scale) == (

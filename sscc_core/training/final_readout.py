@@ -1,0 +1,80 @@
+"""The step after training: fit what ``cfg.postprocess`` needs (BatchNorm recalibration, the
+k-means or spectral readout, or the label-free choice among them) on a seeded sample of the
+training pixels of the cube store, and put it into the run's checkpoint.
+
+The sample is drawn from :func:`sscc_core.training.tiles.readout_tiles` of the training tiles,
+and the fit is :func:`sscc_core.training.readout_fit.fit_readout`, as in the accuracy harness.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import zarr
+
+from sscc_core.config import SSCCConfig
+from sscc_core.model.checkpoint import Checkpoint
+from sscc_core.model.network import SSCCNet
+from sscc_core.model.preprocess import Preprocessor
+from sscc_core.training.readout_fit import fit_readout
+from sscc_core.training.tiles import descriptor_tile, readout_tiles
+from sscc_core.training.trainer import tile_training_mask
+
+
+def readout_needs_fit(cfg: SSCCConfig) -> bool:
+    """Whether ``cfg.postprocess`` asks for anything fitted after training (a readout other than
+    the cluster head, or BatchNorm recalibration)."""
+    return cfg.postprocess.readout != "head" or cfg.postprocess.bn_recalibrate
+
+
+def fit_final_readout(
+    ckpt: Checkpoint,
+    store: str,
+    tiles: list[dict[str, int]],
+    log: Callable[[dict[str, Any]], None] | None = None,
+) -> Checkpoint:
+    """Fit the readout of a trained checkpoint from its cube store.
+
+    Args:
+        ckpt: The checkpoint training ended with (weights and pre-processing are read from it).
+        store: Cube store trained on.
+        tiles: :func:`sscc_core.training.tiles.training_tiles` descriptors (the tiles holding
+            training pixels); the sample is drawn from
+            :func:`sscc_core.training.tiles.readout_tiles` of them.
+        log: Called with one row per candidate of a ``readout: auto`` choice.
+
+    Returns:
+        ``ckpt`` with the recalibrated weights, the fitted ``readout_state`` and
+        ``extra["readout"]`` (``n_pixels`` of the sample, fitting ``seconds``). With
+        ``postprocess.readout: auto`` its config holds the chosen readout, smoothing and
+        spectra scale, and ``extra["selection"]`` the label-free choice with every candidate's
+        criterion value.
+    """
+    start = time.perf_counter()
+    cfg = ckpt.config
+    group = zarr.open_group(store, mode="r")
+    labels = group["labels"] if "labels" in group else None
+    mask = np.zeros(group["valid"].shape, dtype=bool)
+    for descriptor in readout_tiles(tiles, cfg.postprocess.readout_sample, cfg.train.seed):
+        tile = descriptor_tile(descriptor)
+        mask[tile.y0 : tile.y1, tile.x0 : tile.x1] = tile_training_mask(
+            group["valid"], labels, tile, cfg.train.protocol)
+    model = SSCCNet(cfg.model, ckpt.in_channels, cfg.preprocess.patch_size)
+    model.load_state_dict(ckpt.model_state)
+    pre = Preprocessor.from_state(ckpt.preprocess_state)
+    readout = fit_readout(model, pre, group["reflectance"], group["valid"], mask, cfg,
+                          tile_size=cfg.tile.tile_size, log=log)
+    n_pixels = min(int(mask.sum()), cfg.postprocess.readout_sample)
+    extra = {**(ckpt.extra or {}),
+             "readout": {"n_pixels": n_pixels, "seconds": time.perf_counter() - start}}
+    if readout.selection is not None:
+        extra["selection"] = readout.selection
+        post = dataclasses.replace(cfg.postprocess, readout=readout.kind, smooth_sigma=readout.smooth_sigma,
+                                   spectra_scale=readout.selection["choice"]["spectra_scale"])
+        cfg = dataclasses.replace(cfg, postprocess=post)
+    return dataclasses.replace(ckpt, config=cfg, model_state=model.state_dict(),
+                               readout_state=readout.state, extra=extra)

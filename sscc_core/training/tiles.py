@@ -1,0 +1,75 @@
+"""Which tiles of a cube store training reads: the tiles holding training pixels, the random
+stream of each, and the subset the readout fit after training samples from.
+
+A tile is passed around as a plain descriptor dict (``row``, ``col``, ``y0``, ``y1``, ``x0``,
+``x1``, ``n_pixels``) so that it can travel as a Ray Dataset row; :func:`descriptor_tile` turns
+one back into a :class:`sscc_core.io.tiling.Tile`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import zarr
+
+from sscc_core.io.tiling import Tile, tile_grid
+from sscc_core.training.trainer import tile_training_mask
+
+READOUT_TILE_FACTOR = 4  # the readout's tiles hold at least this many times its sample size
+TILE_FIELDS = ("row", "col", "y0", "y1", "x0", "x1")
+
+
+def descriptor_tile(descriptor: Mapping[str, Any]) -> Tile:
+    """The :class:`Tile` of a descriptor (its ``row``, ``col``, ``y0``, ``y1``, ``x0``, ``x1``)."""
+    return Tile(*(int(descriptor[k]) for k in TILE_FIELDS))
+
+
+def tile_stream(tile: Tile) -> int:
+    """The random stream id of a tile (distinct for every tile of a grid up to 2**20 wide)."""
+    return 1 + (tile.row << 20) + tile.col
+
+
+def training_tiles(store: str, protocol: str, tile_size: int) -> list[dict[str, int]]:
+    """Descriptors of the tiles holding at least one training pixel (mask reads only), each
+    with its count of training pixels (``n_pixels``), in grid order.
+
+    Args:
+        store: Canonical cube store (local path or URL zarr opens).
+        protocol: ``train.protocol``: ``"labelled"`` (labelled valid pixels) or ``"all"``.
+        tile_size: Side of the tiles, in pixels.
+
+    Raises:
+        ValueError: Protocol ``labelled`` on a store without labels, or no training pixel.
+    """
+    group = zarr.open_group(store, mode="r")
+    valid = group["valid"]
+    labels = group["labels"] if "labels" in group else None
+    if protocol == "labelled" and labels is None:
+        raise ValueError(f"{store}: protocol 'labelled' needs a 'labels' variable; use train.protocol=all")
+    tiles = []
+    for t in tile_grid(*valid.shape, tile_size):
+        n_pixels = int(tile_training_mask(valid, labels, t, protocol).sum())
+        if n_pixels:
+            tiles.append({"row": t.row, "col": t.col, "y0": t.y0, "y1": t.y1, "x0": t.x0, "x1": t.x1,
+                          "n_pixels": n_pixels})
+    if not tiles:
+        raise ValueError(f"{store}: no training pixel under protocol {protocol!r}")
+    return tiles
+
+
+def readout_tiles(tiles: list[dict[str, int]], max_pixels: int, seed: int) -> list[dict[str, int]]:
+    """A seeded random subset of the training tiles, in grid order, holding at least
+    ``READOUT_TILE_FACTOR * max_pixels`` training pixels (all tiles when they hold fewer).
+
+    The readout fit computes its vectors over every tile its sample touches, so drawing the
+    sample from these tiles bounds that pass by the sample size instead of the mosaic size.
+    """
+    kept, total = [], 0
+    for i in np.random.default_rng(seed).permutation(len(tiles)):
+        if total >= READOUT_TILE_FACTOR * max_pixels:
+            break
+        kept.append(tiles[i])
+        total += tiles[i]["n_pixels"]
+    return sorted(kept, key=lambda t: (t["row"], t["col"]))

@@ -1,0 +1,80 @@
+"""Training-tile planning: the tiles holding training pixels (with their counts, equal to the
+whole-scene mask's), their random streams, and the readout's bounded subset of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sscc_core.io.cube import make_cube
+from sscc_core.io.store import write_cube
+from sscc_core.io.tiling import Tile, tile_grid
+from sscc_core.training.tiles import (
+    READOUT_TILE_FACTOR, descriptor_tile, readout_tiles, tile_stream, training_tiles,
+)
+from sscc_core.training.trainer import training_mask
+
+TILE = 8
+
+
+def tiny_scene() -> tuple[np.ndarray, np.ndarray]:
+    """A (5, 20, 27) cube with a nodata block and labels in two corners only (so some tiles
+    hold no labelled pixel), and its labels."""
+    rng = np.random.default_rng(0)
+    cube = rng.normal(100, 10, (5, 20, 27)).astype(np.float32)
+    cube[:, 0:3, 10:16] = -1  # nodata
+    labels = np.zeros((20, 27), np.int16)
+    labels[1:6, 1:7] = 1
+    labels[17:20, 25:27] = 2
+    labels[1, 1] = 3
+    return cube, labels
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    cube, labels = tiny_scene()
+    path = tmp_path_factory.mktemp("tiles") / "tiny.zarr"
+    return str(write_cube(make_cube(cube, nodata=-1, labels=labels, name="tiny"), path, chunk=TILE))
+
+
+@pytest.mark.parametrize("protocol", ["labelled", "all"])
+def test_training_tiles_hold_the_whole_scene_training_pixels(store: str, protocol: str) -> None:
+    cube, labels = tiny_scene()
+    mask = training_mask((cube != -1).all(0), labels, protocol)
+    tiles = training_tiles(store, protocol, TILE)
+    counts = {(t.row, t.col): int(mask[t.y0 : t.y1, t.x0 : t.x1].sum()) for t in tile_grid(20, 27, TILE)}
+    assert [(t["row"], t["col"]) for t in tiles] == [rc for rc, n in counts.items() if n]
+    assert all(t["n_pixels"] == counts[t["row"], t["col"]] for t in tiles)
+    assert sum(t["n_pixels"] for t in tiles) == mask.sum()
+    assert len(tiles) == (2 if protocol == "labelled" else 12)  # 3 x 4 grid
+
+
+def test_training_tiles_refuse_a_protocol_without_its_pixels(tmp_path: Path) -> None:
+    cube, _ = tiny_scene()
+    unlabelled = str(write_cube(make_cube(cube, nodata=-1), tmp_path / "u.zarr", chunk=TILE))
+    with pytest.raises(ValueError, match=r"u.zarr: protocol 'labelled' needs a 'labels' variable; "
+                                         r"use train.protocol=all$"):
+        training_tiles(unlabelled, "labelled", TILE)
+    blank = str(write_cube(make_cube(cube, nodata=-1, labels=np.zeros((20, 27), np.int16)),
+                           tmp_path / "b.zarr", chunk=TILE))
+    with pytest.raises(ValueError, match=r"b.zarr: no training pixel under protocol 'labelled'$"):
+        training_tiles(blank, "labelled", TILE)
+
+
+def test_descriptors_name_their_tile_and_streams_are_distinct(store: str) -> None:
+    tiles = training_tiles(store, "all", TILE)
+    assert [descriptor_tile(t) for t in tiles] == list(tile_grid(20, 27, TILE))
+    streams = {tile_stream(Tile(r, c, 0, 1, 0, 1)) for r in range(40) for c in range(40)}
+    assert len(streams) == 1600 and 0 not in streams  # 0 is left to the whole-scene stream
+
+
+def test_readout_tiles_bound_the_driver_pass_by_the_sample_size() -> None:
+    tiles = [{"row": r, "col": c, "n_pixels": 100} for r in range(20) for c in range(30)]  # 600
+    kept = readout_tiles(tiles, max_pixels=500, seed=3)
+    assert len(kept) == READOUT_TILE_FACTOR * 500 // 100  # 20 of 600 tiles: the bound, no more
+    assert kept == sorted(kept, key=lambda t: (t["row"], t["col"]))
+    assert kept == readout_tiles(tiles, 500, 3) and kept != readout_tiles(tiles, 500, 4)
+    assert len({t["row"] for t in kept}) > 5  # spread over the mosaic, not its first rows
+    assert readout_tiles(tiles, max_pixels=10**6, seed=3) == tiles  # small scenes: every tile
