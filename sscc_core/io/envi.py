@@ -3,8 +3,9 @@
 GDAL's ENVI driver (through rasterio/rioxarray) parses the header and reads the pixels: any
 ``data type`` of :data:`DATA_TYPES`, ``interleave`` bsq/bil/bip, ``byte order`` and ``header
 offset``, lazily in blocks of whole rows (windowed reads, nothing is read until the cube is
-written); ``data ignore value`` is its nodata. The header fields come from its ``ENVI`` metadata
-domain. Kept here is what GDAL does not do:
+written; what GDAL keeps meanwhile is bounded by its block cache, ``GDAL_CACHEMAX``, 5% of RAM by
+default); ``data ignore value`` is its nodata. The header fields come from its ``ENVI``
+metadata domain. Kept here is what GDAL does not do:
 
 - the data file's size is checked against the header (GDAL opens a file of the wrong size, or
   refuses it with "Image file is too small"), and the message names both sizes and the terms;
