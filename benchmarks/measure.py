@@ -289,42 +289,48 @@ def sample_tiles(store: Path, tile_size: int, n: int, seed: int) -> list[Any]:
     return [tiles[i] for i in pick]
 
 
-def chunk_cache_ablation(store: Path, checkpoint: Path, tiles: list[Any], tile_size: int,
-                         scratch: Path) -> dict[str, float]:
-    """The labelling actor's per-tile work (fingerprint, label, write) in this process, one
-    thread, on ``tiles``, reading through :class:`pipelines.predict.ChunkCache` and straight from
-    Zarr (the pipeline before the cache): pixels/s of each, alternated twice, best kept."""
+def read_order_ablation(store: Path, checkpoint: Path, tile_size: int,
+                        max_tiles: int = 16) -> dict[str, float]:
+    """The read stage's per-tile work (fingerprint, halo read, pre-processing:
+    :func:`sscc_core.labelling.tile_work.read_tiles`) in this process, one thread, on the first
+    ``max_tiles`` tiles of the grid's first read segment: in the segment's stripe order through
+    caches of the stripe's width (the pipeline), and row-major through caches of one tile's
+    width (the pipeline before), each once.
+
+    Returns:
+        ``striped_pixels_per_s``, ``row_major_pixels_per_s``, ``speed_up`` and the input chunks
+        each order decodes per tile (``striped_decodes_per_tile``, ``row_major_decodes_per_tile``,
+        counted on the valid mask, which has the cube's chunk grid).
+    """
     import torch
     import zarr
 
+    from sscc_core.io.tiling import nonempty_tiles, read_with_halo, tile_grid
+    from sscc_core.labelling.chunk_cache import ChunkCache
+    from sscc_core.labelling.inference import Labeller
+    from sscc_core.labelling.plan import STRIPE_TILES, read_segments
+    from sscc_core.labelling.tile_work import read_tiles
     from sscc_core.model.checkpoint import load_checkpoint
-    from sscc_core.config import to_dict
-    from sscc_core.io.store import open_cube
-    from sscc_core.labelling.labelstore import LabelStoreSpec, prepare_label_store
 
     torch.set_num_threads(1)
-    ckpt = load_checkpoint(checkpoint)
-    group = zarr.open_group(store, mode="r")
-    batch = {name: np.array([getattr(t, name) for t in tiles]) for name in predict.TILE_FIELDS}
-    batch["fingerprint"] = np.array([""] * len(tiles))  # no tile recorded yet: label every one
-    pixels = sum(t.height * t.width for t in tiles)
-    best = {"cached": 0.0, "uncached": 0.0}
-    for _ in range(2):
-        for variant in best:
-            if scratch.exists():
-                shutil.rmtree(scratch)
-            prepare_label_store(scratch, open_cube(store), LabelStoreSpec(
-                model_version=ckpt.model_version, n_clusters=ckpt.config.model.n_clusters,
-                tile_size=tile_size, config=to_dict(ckpt.config), input_store=str(store)))
-            actor = predict.LabelTiles(str(checkpoint), str(store), str(scratch), "auto", 2048, 1)
-            if variant == "uncached":
-                actor.cube, actor.valid = group["reflectance"], group["valid"]
-            start = time.perf_counter()
-            actor(batch)
-            best[variant] = max(best[variant], pixels / (time.perf_counter() - start))
-    shutil.rmtree(scratch)
-    return {"cached_pixels_per_s": best["cached"], "uncached_pixels_per_s": best["uncached"],
-            "speed_up": best["cached"] / best["uncached"], "tiles": len(tiles)}
+    reader = Labeller.from_checkpoint(load_checkpoint(checkpoint)).reader
+    valid = zarr.open_group(store, mode="r")["valid"]
+    segment = read_segments(nonempty_tiles(valid, tile_grid(*valid.shape, tile_size)))[0][:max_tiles]
+    orders = {"striped": (segment, STRIPE_TILES),
+              "row_major": (sorted(segment, key=lambda t: (t.row, t.col)), 1)}
+    pixels = sum(t.height * t.width for t in segment)
+    out: dict[str, float] = {"tiles": len(segment)}
+    for name, (tiles, stripe) in orders.items():
+        start = time.perf_counter()
+        for _ in read_tiles(str(store), reader, [(t, "") for t in tiles], tile_size, stripe):
+            pass
+        out[f"{name}_pixels_per_s"] = pixels / (time.perf_counter() - start)
+        cache = ChunkCache(valid, tile_size, stripe)
+        for tile in tiles:
+            read_with_halo(cache, tile, reader.context)
+        out[f"{name}_decodes_per_tile"] = cache.decoded / len(tiles)
+    out["speed_up"] = out["striped_pixels_per_s"] / out["row_major_pixels_per_s"]
+    return out
 
 
 def throughput_section(run: dict[str, Any], store: Path, checkpoint: Path, kmeans: Any,
@@ -334,8 +340,7 @@ def throughput_section(run: dict[str, Any], store: Path, checkpoint: Path, kmean
     limits = {kind: measure_limit(kind, store, checkpoint, tiles, args.actors, kmeans,
                                   args.use_gpu and kind == "model")
               for kind in ("read", "preprocess", "model", "kmeans")}
-    ablation = chunk_cache_ablation(store, checkpoint, tiles[:8], args.tile_size,
-                                    Path(args.work) / "ablation_labels.zarr")
+    ablation = read_order_ablation(store, checkpoint, args.tile_size)
     rate = {k: v["pixels_per_s"] for k, v in limits.items()}
     serial = 1.0 / sum(1.0 / rate[k] for k in ("read", "preprocess", "model"))
     bound = min(rate["read"], rate["model"])
@@ -345,7 +350,7 @@ def throughput_section(run: dict[str, Any], store: Path, checkpoint: Path, kmean
         "pipeline_steady_pixels_per_s": steady,
         "pixels_per_actor_s": run["pixels_per_actor_s"],
         "limits": limits,
-        "chunk_cache": ablation,
+        "read_order": ablation,
         "serial_chain_pixels_per_s": serial,
         "bound": "read" if rate["read"] <= rate["model"] else "model",
         "ratio_end_to_end": run["pixels_per_s"] / bound,

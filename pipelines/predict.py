@@ -1,32 +1,44 @@
-"""``sscc predict``: label a cube store out of core, tile by tile, on a pool of Ray actors.
+"""``sscc predict``: label a cube store out of core, tile by tile, in two Ray Data stages.
 
 Usage::
 
     sscc predict --checkpoint runs/ip/model.pt --store runs/ip.zarr --out runs/ip_labels.zarr \\
         [--tile-size 256] [--actors 2] [--confidence] [--mode auto|dense|patch] [--batch-size 2048]
-        [--recheck]
+        [--recheck] [--use-gpu [--gpus-per-actor 1]] [--tiles-per-batch N]
 
-The driver loads the checkpoint, checks the cube's band count and wavelengths, creates (or
-reopens) the label store (:mod:`sscc_core.labelling.labelstore`), lists the non-empty tiles and drops those
-already marked done, so a rerun after a crash, or after new tiles gained data, labels only the
-rest. With ``--recheck`` the done tiles are kept in the list: their input window is re-read and
-only those whose fingerprint differs from their record's are relabelled (``sscc reprocess``).
-Done tiles whose chunks are missing, unreadable or do not hold what their records say
-(:meth:`sscc_core.labelling.labelstore.LabelStore.damaged_tiles`) are labelled again. An existing store
-made from another input (its recorded
-:func:`sscc_core.io.store.cube_identity` differs) is refused without ``--recheck``; with it,
-the new input is recorded once every tile has been rechecked.
-The tile descriptors go through ``ray.data.from_items(...).map_batches(LabelTiles, ...)`` on an
-actor pool: each actor loads the checkpoint once, reopens the input store with zarr (through a
-small cache of decoded chunks, :class:`ChunkCache`, so a tile's fingerprint and label reads and
-the overlapping halos of neighbouring tiles decode each chunk once), fingerprints
-the tile's input window, labels the tile with its halo
-(:meth:`sscc_core.labelling.inference.Labeller.label_tile`), writes the tile's whole chunk and returns the
-tile's record (with the fingerprint); the driver, the only writer of the store's tile records,
-records the finished tiles in batches (at most every ``RECORD_SECONDS``), and marks the store
-complete last. Labels equal the single-process
-:func:`sscc_core.labelling.inference.label_scene` bit for bit. An unreadable input tile fails the run with
-an error naming the tile. The store is marked complete only when every non-empty tile is done.
+The driver loads the checkpoint, checks the cube's bands
+(:meth:`sscc_core.labelling.inference.Labeller.check_cube`), creates (or reopens) the label store
+(:mod:`sscc_core.labelling.labelstore`) and plans the run
+(:func:`sscc_core.labelling.plan.plan_labelling`): the non-empty tiles not yet done, so a rerun
+after a crash, or after new tiles gained data, labels only the rest; done tiles whose chunks are
+missing, unreadable or do not hold what their records say are labelled again. With
+``--recheck`` the done tiles are kept in the list: their input window is re-read and only those
+whose fingerprint differs from their record's are relabelled (``sscc reprocess``). An existing
+store made from another input (its recorded :func:`sscc_core.io.store.cube_identity` differs)
+is refused without ``--recheck``; with it, the new input is recorded once every tile has been
+rechecked.
+
+The tiles, grouped into locality-aware read segments
+(:func:`sscc_core.labelling.plan.read_segments`: stripes of a few tile columns, swept row by
+row), go through ``ray.data.from_items(segments)``, then
+
+1. ``map_batches(read_segment)``: CPU tasks (as many as the cluster's free CPUs allow) that
+   fingerprint each tile's input window and read and pre-process it with its halos, through a
+   chunk cache spanning the stripe (:func:`sscc_core.labelling.tile_work.read_tiles`), so each
+   input chunk is decoded about once;
+2. ``map_batches(LabelReads)`` on an actor pool (``--actors``; with ``--use-gpu`` each actor
+   holds ``--gpus-per-actor`` GPUs and gets ``--tiles-per-batch`` tiles per batch, equally
+   shaped ones in one forward pass): the network and readout, and the tile's whole chunk written
+   (:class:`sscc_core.labelling.tile_work.TileWriter`).
+
+Reading thus scales with CPUs while the network runs on its actors. The driver, the only writer
+of the store's tile records, records finished tiles after their chunks, in batches (at most
+every ``RECORD_SECONDS``), and marks the store complete last, once every non-empty tile is done.
+With one tile per batch (the CPU default) labels and confidence equal the single-process
+:func:`sscc_core.labelling.inference.label_scene` bit for bit; tiles sharing a dense forward
+pass may differ in the last float bits. An unreadable input tile or a failed write fails the
+run with an error naming the tile, after the other tiles are done. ``--use-gpu`` on a cluster
+without GPUs is refused before anything is read or written.
 """
 
 from __future__ import annotations
@@ -37,7 +49,7 @@ import math
 import sys
 import time
 import warnings
-from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -48,75 +60,18 @@ from pipelines.common import add_logging_args, ensure_ray, log_event, run_stage,
 from sscc_core import storage
 from sscc_core.model.checkpoint import load_checkpoint
 from sscc_core.config import to_dict
-from sscc_core.labelling.inference import Labeller
 from sscc_core.io.store import cube_identity, open_cube
-from sscc_core.labelling.labelstore import (
-    LabelStore,
-    LabelStoreSpec,
-    TileRecord,
-    prepare_label_store,
-    tile_fingerprint,
-)
-from sscc_core.io.tiling import Tile, nonempty_tiles
+from sscc_core.io.tiling import Tile
+from sscc_core.labelling.inference import Labeller
+from sscc_core.labelling.labelstore import LabelStore, LabelStoreSpec, TileRecord, prepare_label_store
+from sscc_core.labelling.plan import STRIPE_TILES, plan_labelling, read_segments
+from sscc_core.labelling.tile_input import TileReader
+from sscc_core.labelling.tile_work import TileOutcome, TileWriter, read_tiles
 
-TILE_FIELDS = tuple(f.name for f in dataclasses.fields(Tile))
-BLOCKS_PER_ACTOR = 16
-CHUNK_CACHE_BYTES = 768 * 2**20  # per actor and array: bound of the decoded-chunk cache
+OUTCOME_FIELDS = tuple(f.name for f in dataclasses.fields(TileOutcome))
+GPU_TILES_PER_BATCH = 4  # default tiles per label-actor batch on a GPU
+READ_BLOCK_BYTES = 2**20  # read stage output block bound: one read tile per block
 RECORD_SECONDS = 1.0  # the driver records finished tiles at most this often (and at the end)
-
-
-class ChunkCache:
-    """Read-only view of a Zarr array that decodes each spatial chunk once and keeps the most
-    recently used ones, so the fingerprint read and the label read of a tile, and the overlapping
-    halo windows of neighbouring tiles of one actor, do not decode the same chunks again.
-
-    Only ``arr[..., y0:y1, x0:x1]`` / ``arr[y0:y1, x0:x1]`` reads (what the tiling helpers do) go
-    through the cache; any other key is passed to the array. Values are identical to the array's.
-
-    Args:
-        array: ``(..., H, W)`` Zarr array (all leading axes in one chunk, as in the cube store).
-        tile_size: Tile side in pixels; the cache holds the chunks of one tile's halo window plus
-            its neighbours' (``(tile // chunk + 2)`` per axis), at most ``CHUNK_CACHE_BYTES``.
-    """
-
-    def __init__(self, array: Any, tile_size: int) -> None:
-        self.array, self.shape, self.dtype = array, tuple(array.shape), array.dtype
-        self.cy, self.cx = array.chunks[-2:]
-        lead = math.prod(self.shape[:-2])
-        chunk_bytes = lead * self.cy * self.cx * np.dtype(self.dtype).itemsize
-        wanted = (tile_size // self.cy + 2) * (tile_size // self.cx + 2)
-        self.capacity = max(1, min(wanted, CHUNK_CACHE_BYTES // max(chunk_bytes, 1)))
-        self.chunks: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-
-    def _chunk(self, i: int, j: int) -> np.ndarray:
-        """Decoded spatial chunk ``(i, j)``, ``(..., cy, cx)`` (smaller at the scene edge)."""
-        if (i, j) in self.chunks:
-            self.chunks.move_to_end((i, j))
-            return self.chunks[(i, j)]
-        block = np.asarray(self.array[..., i * self.cy : (i + 1) * self.cy,
-                                      j * self.cx : (j + 1) * self.cx])
-        self.chunks[(i, j)] = block
-        if len(self.chunks) > self.capacity:
-            self.chunks.popitem(last=False)
-        return block
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        parts = key if isinstance(key, tuple) else (key,)
-        parts = parts[1:] if parts and parts[0] is Ellipsis else parts
-        plain = (len(parts) == 2 and all(isinstance(k, slice) and k.step in (None, 1) for k in parts)
-                 and (len(self.shape) == 2 or key[0] is Ellipsis))
-        if not plain:
-            return np.asarray(self.array[key])
-        (y0, y1, _), (x0, x1, _) = (k.indices(n) for k, n in zip(parts, self.shape[-2:]))
-        out = np.empty((*self.shape[:-2], max(y1 - y0, 0), max(x1 - x0, 0)), dtype=self.dtype)
-        for i in range(y0 // self.cy, (y1 - 1) // self.cy + 1 if y1 > y0 else y0 // self.cy):
-            for j in range(x0 // self.cx, (x1 - 1) // self.cx + 1 if x1 > x0 else x0 // self.cx):
-                block = self._chunk(i, j)
-                ya, yb = max(y0, i * self.cy), min(y1, (i + 1) * self.cy)
-                xa, xb = max(x0, j * self.cx), min(x1, (j + 1) * self.cx)
-                out[..., ya - y0 : yb - y0, xa - x0 : xb - x0] = block[
-                    ..., ya - i * self.cy : yb - i * self.cy, xa - j * self.cx : xb - j * self.cx]
-        return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,89 +109,73 @@ def add_labelling_args(p: argparse.ArgumentParser) -> None:
                    "picks dense when the backbone allows it")
     p.add_argument("--batch-size", type=int, default=2048,
                    help="patches per forward pass in patch mode (default 2048)")
+    p.add_argument("--use-gpu", action="store_true",
+                   help="run the network on GPU actors (refused when the Ray cluster has no GPU); "
+                   "reading and pre-processing stay on CPU read tasks")
+    p.add_argument("--gpus-per-actor", type=float, default=1.0,
+                   help="Ray GPUs per label actor with --use-gpu (default 1)")
+    p.add_argument("--tiles-per-batch", type=int, default=None,
+                   help=f"tiles per label-actor batch; equally shaped tiles share one dense "
+                   f"forward pass (default {GPU_TILES_PER_BATCH} with --use-gpu, else 1)")
     add_logging_args(p, beside="OUT")
 
 
-class LabelTiles:
-    """Ray Data actor: labels tiles and writes their chunks into the label store; the driver
-    records them.
+def read_segment(batch: dict[str, np.ndarray], store: str, reader: TileReader, tile_size: int
+                 ) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data task of the read stage: fingerprint, read and pre-process the tiles of read
+    segments (:func:`sscc_core.labelling.tile_work.read_tiles`), one output row per tile.
 
-    A tile whose recorded fingerprint (the ``fingerprint`` column of its descriptor) equals that
-    of its current input window is skipped. A tile whose input cannot be read or whose output
-    cannot be written is reported in the ``error`` column (and gets no record) while the other
-    tiles go on; the driver fails the run.
+    Args:
+        batch: Rows of one or more segments: ``tiles`` (each a list of
+            :class:`sscc_core.io.tiling.Tile` field tuples) and ``recorded`` (their recorded
+            fingerprints, "" when not done).
+        store: Input cube store.
+        reader: The model's tile reader.
+        tile_size: Tile side, pixels.
+
+    Yields:
+        ``{"read": (1,) object}`` holding one :class:`sscc_core.labelling.tile_work.TileRead`.
+    """
+    for tiles, recorded in zip(batch["tiles"], batch["recorded"]):
+        pairs = [(Tile(*(int(v) for v in t)), str(fp)) for t, fp in zip(tiles, recorded)]
+        for read in read_tiles(store, reader, pairs, tile_size, STRIPE_TILES):
+            yield {"read": np.array([read], dtype=object)}
+
+
+class LabelReads:
+    """Ray Data actor of the label stage: runs the network on tiles already read (on a GPU with
+    ``use_gpu``) and writes their chunks into the label store; the driver records them.
 
     Args:
         checkpoint: Checkpoint path (loaded once per actor).
-        store: Input cube store path.
         out: Label store path (created by the driver).
         mode: Inference mode of :class:`sscc_core.labelling.inference.Labeller`.
         batch_size: Patches per forward pass in patch mode.
         threads: torch intra-op threads of this actor.
+        use_gpu: Put the model on this actor's GPU.
     """
 
-    def __init__(self, checkpoint: str, store: str, out: str, mode: str, batch_size: int,
-                 threads: int) -> None:
+    def __init__(self, checkpoint: str, out: str, mode: str, batch_size: int, threads: int,
+                 use_gpu: bool) -> None:
         torch.set_num_threads(threads)
-        self.labeller = Labeller.from_checkpoint(load_checkpoint(checkpoint), mode, batch_size)
-        group = zarr.open_group(store, mode="r")
-        self.store = store
-        self.out = LabelStore(out)
-        self.cube = ChunkCache(group["reflectance"], self.out.tile_size)
-        self.valid = ChunkCache(group["valid"], self.out.tile_size)
-
-    def fingerprint(self, tile: Tile) -> str:
-        """The tile's input fingerprint; an unreadable input window becomes a clear error.
-
-        Raises:
-            ValueError: The input store could not be read or decoded there (corrupt chunk).
-        """
-        try:
-            return tile_fingerprint(self.cube, self.valid, tile, self.labeller.context)
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise ValueError(
-                f"{self.store}: cannot read the input of tile r{tile.row}_c{tile.col} (rows "
-                f"{tile.y0}:{tile.y1}, cols {tile.x0}:{tile.x1}, halo {self.labeller.context}): "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        labeller = Labeller.from_checkpoint(load_checkpoint(checkpoint), mode, batch_size)
+        labeller.model.to("cuda" if use_gpu else "cpu")
+        self.writer = TileWriter(labeller, LabelStore(out))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Label every tile of a batch of tile descriptors.
+        """Label a batch of read tiles.
 
         Args:
-            batch: Columns of :class:`sscc_core.io.tiling.Tile` fields, each ``(n,)`` int, and
-                ``fingerprint`` (the tile's recorded fingerprint, "" when not done).
+            batch: ``read``: ``(n,)`` :class:`sscc_core.labelling.tile_work.TileRead` objects.
 
         Returns:
-            Columns ``row``, ``col``, ``n_valid`` (labelled pixels), ``seconds`` (label time),
-            ``labelled`` (False for a tile skipped as unchanged or failed), ``error`` (the
-            failure message, "" on success) and ``fingerprint`` (of the input window), each
-            ``(n,)``.
+            The :class:`sscc_core.labelling.tile_work.TileOutcome` fields as columns, each
+            ``(n,)``: ``row``, ``col``, ``n_valid``, ``seconds`` (read + label time),
+            ``labelled`` (False for a tile skipped as unchanged or failed), ``error`` ("" on
+            success) and ``fingerprint`` (of the input window).
         """
-        result: dict[str, list] = {"row": [], "col": [], "n_valid": [], "seconds": [],
-                                   "labelled": [], "error": [], "fingerprint": []}
-        for i in range(len(batch["row"])):
-            tile = Tile(*(int(batch[name][i]) for name in TILE_FIELDS))
-            start = time.perf_counter()
-            try:
-                row = self.label(tile, str(batch["fingerprint"][i]), start)
-            except ValueError as exc:  # unreadable input or failed write (LabelStoreError)
-                row = (tile.row, tile.col, 0, time.perf_counter() - start, False, str(exc), "")
-            for key, value in zip(result, row):
-                result[key].append(value)
-        return {key: np.asarray(values) for key, values in result.items()}
-
-    def label(self, tile: Tile, recorded: str, start: float
-              ) -> tuple[int, int, int, float, bool, str, str]:
-        """Label one tile and write its chunk unless ``recorded`` (its recorded fingerprint)
-        is current; one result row."""
-        fingerprint = self.fingerprint(tile)
-        if recorded and recorded == fingerprint:
-            return tile.row, tile.col, 0, time.perf_counter() - start, False, "", fingerprint
-        labels, conf = self.labeller.label_tile(self.cube, self.valid, tile)
-        seconds = time.perf_counter() - start
-        n_valid = self.out.write_chunk(tile, labels, conf if self.out.has_confidence else None)
-        return tile.row, tile.col, n_valid, seconds, True, "", fingerprint
+        outcomes = self.writer.write(list(batch["read"]))
+        return {name: np.asarray([getattr(o, name) for o in outcomes]) for name in OUTCOME_FIELDS}
 
 
 def actor_cpus(actors: int, cluster_cpus: float) -> float:
@@ -246,22 +185,50 @@ def actor_cpus(actors: int, cluster_cpus: float) -> float:
     return 1.0 if share >= 1.0 else max(0.05, math.floor(share * 20) / 20)
 
 
+def read_cpus(free_cpus: float) -> float:
+    """CPUs per read task: one when at least two are left beside the label actors, else half
+    of what is left (rounded down to 0.05, at least 0.05), so two read tasks run at once."""
+    return 1.0 if free_cpus >= 2.0 else max(0.05, math.floor(free_cpus / 2 * 20) / 20)
+
+
+def check_gpus(args: argparse.Namespace) -> None:
+    """With ``--use-gpu``, join Ray and refuse unless the cluster has the GPUs one label actor
+    needs (before anything is read or written).
+
+    Raises:
+        ValueError: ``--gpus-per-actor`` out of range, or too few GPUs in the cluster.
+    """
+    if not args.use_gpu:
+        return
+    if args.gpus_per_actor <= 0:
+        raise ValueError(f"--gpus-per-actor must be > 0, got {args.gpus_per_actor}")
+    import ray
+
+    ensure_ray()
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if gpus < args.gpus_per_actor:
+        raise ValueError(f"--use-gpu: the Ray cluster has {gpus:g} GPUs, a label actor needs "
+                         f"{args.gpus_per_actor:g}; drop --use-gpu to label on CPU")
+
+
 def _label_on_ray(
-    todo: list[Tile], recorded: dict[tuple[int, int], str], out: LabelStore,
+    todo: list[Tile], recorded: dict[tuple[int, int], str], out: LabelStore, reader: TileReader,
     args: argparse.Namespace, log: Any,
 ) -> tuple[int, int, float]:
-    """Run the actor pool over ``todo``, logging each tile as its result arrives and recording
-    the labelled tiles in ``out`` (in batches, at most every ``RECORD_SECONDS``, and at the end).
+    """Run the two stages over ``todo`` (read tasks, then the label actor pool), logging each
+    tile as its result arrives and recording the labelled tiles in ``out`` (in batches, at most
+    every ``RECORD_SECONDS``, and at the end).
 
     Args:
         todo: Tiles to label (or, with a recorded fingerprint, to check).
         recorded: Recorded fingerprints of done tiles, by ``(row, col)``.
         out: The label store (the driver is the only writer of its records).
+        reader: The model's tile reader (sent to the read tasks).
         args: The parsed command line.
         log: The run's logger.
 
     Returns:
-        ``(tiles labelled, labelled pixels, summed per-tile label seconds)``; tiles found
+        ``(tiles labelled, labelled pixels, summed per-tile read + label seconds)``; tiles found
         unchanged are logged (``tile_unchanged``) but not counted.
 
     Raises:
@@ -272,24 +239,38 @@ def _label_on_ray(
 
     ensure_ray()
     actors = min(args.actors, len(todo))  # an actor without a tile would only delay the start
-    cpus = args.cpus_per_actor or actor_cpus(actors, ray.cluster_resources().get("CPU", 1))
-    items = [{**dataclasses.asdict(t), "fingerprint": recorded.get((t.row, t.col), "")}
-             for t in todo]
-    n_blocks = min(len(items), BLOCKS_PER_ACTOR * actors)
-    ds = ray.data.from_items(items, override_num_blocks=n_blocks)
+    cluster_cpus = ray.cluster_resources().get("CPU", 1)
+    cpus = args.cpus_per_actor or (1.0 if args.use_gpu else actor_cpus(actors, cluster_cpus))
+    free_cpus = max(cluster_cpus - actors * cpus, 0.0)
+    task_cpus = read_cpus(free_cpus)
+    tiles_per_batch = args.tiles_per_batch or (GPU_TILES_PER_BATCH if args.use_gpu else 1)
+    segments = read_segments(todo, min_segments=max(1, int(free_cpus / task_cpus)))
+    items = [{"tiles": [dataclasses.astuple(t) for t in segment],
+              "recorded": [recorded.get((t.row, t.col), "") for t in segment]}
+             for segment in segments]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds.context.target_max_block_size = READ_BLOCK_BYTES  # each read tile leaves as it is read
     ds = ds.map_batches(
-        LabelTiles,
+        read_segment, fn_kwargs=dict(store=storage.resolve(args.store), reader=reader,
+                                     tile_size=out.tile_size),
+        batch_size=1, batch_format="numpy", num_cpus=task_cpus,
+    )
+    ds = ds.map_batches(
+        LabelReads,
         fn_constructor_kwargs=dict(
-            checkpoint=storage.resolve(args.checkpoint), store=storage.resolve(args.store),
-            out=storage.resolve(args.out), mode=args.mode, batch_size=args.batch_size,
-            threads=args.threads,
+            checkpoint=storage.resolve(args.checkpoint), out=storage.resolve(args.out),
+            mode=args.mode, batch_size=args.batch_size, threads=args.threads,
+            use_gpu=args.use_gpu,
         ),
         compute=ray.data.ActorPoolStrategy(size=actors),
-        batch_size=1,
+        batch_size=tiles_per_batch,
         batch_format="numpy",
         num_cpus=cpus,
+        num_gpus=args.gpus_per_actor if args.use_gpu else 0,
     )
-    log_event(log, "actors_started", actors=actors, cpus_per_actor=cpus, tiles=len(todo))
+    log_event(log, "actors_started", actors=actors, cpus_per_actor=cpus, use_gpu=args.use_gpu,
+              tiles_per_batch=tiles_per_batch, read_segments=len(segments),
+              cpus_per_read_task=task_cpus, tiles=len(todo))
     every = max(1, len(todo) // 10)
     n_seen = n_tiles = n_pixels = 0
     busy = 0.0
@@ -339,8 +320,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("actors", "threads", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.tiles_per_batch is not None and args.tiles_per_batch < 1:
+        raise ValueError(f"--tiles-per-batch must be >= 1, got {args.tiles_per_batch}")
     for url in (args.checkpoint, args.store, args.out):
         storage.check_url(url)
+    check_gpus(args)
     ckpt = load_checkpoint(args.checkpoint)
     labeller = Labeller.from_checkpoint(ckpt, args.mode, args.batch_size)
     dense = labeller.dense  # raises for --mode dense with a patch-only backbone
@@ -362,27 +346,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         input_identity=cube_identity(cube),
     )
     out = prepare_label_store(args.out, cube, spec, relabel=args.recheck)
-    damaged = out.damaged_tiles()
-    if damaged:  # a chunk lost or corrupted since it was written: label the tile again
-        out.forget_tiles(damaged)
-    for problem in damaged.values():
+    valid = zarr.open_group(args.store, mode="r")["valid"]
+    plan = plan_labelling(out, valid, args.recheck)
+    for problem in plan.damaged.values():
         print(f"predict: warning: {out.path}: {problem}; relabelling it", file=sys.stderr,
               flush=True)
         log_event(log, "tile_damaged", problem=problem)
-    valid = zarr.open_group(args.store, mode="r")["valid"]
-    nonempty = nonempty_tiles(valid, out.tiles())
-    done = out.done_tiles()  # one read of the store's tile records
-    records = ({(r["row"], r["col"]): r["fingerprint"] for r in out.tile_records()}
-               if args.recheck else {})
-    todo = [t for t in nonempty if args.recheck or (t.row, t.col) not in done]
-    if args.recheck:  # tiles whose input became empty must not keep their old labels
-        keep = {(t.row, t.col) for t in nonempty}
-        for tile in out.tiles():
-            if (tile.row, tile.col) in done and (tile.row, tile.col) not in keep:
-                out.mark_incomplete()
-                out.clear_tile(tile)
-        done &= keep
-    n_done = len(done & {(t.row, t.col) for t in nonempty})
+    nonempty, todo, n_done = plan.nonempty, plan.todo, len(plan.done)
     print(f"predict: model {ckpt.model_version} ({'dense' if dense else 'patch'} inference), "
           f"{len(nonempty)} non-empty {spec.tile_size}px tiles, {n_done} already done, "
           f"{len(todo)} to {'check' if args.recheck else 'label'} -> {args.out}", flush=True)
@@ -393,7 +363,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     busy = 0.0
     if todo:
         out.mark_incomplete()
-        n_tiles, n_pixels, busy = _label_on_ray(todo, records, out, args, log)
+        n_tiles, n_pixels, busy = _label_on_ray(todo, plan.recorded, out, labeller.reader,
+                                                args, log)
     seconds = time.perf_counter() - start
     out.mark_complete(valid, spec)
     summary = {

@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """
     for url in (args.checkpoint, args.store, args.out_root):
         storage.check_url(url)
+    predict.check_gpus(args)
     version = load_checkpoint(args.checkpoint).model_version
     out = versioned_store(args.out_root, version)
     cube = open_cube(args.store)

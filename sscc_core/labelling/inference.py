@@ -23,18 +23,12 @@ import numpy as np
 import torch
 
 from sscc_core.model.checkpoint import Checkpoint, CheckpointError
-from sscc_core.model.network import (
-    SSCCNet,
-    backbone_features,
-    dense_features,
-    predict_dense,
-    predict_patches,
-)
+from sscc_core.labelling.tile_input import TileInput, TileReader
+from sscc_core.model.network import SSCCNet, backbone_features, dense_batch, predict_patches
 from sscc_core.model.postprocess import mode_filter, mode_reach, smooth, smooth_reach
 from sscc_core.model.preprocess import Preprocessor
 from sscc_core.model.readout import Readout
-from sscc_core.model.patches import tile_features
-from sscc_core.io.tiling import Tile, extract_patches_at, tile_grid, tile_valid
+from sscc_core.io.tiling import Tile, extract_patches_at, tile_grid
 
 Mode = Literal["auto", "dense", "patch"]
 WAVELENGTH_TOLERANCE_NM = 1.0
@@ -146,8 +140,7 @@ class Labeller:
     def context(self) -> int:
         """Pixels around a tile its labels depend on: the patch halo plus the smoothing's and the
         mode filter's reach (the input window a tile's fingerprint must cover)."""
-        return (self.model.halo + smooth_reach(self.readout.smooth_sigma)
-                + mode_reach(self.mode_window, self.mode_iterations))
+        return self.reader.context
 
     @property
     def dense(self) -> bool:
@@ -170,11 +163,19 @@ class Labeller:
         self.pre.check_bands(n_bands)
         return wavelength is not None and check_wavelengths(self.wavelength, wavelength)
 
+    @property
+    def reader(self) -> TileReader:
+        """The CPU half of labelling: what a tile's labels need read and pre-processed."""
+        return TileReader(self.pre, self.model.halo, smooth_reach(self.readout.smooth_sigma),
+                          mode_reach(self.mode_window, self.mode_iterations))
+
     def label_tile(self, cube: Any, valid: Any, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
         """Labels and confidence of one tile, mode-filtered when the filter is on.
 
         The filtered labels of the tile equal :func:`sscc_core.model.postprocess.mode_filter` of the
-        whole scene's unfiltered label map, cropped to the tile.
+        whole scene's unfiltered label map, cropped to the tile. Equals
+        :meth:`label_inputs` of :meth:`TileReader.read` (the two halves a pipeline may run in
+        separate processes).
 
         Args:
             cube: (B, H, W) array-like (numpy or zarr).
@@ -185,27 +186,33 @@ class Labeller:
             ``(labels, confidence)``: (h, w) int64 cluster ids (-1 at nodata) and (h, w) float32
             confidence of the readout before filtering (0 at nodata).
         """
-        self.check_cube(int(cube.shape[0]))
-        reach = mode_reach(self.mode_window, self.mode_iterations)
-        if reach == 0:
-            return self._label_window(cube, valid, tile)
-        grown = tile.grown(reach, int(cube.shape[-2]), int(cube.shape[-1]))
-        labels, conf = self._label_window(cube, valid, grown)
-        labels = mode_filter(labels, self.mode_window, self.mode_iterations)
-        crop = tile.within(grown)
-        return labels[crop], conf[crop]
+        return self.label_inputs([self.reader.read(cube, valid, tile)])[0]
 
-    def _label_window(self, cube: Any, valid: Any, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
-        """Unfiltered labels and confidence of one window (see :meth:`label_tile`)."""
-        mask = tile_valid(valid, tile)
-        labels = np.full(mask.shape, -1, dtype=np.int64)
-        conf = np.zeros(mask.shape, dtype=np.float32)
-        if not mask.any():
-            return labels, conf
-        vectors = torch.from_numpy(self.readout_vectors(cube, valid, tile)[:, mask].T)
-        lab, c = self.readout.assign(vectors)
-        labels[mask], conf[mask] = lab.numpy(), c.numpy()
-        return labels, conf
+    def label_inputs(self, inputs: Sequence[TileInput]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Labels and confidence of tiles already read (:meth:`TileReader.read`), on the model's
+        device; in dense mode, inputs of one shape go through the network in one batch.
+
+        Returns:
+            One ``(labels, confidence)`` per input, as :meth:`label_tile`.
+        """
+        masks = [inp.mask[inp.window.within(inp.grown)] for inp in inputs]
+        live = [i for i, mask in enumerate(masks) if mask.any()]
+        raw = dict(zip(live, self._raw_vectors([inputs[i] for i in live])))
+        reach = mode_reach(self.mode_window, self.mode_iterations)
+        results = []
+        for i, (inp, mask) in enumerate(zip(inputs, masks)):
+            labels = np.full(mask.shape, -1, dtype=np.int64)
+            conf = np.zeros(mask.shape, dtype=np.float32)
+            if i in raw:
+                vectors = torch.from_numpy(self._window_vectors(inp, raw[i])[:, mask].T)
+                lab, c = self.readout.assign(vectors)
+                labels[mask], conf[mask] = lab.numpy(), c.numpy()
+            if reach:
+                labels = mode_filter(labels, self.mode_window, self.mode_iterations)
+                crop = inp.tile.within(inp.window)
+                labels, conf = labels[crop], conf[crop]
+            results.append((labels, conf))
+        return results
 
     def readout_vectors(self, cube: Any, valid: Any, tile: Tile) -> np.ndarray:
         """The readout's per-pixel input over one window: cluster-head probabilities or backbone
@@ -215,43 +222,52 @@ class Labeller:
         Returns:
             (V, h, w) float32, V = K (probabilities) or D (features); 0 at nodata pixels.
         """
-        reach = smooth_reach(self.readout.smooth_sigma)
-        grown = tile.grown(reach, int(cube.shape[-2]), int(cube.shape[-1]))
-        mask = tile_valid(valid, grown)
-        vectors = self._raw_vectors(cube, valid, grown, mask)
-        if reach:
-            vectors = smooth(vectors, mask, self.readout.smooth_sigma)
-        return vectors[(slice(None), *tile.within(grown))]
+        inp = self.reader.read_window(cube, valid, tile)
+        return self._window_vectors(inp, self._raw_vectors([inp])[0])
 
-    def _raw_vectors(self, cube: Any, valid: Any, tile: Tile, mask: np.ndarray) -> np.ndarray:
-        """(V, h, w) float32 unsmoothed probabilities, features, or features and PCA scores of a
-        window (0 at nodata)."""
-        out = np.zeros((self.vector_dim, *mask.shape), dtype=np.float32)
-        if not mask.any():
-            return out
-        halo = self.model.halo
-        feats = torch.from_numpy(tile_features(cube, valid, tile, self.pre, halo))
-        net = out[: self.model.feature_dim] if self.readout.uses_features else out  # a view
+    def _window_vectors(self, inp: TileInput, raw: np.ndarray) -> np.ndarray:
+        """(V, h, w) readout input over ``inp.window``: the raw vectors over ``inp.grown``,
+        smoothed when configured, cropped."""
+        if smooth_reach(self.readout.smooth_sigma):
+            raw = smooth(raw, inp.mask, self.readout.smooth_sigma)
+        return raw[(slice(None), *inp.window.within(inp.grown))]
+
+    def _raw_vectors(self, inputs: Sequence[TileInput]) -> list[np.ndarray]:
+        """(V, gh, gw) float32 unsmoothed probabilities, features, or features and PCA scores of
+        each input's ``grown`` window (0 at nodata)."""
+        out = [np.zeros((self.vector_dim, *inp.mask.shape), dtype=np.float32) for inp in inputs]
+        width = self.model.feature_dim if self.readout.uses_features else self.vector_dim
+        live = [i for i, inp in enumerate(inputs) if inp.feats is not None]
+        device = next(self.model.parameters()).device
         if self.dense:
-            if self.readout.uses_features:
-                fmap = dense_features(self.model, feats)
-            else:
-                fmap = predict_dense(self.model, feats)[1]
-            net[:, mask] = fmap.numpy()[:, mask]
-        elif self.readout.uses_features:
-            net[:, mask] = backbone_features(self.model, self._patches(feats, mask), self.batch_size).numpy().T
-        else:
-            net[:, mask] = predict_patches(self.model, self._patches(feats, mask), self.batch_size)[1].numpy().T
-        if self.readout.appends_spectra:  # the pixels' own PCA scores, after the D features
-            centre = feats.numpy()[:, halo : feats.shape[1] - halo, halo : feats.shape[2] - halo]
-            out[self.model.feature_dim :, mask] = centre[:, mask]
+            shapes: dict[tuple[int, ...], list[int]] = {}
+            for i in live:
+                shapes.setdefault(inputs[i].feats.shape, []).append(i)
+            for group in shapes.values():
+                batch = torch.from_numpy(np.stack([inputs[i].feats for i in group])).to(device)
+                maps = dense_batch(self.model, batch, self.readout.uses_features).cpu().numpy()
+                for i, fmap in zip(group, maps):
+                    out[i][:width, inputs[i].mask] = fmap[:, inputs[i].mask]
+        for i in live:
+            inp = inputs[i]
+            if not self.dense:
+                patches = self._patches(inp.feats, inp.mask).to(device)
+                if self.readout.uses_features:
+                    net = backbone_features(self.model, patches, self.batch_size)
+                else:
+                    net = predict_patches(self.model, patches, self.batch_size)[1]
+                out[i][:width, inp.mask] = net.cpu().numpy().T
+            if self.readout.appends_spectra:  # the pixels' own PCA scores, after the D features
+                halo = self.model.halo
+                centre = inp.feats[:, halo : inp.feats.shape[1] - halo, halo : inp.feats.shape[2] - halo]
+                out[i][self.model.feature_dim :, inp.mask] = centre[:, inp.mask]
         return out
 
-    def _patches(self, feats: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
+    def _patches(self, feats: np.ndarray, mask: np.ndarray) -> torch.Tensor:
         """(N, C, P, P) patches of the ``mask`` pixels (row-major) of a tile's (C, h + 2 halo,
         w + 2 halo) features."""
         coords = np.argwhere(mask)
-        return torch.from_numpy(extract_patches_at(feats.numpy(), coords, self.model.patch_size))
+        return torch.from_numpy(extract_patches_at(feats, coords, self.model.patch_size))
 
 
 def label_scene(

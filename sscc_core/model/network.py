@@ -386,6 +386,22 @@ def dense_features(model: SSCCNet, tile: Tensor) -> Tensor:
         return model.dense_features(tile[None])[0]
 
 
+def dense_batch(model: SSCCNet, tiles: Tensor, features: bool = False) -> Tensor:
+    """Eval-mode dense output of a batch of equally shaped tiles in one forward pass.
+
+    Args:
+        model: An ``"fcn"`` network.
+        tiles: (N, C, H + 2 halo, W + 2 halo) on the model's device, ``halo = model.halo``.
+        features: Backbone features (:func:`dense_features`) instead of cluster probabilities
+            (:func:`predict_dense`).
+
+    Returns:
+        (N, D, H, W) features or (N, K, H, W) probabilities.
+    """
+    with _inference(model):
+        return model.dense_features(tiles) if features else model.dense_probs(tiles)
+
+
 def recalibrate_batchnorm(model: SSCCNet, patches: Tensor, batch_size: int = 2048) -> None:
     """Re-estimate every BatchNorm's running mean and variance on clean (unaugmented) patches.
 

@@ -1,5 +1,5 @@
-"""The benchmark harness: process-tree memory sampling, the labelling actors' chunk cache, and a
-smoke run of ``python -m benchmarks.bench`` on a tiny synthetic mosaic of real Salinas-A spectra."""
+"""The benchmark harness: process-tree memory sampling and a smoke run of
+``python -m benchmarks.bench`` on a tiny synthetic mosaic of real Salinas-A spectra."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ import zarr
 from benchmarks import bench
 from benchmarks.measure import OBJECT_STORE_METRIC
 from benchmarks.render import KEPT, load_results
-from pipelines.predict import ChunkCache
-from sscc_core.io import synthetic
 from sscc_core.profiling import TreeMemorySampler, machine_info, tree_rss
 
 ALLOC_MB = 200
@@ -69,33 +67,6 @@ def test_machine_info_fields():
     assert info["cpus"] >= 1 and info["ram_gib"] > 0 and info["cpu_model"]
 
 
-@pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory):
-    """A 70 x 90 synthetic mosaic of real Salinas-A spectra, chunks of 32 pixels."""
-    path = tmp_path_factory.mktemp("bench") / "tiny.zarr"
-    return synthetic.write_synthetic(synthetic.SynthSpec(height=70, width=90, seed=3), path, chunk=32)
-
-
-@pytest.mark.parametrize("tile_size", [16, 32, 64])
-def test_chunk_cache_reads_equal_the_array(tiny_store, tile_size):
-    group = zarr.open_group(tiny_store, mode="r")
-    rng = np.random.default_rng(tile_size)
-    for name in ("reflectance", "valid"):
-        array = group[name]
-        whole = array[:]
-        cache = ChunkCache(array, tile_size)
-        assert cache.capacity == (tile_size // 32 + 2) ** 2
-        for _ in range(25):
-            y0, x0 = rng.integers(0, 70), rng.integers(0, 90)
-            y1, x1 = y0 + rng.integers(1, 60), x0 + rng.integers(1, 60)
-            key = (Ellipsis, slice(y0, y1), slice(x0, x1))
-            np.testing.assert_array_equal(cache[key], whole[key])
-            assert len(cache.chunks) <= cache.capacity
-        np.testing.assert_array_equal(cache[..., 5:5, 0:3], whole[..., 5:5, 0:3])
-    refl = ChunkCache(group["reflectance"], 32)
-    np.testing.assert_array_equal(refl[3, 10:20, 4:9], group["reflectance"][3, 10:20, 4:9])
-
-
 @pytest.mark.slow  # 1-3 min on 2 cores; `make test-slow`
 def test_bench_smoke(ray_session, tmp_path):
     """Throughput and dense sections end to end on a tiny mosaic: the figures are consistent
@@ -117,6 +88,10 @@ def test_bench_smoke(ray_session, tmp_path):
     assert t["ratio_end_to_end"] == pytest.approx(
         t["pipeline_pixels_per_s"] / min(rates["read"], rates["model"]))
     assert t["serial_chain_pixels_per_s"] < min(rates["read"], rates["preprocess"], rates["model"])
+    order = t["read_order"]
+    assert order["striped_decodes_per_tile"] <= order["row_major_decodes_per_tile"]
+    assert order["speed_up"] == pytest.approx(
+        order["striped_pixels_per_s"] / order["row_major_pixels_per_s"])
     assert results["dense"]["dense_equals_patch"] is True
     d = results["dense"]
     assert d["spectral_over_head_time"] == pytest.approx(

@@ -157,3 +157,32 @@ def test_actor_cpus():
     assert predict.actor_cpus(4, 16) == 1.0
     assert predict.actor_cpus(8, 2) == 0.15
     assert predict.actor_cpus(100, 1) == 0.05
+    assert predict.read_cpus(14) == 1.0 and predict.read_cpus(0.5) == 0.25
+    assert predict.read_cpus(0.0) == 0.05
+
+
+def test_tiles_sharing_a_forward_pass_keep_the_labels(ray_session, scene):
+    """Several tiles per label-actor batch (the GPU layout, here on CPU): equally shaped tiles
+    go through one dense forward pass; labels equal the reference, confidence to rounding."""
+    root, store, _ = scene
+    ckpt = make_checkpoint(root, store, "fcn", seed=4)
+    out = root / "batched_labels.zarr"
+    summary = predict.run(predict_args(ckpt, store, out, "--actors", "1", "--confidence",
+                                       "--tiles-per-batch", "4"))
+    ref_labels, ref_conf = reference(ckpt, store)
+    labels, conf = stored(out)
+    np.testing.assert_array_equal(labels, ref_labels)
+    np.testing.assert_allclose(conf, ref_conf, atol=1e-6)
+    assert summary["tiles_labelled"] == 9 and open_label_store(out).complete
+
+
+def test_use_gpu_without_a_gpu_is_refused_before_any_work(ray_session, scene, capsys):
+    root, store, _ = scene
+    ckpt = make_checkpoint(root, store, "fcn", seed=5)
+    out = root / "gpu_labels.zarr"
+    assert predict.main(["--checkpoint", str(ckpt), "--store", str(store), "--out", str(out),
+                         "--log-file", "-", "--use-gpu"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("sscc predict: error: --use-gpu: the Ray cluster has 0 GPUs, a label actor "
+                   "needs 1; drop --use-gpu to label on CPU\n")
+    assert not out.exists()
