@@ -138,7 +138,8 @@ def _quiet_gdal() -> Iterator[None]:
 
 
 def _header_fields(hdr: Path, data_file: Path) -> tuple[dict[str, str], rasterio.profiles.Profile]:
-    """GDAL's view of an ENVI image: its ``ENVI`` metadata domain and its profile.
+    """GDAL's view of an ENVI image: its ``ENVI`` metadata domain (field names in lower case,
+    ``_`` for blanks: ``map_info``) and its profile.
 
     GDAL's own size check is off here (``RAW_CHECK_FILE_SIZE``) so that a file of the wrong size
     opens and :func:`check_size` can say what is wrong.
@@ -152,9 +153,12 @@ def _header_fields(hdr: Path, data_file: Path) -> tuple[dict[str, str], rasterio
     try:
         with _quiet_gdal(), rasterio.Env(RAW_CHECK_FILE_SIZE="NO"), \
                 rasterio.open(data_file, driver="ENVI") as src:
-            return src.tags(ns="ENVI"), src.profile
+            tags, profile = src.tags(ns="ENVI"), src.profile
     except rasterio.errors.RasterioIOError as exc:
         raise ValueError(f"{hdr}: GDAL's ENVI driver cannot read it: {exc}") from exc
+    # GDAL keeps the header's spelling ("Wavelength Units" -> "Wavelength_Units"); ENVI field
+    # names are not case-sensitive, and runs of blanks count as one.
+    return {re.sub(r"_+", "_", key.lower()): value for key, value in tags.items()}, profile
 
 
 def check_size(data_file: Path, hdr: Path, fields: dict[str, str], itemsize: int) -> None:

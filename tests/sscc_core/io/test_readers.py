@@ -254,6 +254,28 @@ def test_envi_store_identical_to_previous_reader(tmp_path: Path, interleave: str
     assert digest == PREVIOUS_READER_STORES[interleave, big_endian], digest
 
 
+def test_envi_field_names_are_not_case_sensitive(tmp_path: Path, crop: np.ndarray) -> None:
+    """``Map Info``, ``Reflectance  Scale Factor`` (two blanks), ``BBL``... read as their
+    lower-case names, as ENVI reads them."""
+    fields = {"map_info": "{" + UTM + "}", "wavelength_units": "Nanometers",
+              "wavelength": braces(np.linspace(400, 900, 6)), "bbl": "{1, 0, 1, 1, 1, 1}",
+              "data_ignore_value": "-9999", "reflectance_scale_factor": "10000"}
+    stores = []
+    for folder, rename in (("lower", str), ("mixed", str.title)):
+        (tmp_path / folder).mkdir()
+        hdr = write_envi(tmp_path / folder / "line", crop[:6], "bil", True, **fields)
+        text = hdr.read_text().replace("reflectance scale", "reflectance  scale")
+        lines = [rename(k) + " =" + v for k, v in (line.split(" =", 1) if " =" in line else
+                                                   (line, "") for line in text.splitlines())]
+        hdr.write_text("ENVI\n" + "\n".join(lines[1:]) + "\n")
+        stores.append(store.write_cube(envi.read_envi(hdr), tmp_path / folder / "s.zarr"))
+    assert "Map Info =" in hdr.read_text() and "Reflectance  Scale Factor =" in hdr.read_text()
+    assert store_digest(stores[0]) == store_digest(stores[1])
+    cube = store.open_cube(stores[1])
+    assert cube.sizes["band"] == 5 and cube.rio.crs == CRS.from_epsg(32610)
+    assert cube["reflectance"].attrs == {"reflectance_scale": 1e-4, "nodata": -9999}
+
+
 # --- GeoTIFF --------------------------------------------------------------------------------
 
 def test_geotiff_values_nodata_crs_and_wavelengths(tmp_path: Path, crop: np.ndarray) -> None:
