@@ -357,8 +357,8 @@ def check_document(doc: Any, source: str) -> list[str]:
             errors.append(f"{path}.spec.concurrencyPolicy: must be Forbid")
         pod = (((spec or {}).get("jobTemplate") or {}).get("spec") or {}).get("template")
         errors += check_pod_template(pod, f"{path}.spec.jobTemplate.spec.template", ray_pod=False)
-    elif kind == "PersistentVolumeClaim" and "ReadWriteMany" not in (spec or {}).get("accessModes", []):
-        errors.append(f"{path}.spec.accessModes: label stores need ReadWriteMany (shared by all pods)")
+    elif kind == "PersistentVolumeClaim":
+        errors.append(f"{path}: no shared volume; cubes, checkpoints and label stores live in object storage")
     elif kind == "Service" and (spec or {}).get("type", "ClusterIP") in PUBLIC_SERVICE_TYPES:
         errors.append(f"{path}.spec.type: {spec['type']} would expose Ray publicly; use ClusterIP")
     elif kind == "ConfigMap":
@@ -542,7 +542,6 @@ def test_expected_manifests_present(manifests):
         "rayjob-label.yaml": ["RayJob"],
         "rayjob-train.yaml": ["RayJob"],
         "serviceaccount.yaml": ["Namespace", "ServiceAccount"],
-        "shared-storage.yaml": ["PersistentVolumeClaim"],
     }
 
 
@@ -777,6 +776,40 @@ def all_commands(manifests: dict) -> list[tuple[str, list[str]]]:
         for name, spec in rayjob_specs(manifests).items()
         for command in parse_entrypoint(spec["entrypoint"])
     ]
+
+
+STORE_OPTIONS = ("--store", "--out", "--out-root", "--checkpoint", "--labels", "--storage-path")
+
+
+def persistent_volume_claims(node: object, path: str = "") -> Iterator[str]:
+    """The path of every ``persistentVolumeClaim`` volume anywhere in a parsed manifest."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "persistentVolumeClaim":
+                yield path
+            yield from persistent_volume_claims(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from persistent_volume_claims(value, f"{path}[{i}]")
+
+
+def test_no_shared_volume_every_store_is_an_object_storage_url(manifests):
+    """Issue 13: the manifests need no ReadWriteMany volume: every path a stage reads or writes
+    is an ``s3://`` URL (credentials from the pods' IRSA role), and no pod mounts a PVC."""
+    claims = [f"{name}{p}" for name, docs in manifests.items() for d in docs
+              for p in persistent_volume_claims(d)]
+    assert claims == []
+    local = [(name, option, value) for name, cmd in all_commands(manifests)
+             for option, value in zip(cmd, cmd[1:])
+             if option in STORE_OPTIONS and not value.startswith("s3://")]
+    assert local == []
+    assert len([1 for _, cmd in all_commands(manifests) for o in cmd if o in STORE_OPTIONS]) >= 10
+
+
+def test_a_shared_volume_is_refused():
+    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "x"},
+           "spec": {"accessModes": ["ReadWriteMany"]}}
+    assert any("no shared volume" in e for e in check_document(pvc, "pvc.yaml"))
 
 
 def test_entrypoints_are_pipeline_stages(manifests):
