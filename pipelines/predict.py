@@ -70,7 +70,8 @@ from sscc_core.labelling.tile_work import TileOutcome, TileWriter, read_tiles
 
 OUTCOME_FIELDS = tuple(f.name for f in dataclasses.fields(TileOutcome))
 GPU_TILES_PER_BATCH = 4  # default tiles per label-actor batch on a GPU
-READ_BLOCK_BYTES = 2**20  # read stage output block bound: one read tile per block
+TILE_BLOCK_BYTES = 1  # output block bound of both stages: each tile its own block, so read
+# tiles reach the label actors, and results the driver, as each is done
 RECORD_SECONDS = 1.0  # the driver records finished tiles at most this often (and at the end)
 
 
@@ -249,7 +250,7 @@ def _label_on_ray(
               "recorded": [recorded.get((t.row, t.col), "") for t in segment]}
              for segment in segments]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds.context.target_max_block_size = READ_BLOCK_BYTES  # each read tile leaves as it is read
+    ds.context.target_max_block_size = TILE_BLOCK_BYTES
     ds = ds.map_batches(
         read_segment, fn_kwargs=dict(store=storage.resolve(args.store), reader=reader,
                                      tile_size=out.tile_size),

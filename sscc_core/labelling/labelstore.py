@@ -174,8 +174,8 @@ def tile_fingerprint(cube: Any, valid: Any, tile: Tile, halo: int) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps([tile.y0, tile.y1, tile.x0, tile.x1, halo, str(block.dtype),
                          list(block.shape)]).encode())
-    h.update(block.tobytes())
-    h.update(mask.tobytes())
+    h.update(block)  # the array's bytes, C order (contiguous), without a copy
+    h.update(mask)
     return h.hexdigest()
 
 

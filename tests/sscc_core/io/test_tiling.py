@@ -155,3 +155,13 @@ def test_read_with_halo_pads_a_2d_mask_like_the_cube(cube: np.ndarray) -> None:
         np.testing.assert_array_equal(read_with_halo(mask, t, HALO), window)
     with pytest.raises(ValueError, match=r"\(band, y, x\) or \(y, x\)"):
         read_with_halo(cube[0, 0], Tile(0, 0, 0, 1, 0, 1), HALO)
+
+
+def test_halo_read_inside_the_scene_is_a_copy(cube: np.ndarray) -> None:
+    """A window needing no padding is returned without gathering, still never a view of the
+    caller's array."""
+    tile = Tile(1, 1, 10, 20, 10, 20)
+    block = read_with_halo(cube, tile, 3)
+    np.testing.assert_array_equal(block, cube[:, 7:23, 7:23])
+    block[...] = 0
+    assert cube[:, 7:23, 7:23].any()
