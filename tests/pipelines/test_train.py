@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from pipelines.common import setup_logging
 from pipelines.train import TilePatches, run_training
 from sscc_core.model.augment import two_views
 from sscc_core.model.checkpoint import load_checkpoint
@@ -105,7 +107,14 @@ def test_run_storage_may_be_a_url(ray_session, salinas_store: Path, tmp_path: Pa
     cfg = tiny_config(**{"train.epochs": 1, "postprocess.readout": "spectral",
                          "postprocess.smooth_sigma": 1.0, "postprocess.readout_spectra": 2.0})
     url = f"file://{tmp_path}/store"
+    setup_logging("train", str(tmp_path / "log.jsonl"))
     final = run_training(str(salinas_store), cfg, "urlrun", url, num_workers=0)
+    setup_logging("train")
+    events = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    steps = [e for e in events if e["event"] in ("fit preprocessing", "epoch", "readout", "final checkpoint")]
+    assert [e["event"] for e in steps] == ["fit preprocessing", "epoch", "readout", "final checkpoint"]
+    assert steps[2]["readout"] == "spectral" and steps[2]["fitted"] and steps[2]["smooth_sigma"] == 1.0
+    assert steps[3]["path"] == final and steps[3]["epoch"] == 1
     assert final == f"{url}/urlrun/final/model.pt"
     ckpt = load_checkpoint(final)
     assert ckpt.epoch == 1
