@@ -286,8 +286,8 @@ def check_run_record(run_dir: str, record: RunRecord, progress: bool) -> bool:
             nothing to continue: a differing record replaces the old one.
 
     Returns:
-        Whether a differing record was replaced (what the earlier launch left, such as its
-        fitted pre-processing, belongs to other settings).
+        Whether a differing record was replaced (the earlier launch, with other settings, left
+        no checkpoint to continue: this launch starts the run again).
 
     Raises:
         RunMismatchError: The run has progress and was started with another input, config or
