@@ -48,21 +48,19 @@ from pipelines.options import DEFAULT_CONFIG, add_config_args, load_cli_config
 from sscc_core import storage
 from sscc_core.config import SSCCConfig, dump_config, from_dict, to_dict
 from sscc_core.io.store import cube_identity, open_cube
-from sscc_core.io.tiling import Tile, extract_patches_at
-from sscc_core.model.augment import two_views
 from sscc_core.model.checkpoint import (
     Checkpoint, CheckpointError, RunRecord, check_run_record, fallback_warning, load_checkpoint,
     newest_loadable, run_checkpoints, save_checkpoint,
 )
-from sscc_core.model.patches import tile_features
 from sscc_core.model.preprocess import Preprocessor
 from sscc_core.training.final_readout import fit_final_readout, readout_needs_fit
 from sscc_core.training.run import final_checkpoint, finished_run, run_preprocessing
 from sscc_core.training.sizing import check_scaling, check_training_size
-from sscc_core.training.tiles import descriptor_tile, tile_stream, training_tiles
+from sscc_core.training.tiles import descriptor_tile, training_tiles
+from sscc_core.training import views
 from sscc_core.training.trainer import (
     EpochStats, TrainingDiverged, build_training, check_finite_weights, clusters_warning,
-    epoch_generator, progress_line, tile_training_mask, train_step,
+    progress_line, train_step,
 )
 
 log = logging.getLogger("sscc.train")
@@ -163,10 +161,9 @@ class EpochMonitor:
 class TilePatches:
     """Ray Data UDF: tile descriptors -> two augmented views of each training pixel's patch.
 
-    Each worker reopens the Zarr store itself (nothing large crosses the object store), reads the
-    tile with its halo, extracts the standardised PCA patches of the tile's training pixels and
-    applies the augmentation pool, seeded by (run seed, epoch, tile): the views of a tile depend
-    on nothing else, whichever worker draws them.
+    Each worker reopens the Zarr store itself (nothing large crosses the object store) and asks
+    the clock for the epoch; the views of a tile are :func:`sscc_core.training.views.tile_views`,
+    which depend on nothing but the run seed, the epoch and the tile.
     """
 
     def __init__(self, store: str, pre_state: dict[str, Any], cfg: dict[str, Any], clock: Any = None) -> None:
@@ -186,23 +183,14 @@ class TilePatches:
 
         return 0 if self.clock is None else int(ray.get(self.clock.get.remote()))
 
-    def patches(self, tile: Tile) -> np.ndarray:
-        """(N, C, P, P) standardised PCA patches of the tile's training pixels (row-major)."""
-        p = self.cfg.preprocess.patch_size
-        coords = np.argwhere(tile_training_mask(self.valid, self.labels, tile, self.cfg.train.protocol))
-        if not len(coords):
-            return np.zeros((0, self.pre.n_components, p, p), np.float32)
-        return extract_patches_at(tile_features(self.cube, self.valid, tile, self.pre, p // 2), coords, p)
-
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Map tile descriptors (columns row, col, y0, y1, x0, x1) to rows ``view_a``, ``view_b``."""
+        """Map tile descriptors (columns row, col, y0, y1, x0, x1) to rows ``view_a``, ``view_b``
+        (:func:`sscc_core.training.views.tile_views` of each tile)."""
         epoch = self.epoch()
         views_a, views_b = [], []
         for i in range(len(batch["row"])):
             tile = descriptor_tile({k: v[i] for k, v in batch.items()})
-            patches = torch.from_numpy(self.patches(tile))
-            gen = epoch_generator(self.cfg.train.seed, epoch, tile_stream(tile))
-            va, vb = two_views(patches, self.cfg.augment, gen)
+            va, vb = views.tile_views(self.cube, self.valid, self.labels, self.pre, self.cfg, tile, epoch)
             views_a.append(va.numpy())
             views_b.append(vb.numpy())
         return {"view_a": np.concatenate(views_a), "view_b": np.concatenate(views_b)}

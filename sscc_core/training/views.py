@@ -1,0 +1,52 @@
+"""The training samples of one tile: the standardised PCA patches of its training pixels and two
+augmented views of each, seeded by (run seed, epoch, tile) so that a tile's views depend on
+nothing else, whichever process draws them (the Ray Data tasks of ``pipelines.train``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from sscc_core.config import SSCCConfig
+from sscc_core.io.tiling import Tile, extract_patches_at
+from sscc_core.model.augment import two_views
+from sscc_core.model.patches import tile_features
+from sscc_core.model.preprocess import Preprocessor
+from sscc_core.training.tiles import tile_stream
+from sscc_core.training.trainer import epoch_generator, tile_training_mask
+
+
+def tile_patches(cube: Any, valid: Any, labels: Any | None, pre: Preprocessor, cfg: SSCCConfig,
+                 tile: Tile) -> np.ndarray:
+    """The tile's training pixels' patches, read with the tile's halo.
+
+    Args:
+        cube: ``(B, H, W)`` array-like (``zarr.Array``, numpy).
+        valid: ``(H, W)`` bool array-like.
+        labels: ``(H, W)`` ground truth (0 = unlabelled), or ``None`` (protocol ``all``).
+        pre: The run's pre-processing.
+        cfg: Run configuration (``preprocess.patch_size``, ``train.protocol``).
+        tile: The tile.
+
+    Returns:
+        ``(N, C, P, P)`` float32 standardised PCA patches of the N training pixels, row-major.
+    """
+    p = cfg.preprocess.patch_size
+    coords = np.argwhere(tile_training_mask(valid, labels, tile, cfg.train.protocol))
+    if not len(coords):
+        return np.zeros((0, pre.n_components, p, p), np.float32)
+    return extract_patches_at(tile_features(cube, valid, tile, pre, p // 2), coords, p)
+
+
+def tile_views(cube: Any, valid: Any, labels: Any | None, pre: Preprocessor, cfg: SSCCConfig,
+               tile: Tile, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two augmented views of each of :func:`tile_patches`, drawn with the generator of
+    ``(train.seed, epoch, tile_stream(tile))``.
+
+    Returns:
+        ``(view_a, view_b)``, each ``(N, C, P, P)``.
+    """
+    patches = torch.from_numpy(tile_patches(cube, valid, labels, pre, cfg, tile))
+    return two_views(patches, cfg.augment, epoch_generator(cfg.train.seed, epoch, tile_stream(tile)))
