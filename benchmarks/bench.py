@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--render-only", action="store_true",
                    help="measure nothing: re-render the plots and the report from OUT/*.json")
     p.add_argument("--use-gpu", action="store_true",
-                   help="GPU for Ray Train workers and the model-limit forward pass")
+                   help="GPU for Ray Train workers, the model-limit forward pass and the label "
+                   "actors of the labelling pipeline (sscc predict --use-gpu)")
     p.add_argument("--seed", type=int, default=0, help="mosaic and sampling seed")
     return p
 

@@ -341,8 +341,9 @@ def projection_lines(results: dict[str, Any]) -> list[str]:
     m = results.get("machine", {})
     if m.get("gpu", "none") == "none":
         lines += ["No GPU on this machine: every figure above is CPU-only. On a GPU machine run "
-                  "`python -m benchmarks.bench --use-gpu ...` (Ray Train workers and the model "
-                  "limit use the GPU; the labelling actors are CPU-only in `sscc predict` today).", ""]
+                  "`python -m benchmarks.bench --use-gpu ...` (Ray Train workers, the model limit "
+                  "and the label actors of `sscc predict --use-gpu` use the GPU; reading and "
+                  "pre-processing stay on CPU read tasks).", ""]
     if "throughput" in results:
         r = results["throughput"]
         per_actor = r["pixels_per_actor_s"]

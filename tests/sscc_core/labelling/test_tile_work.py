@@ -4,8 +4,6 @@ features) and labelling (network, readout, chunk write) give the labels of
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import zarr
