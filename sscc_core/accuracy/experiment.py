@@ -53,6 +53,7 @@ from sscc_core.model.patches import gather_patches
 from sscc_core.model.readout import Readout
 from sscc_core.training.readout_fit import extension, fit_readout, fit_spectral, readout_of, sample_mask
 from sscc_core.training.selection import select
+from sscc_core.training.sizing import check_training_size
 from sscc_core.training.trainer import train_reference, training_mask
 
 Method = Literal["sscc", "sscc_untrained", "readout_pca", "kmeans", "kmeans_pca", "spectral_pca"]
@@ -219,22 +220,6 @@ def _sscc_map(scene: Scene, pre: Preprocessor, train_mask: np.ndarray, cfg: SSCC
     return labels, training.history, readout.selection
 
 
-def check_training_pixels(n_pixels: int, cfg: SSCCConfig, method: str, scene: str) -> None:
-    """Refuse a run whose training pixels are fewer than K, or (for the SSCC methods) fewer than
-    one batch.
-
-    Raises:
-        ValueError: The message names the counts and the field to change.
-    """
-    k = cfg.model.n_clusters
-    if n_pixels < k:
-        raise ValueError(f"{scene}: {n_pixels} training pixels (protocol {cfg.train.protocol!r}) are "
-                         f"fewer than K = model.n_clusters = {k}")
-    if method.startswith("sscc") and n_pixels < cfg.train.batch_size:
-        raise ValueError(f"{scene}: {n_pixels} training pixels (protocol {cfg.train.protocol!r}) cannot "
-                         f"fill one batch of train.batch_size={cfg.train.batch_size}; lower train.batch_size")
-
-
 def run_one(
     scene: Scene, method: Method, protocol: str, seed: int, cfg: SSCCConfig,
     verbose: bool = False,
@@ -264,7 +249,7 @@ def run_one(
     torch.manual_seed(seed)
     pre = fit_preprocessor(scene.cube, scene.valid, cfg.preprocess)
     train_mask = training_mask(scene.valid, scene.labels, protocol)
-    check_training_pixels(int(train_mask.sum()), cfg, method, scene.name)
+    check_training_size(int(train_mask.sum()), cfg, scene.name, needs_batch=method.startswith("sscc"))
     history: list[dict[str, float]] = []
     selection = None
     if method in ("sscc", "sscc_untrained"):

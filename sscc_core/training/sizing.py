@@ -29,23 +29,25 @@ def check_scaling(cfg: SSCCConfig, num_workers: int) -> None:
                          f"{batch // world} row per worker; each worker needs at least 2")
 
 
-def check_training_size(n_pixels: int, cfg: SSCCConfig, store: str) -> None:
-    """Refuse a run whose training pixels cannot fill one global batch or number fewer than
-    the clusters (K clusters cannot be formed from fewer than K samples).
+def check_training_size(n_pixels: int, cfg: SSCCConfig, where: str, needs_batch: bool = True) -> None:
+    """Refuse a run whose training pixels number fewer than the clusters (K clusters cannot be
+    formed from fewer than K samples) or, when the method trains a network, cannot fill one
+    global batch.
 
     Args:
-        n_pixels: Training pixels of the store under ``train.protocol``.
+        n_pixels: Training pixels under ``train.protocol``.
         cfg: Run configuration (``model.n_clusters``, ``train.batch_size``, ``train.protocol``).
-        store: The store's path, for the message.
+        where: The store's path or the scene's name, for the message.
+        needs_batch: Whether the method trains on batches (SSCC; not the k-means baselines).
 
     Raises:
         ValueError: The message gives the counts and the fields to change.
     """
     protocol = cfg.train.protocol
     if n_pixels < cfg.model.n_clusters:
-        raise ValueError(f"{store}: {n_pixels} training pixels (protocol {protocol!r}) are fewer "
+        raise ValueError(f"{where}: {n_pixels} training pixels (protocol {protocol!r}) are fewer "
                          f"than model.n_clusters={cfg.model.n_clusters}")
-    if n_pixels < cfg.train.batch_size:
-        raise ValueError(f"{store}: {n_pixels} training pixels (protocol {protocol!r}) cannot fill "
+    if needs_batch and n_pixels < cfg.train.batch_size:
+        raise ValueError(f"{where}: {n_pixels} training pixels (protocol {protocol!r}) cannot fill "
                          f"one batch of train.batch_size={cfg.train.batch_size}; lower "
                          "train.batch_size or use more data")

@@ -98,7 +98,7 @@ def test_bad_scenes_fail_in_one_line_naming_the_value() -> None:
     labels[0, :3], labels[1, :2] = [1, 2, 3], [4, 5]  # 5 classes on 5 labelled pixels ...
     few = Scene("few", sa.cube, sa.valid, labels)
     with pytest.raises(ValueError, match=r"^few: 5 training pixels \(protocol 'labelled'\) cannot fill one "
-                                         r"batch of train.batch_size=512; lower train.batch_size$"):
+                                         r"batch of train.batch_size=512; lower train.batch_size or use more data$"):
         run_one(few, "sscc", "labelled", 0, cfg)
     tiny = Scene("tiny", sa.cube[:, :2, :2], sa.valid[:2, :2], np.array([[1, 2], [3, 4]]))
     small_k = Scene("tiny", tiny.cube, tiny.valid, np.array([[1, 2], [3, 3]]))
@@ -108,5 +108,5 @@ def test_bad_scenes_fail_in_one_line_naming_the_value() -> None:
     labels_k = np.zeros((2, 2), np.int64)
     labels_k[0] = [1, 2]
     labels_k[1] = [3, 4]
-    with pytest.raises(ValueError, match=r"^tiny: 2 training pixels \(protocol 'labelled'\) are fewer than K = model.n_clusters = 4$"):
+    with pytest.raises(ValueError, match=r"^tiny: 2 training pixels \(protocol 'labelled'\) are fewer than model.n_clusters=4$"):
         run_one(Scene("tiny", tiny.cube, np.array([[True, True], [False, False]]), labels_k), "kmeans", "labelled", 0, cfg)
