@@ -186,10 +186,14 @@ def actor_cpus(actors: int, cluster_cpus: float) -> float:
     return 1.0 if share >= 1.0 else max(0.05, math.floor(share * 20) / 20)
 
 
+MIN_READ_CPUS = 0.05  # the least CPU a read task is given
+
+
 def read_cpus(free_cpus: float) -> float:
     """CPUs per read task: one when at least two are left beside the label actors, else half
-    of what is left (rounded down to 0.05, at least 0.05), so two read tasks run at once."""
-    return 1.0 if free_cpus >= 2.0 else max(0.05, math.floor(free_cpus / 2 * 20) / 20)
+    of what is left (rounded down to 0.05, at least :data:`MIN_READ_CPUS`), so two read tasks
+    run at once."""
+    return 1.0 if free_cpus >= 2.0 else max(MIN_READ_CPUS, math.floor(free_cpus / 2 * 20) / 20)
 
 
 def check_gpus(args: argparse.Namespace) -> None:
@@ -243,6 +247,10 @@ def _label_on_ray(
     cluster_cpus = ray.cluster_resources().get("CPU", 1)
     cpus = args.cpus_per_actor or (1.0 if args.use_gpu else actor_cpus(actors, cluster_cpus))
     free_cpus = max(cluster_cpus - actors * cpus, 0.0)
+    if free_cpus < MIN_READ_CPUS:  # the read tasks could never be scheduled: a silent hang
+        raise ValueError(f"--actors {actors} x --cpus-per-actor {cpus:g} take all {cluster_cpus:g} "
+                         "CPUs of the Ray cluster and leave none for the read tasks; lower "
+                         "--actors or --cpus-per-actor")
     task_cpus = read_cpus(free_cpus)
     tiles_per_batch = args.tiles_per_batch or (GPU_TILES_PER_BATCH if args.use_gpu else 1)
     segments = read_segments(todo, min_segments=max(1, int(free_cpus / task_cpus)))

@@ -161,6 +161,21 @@ def test_actor_cpus():
     assert predict.read_cpus(0.0) == 0.05
 
 
+def test_actors_that_take_every_cpu_are_refused_instead_of_hanging(ray_session, scene, capsys):
+    """Label actors holding all of the cluster's CPUs would leave the read tasks unschedulable
+    (a silent hang, found by the multi-node test): one line instead."""
+    root, store, _ = scene
+    ckpt = make_checkpoint(root, store, "fcn", seed=6)
+    out = root / "full_labels.zarr"
+    assert predict.main(["--checkpoint", str(ckpt), "--store", str(store), "--out", str(out),
+                         "--tile-size", str(TILE), "--log-file", "-", "--actors", "2",
+                         "--cpus-per-actor", "1"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "sscc predict: error: --actors 2 x --cpus-per-actor 1 take all 2 CPUs of the Ray cluster "
+        "and leave none for the read tasks; lower --actors or --cpus-per-actor")
+    assert not (out.exists() and open_label_store(out).complete)
+
+
 def test_tiles_sharing_a_forward_pass_keep_the_labels(ray_session, scene):
     """Several tiles per label-actor batch (the GPU layout, here on CPU): equally shaped tiles
     go through one dense forward pass; labels equal the reference, confidence to rounding."""
