@@ -90,6 +90,7 @@ def test_dense_pipeline_equals_reference(ray_session, scene):
     assert open_label_store(out).complete
 
 
+@pytest.mark.slow
 def test_patch_pipeline_equals_reference_and_resumes(ray_session, scene, capsys):
     root, store, _ = scene
     ckpt = make_checkpoint(root, store, "resnet", seed=1)
@@ -176,6 +177,7 @@ def test_actors_that_take_every_cpu_are_refused_instead_of_hanging(ray_session, 
     assert not (out.exists() and open_label_store(out).complete)
 
 
+@pytest.mark.slow
 def test_tiles_sharing_a_forward_pass_keep_the_labels(ray_session, scene):
     """Several tiles per label-actor batch (the GPU layout, here on CPU): equally shaped tiles
     go through one dense forward pass; labels equal the reference, confidence to rounding."""

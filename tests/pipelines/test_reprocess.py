@@ -109,6 +109,7 @@ def test_fingerprint_sees_the_halo(mosaics):
     assert tile_fingerprint(cube, hole, tile, HALO) != base
 
 
+@pytest.mark.slow
 def test_rerun_is_idempotent_and_labels_only_new_or_changed_tiles(ray_session, mosaics):
     root, stores, ckpt = mosaics
     out_root = root / "labels"
