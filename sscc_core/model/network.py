@@ -346,8 +346,7 @@ def predict_dense(model: SSCCNet, tile: Tensor) -> tuple[Tensor, Tensor]:
     if tile.ndim != 3:
         raise ValueError(f"predict_dense: expected a (C, H + 2 halo, W + 2 halo) tile, got "
                          f"{tuple(tile.shape)}")
-    with _inference(model):
-        probs = model.dense_probs(tile[None])[0]
+    probs = dense_batch(model, tile[None])[0]
     return probs.argmax(dim=0), probs
 
 
@@ -369,31 +368,14 @@ def backbone_features(model: SSCCNet, patches: Tensor, batch_size: int = 2048) -
     return torch.cat(chunks) if chunks else patches.new_zeros((0, model.feature_dim))
 
 
-def dense_features(model: SSCCNet, tile: Tensor) -> Tensor:
-    """Eval-mode backbone features of every pixel of one tile, fully convolutionally.
-
-    Args:
-        model: An ``"fcn"`` network.
-        tile: (C, H + 2 halo, W + 2 halo) with ``halo = model.halo``.
-
-    Returns:
-        (D, H, W) features, equal to :func:`backbone_features` of every pixel's patch.
-    """
-    if tile.ndim != 3:
-        raise ValueError(f"dense_features: expected a (C, H + 2 halo, W + 2 halo) tile, got "
-                         f"{tuple(tile.shape)}")
-    with _inference(model):
-        return model.dense_features(tile[None])[0]
-
-
 def dense_batch(model: SSCCNet, tiles: Tensor, features: bool = False) -> Tensor:
     """Eval-mode dense output of a batch of equally shaped tiles in one forward pass.
 
     Args:
         model: An ``"fcn"`` network.
         tiles: (N, C, H + 2 halo, W + 2 halo) on the model's device, ``halo = model.halo``.
-        features: Backbone features (:func:`dense_features`) instead of cluster probabilities
-            (:func:`predict_dense`).
+        features: Backbone features (:meth:`SSCCNet.dense_features`) instead of cluster
+            probabilities (:meth:`SSCCNet.dense_probs`).
 
     Returns:
         (N, D, H, W) features or (N, K, H, W) probabilities.
