@@ -22,6 +22,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from sscc_core.io.cube import cube_attrs, pixel_centres
+from sscc_core.io.lines import check_compatible, source_label
 
 
 @dataclass(frozen=True)
@@ -51,31 +52,6 @@ class MosaicPlan:
                 yield y0, min(y0 + step, self.height), x0, min(x0 + step, self.width)
 
 
-def _label(ds: xr.Dataset) -> str:
-    """The first source path of a cube, for error messages."""
-    source = ds.attrs.get("source") or [ds.attrs.get("name", "?")]
-    return str(source[0] if isinstance(source, (list, tuple)) else source)
-
-
-def _check_compatible(first: xr.Dataset, other: xr.Dataset) -> None:
-    """Raise ValueError naming both lines if their spectra or encodings differ."""
-    a, b = _label(first), _label(other)
-    ra, rb = first["reflectance"], other["reflectance"]
-    if ra.sizes["band"] != rb.sizes["band"]:
-        raise ValueError(
-            f"band counts differ between lines: {a} has {ra.sizes['band']} bands, "
-            f"{b} has {rb.sizes['band']}"
-        )
-    if ra.dtype != rb.dtype:
-        raise ValueError(f"dtypes differ between lines: {a} is {ra.dtype}, {b} is {rb.dtype}")
-    if ra.attrs.get("reflectance_scale") != rb.attrs.get("reflectance_scale"):
-        raise ValueError(f"reflectance scales differ between lines {a} and {b}")
-    if "wavelength" in first.coords and "wavelength" in other.coords and not np.allclose(
-        first["wavelength"].values, other["wavelength"].values
-    ):
-        raise ValueError(f"wavelengths differ between lines {a} and {b}")
-
-
 def plan_mosaic(cubes: Sequence[xr.Dataset], tol: float = 1e-6) -> MosaicPlan:
     """The union grid of georeferenced lines.
 
@@ -93,20 +69,20 @@ def plan_mosaic(cubes: Sequence[xr.Dataset], tol: float = 1e-6) -> MosaicPlan:
     transforms = []
     for ds in cubes:
         if ds.rio.crs is None:
-            raise ValueError(f"mosaic: {_label(ds)} has no CRS; only georeferenced lines mosaic")
+            raise ValueError(f"mosaic: {source_label(ds)} has no CRS; only georeferenced lines mosaic")
         t = ds.rio.transform(recalc=False)
         if t.b != 0 or t.d != 0 or t.a <= 0 or t.e >= 0:
-            raise ValueError(f"mosaic: {_label(ds)} is not on a north-up grid ({tuple(t)[:6]})")
+            raise ValueError(f"mosaic: {source_label(ds)} is not on a north-up grid ({tuple(t)[:6]})")
         transforms.append(t)
     t0 = transforms[0]
     for ds, t in zip(cubes[1:], transforms[1:]):
-        _check_compatible(first, ds)
+        check_compatible(first, ds)
         if ds.rio.crs != first.rio.crs:
-            raise ValueError(f"mosaic: CRS differ: {_label(first)} vs {_label(ds)}")
+            raise ValueError(f"mosaic: CRS differ: {source_label(first)} vs {source_label(ds)}")
         if abs(t.a - t0.a) > tol * t0.a or abs(t.e - t0.e) > tol * -t0.e:
             raise ValueError(
-                f"mosaic: pixel sizes differ: {_label(first)} ({t0.a}, {-t0.e}) vs "
-                f"{_label(ds)} ({t.a}, {-t.e})"
+                f"mosaic: pixel sizes differ: {source_label(first)} ({t0.a}, {-t0.e}) vs "
+                f"{source_label(ds)} ({t.a}, {-t.e})"
             )
     left = min(t.c for t in transforms)
     top = max(t.f for t in transforms)
@@ -114,7 +90,7 @@ def plan_mosaic(cubes: Sequence[xr.Dataset], tol: float = 1e-6) -> MosaicPlan:
     for ds, t in zip(cubes, transforms):
         col, row = (t.c - left) / t0.a, (top - t.f) / -t0.e
         if abs(col - round(col)) > tol or abs(row - round(row)) > tol:
-            raise ValueError(f"mosaic: {_label(ds)} is not on the pixel lattice of {_label(first)}")
+            raise ValueError(f"mosaic: {source_label(ds)} is not on the pixel lattice of {source_label(first)}")
         offsets.append((round(row), round(col)))
         shapes.append((ds.sizes["y"], ds.sizes["x"]))
     height = max(r + h for (r, _), (h, _) in zip(offsets, shapes))
