@@ -1,11 +1,14 @@
 """Ray entry point: data-parallel SSCC training with Ray Data tiles and Ray Train (DDP).
 
-Driver: fit the pre-processing (streaming pass over the store) or read it from the run's latest
-checkpoint, list the tiles holding training
-pixels, and build a Ray Dataset of tile descriptors whose ``map_batches`` tasks reopen the store,
-read each tile with its halo, extract standardised PCA patches of its training pixels and draw two
-augmented views of each (seeded by run seed, epoch and tile; the epoch comes from a small clock
-actor, since Ray Data re-executes the dataset every epoch).
+A run trains on one or more flight lines (``--store`` takes several stores, globs or manifests,
+:func:`sscc_core.io.lines.resolve_lines`), each on its own grid: there is no common mosaic.
+Driver: fit the pre-processing (streaming pass over the valid pixels of all lines together, or a
+seeded sample across them) or read it from the run's latest checkpoint, list the tiles holding
+training pixels on every line, and build a Ray Dataset of tile descriptors whose
+``map_batches`` tasks reopen the tile's line store, read each tile with its halo, extract
+standardised PCA patches of its training pixels and draw two augmented views of each (seeded by
+run seed, epoch, line and tile; the epoch comes from a small clock actor, since Ray Data
+re-executes the dataset every epoch).
 Workers: a ``TorchTrainer`` of N workers trains one objective whatever N is. ``train.batch_size``
 is the global batch; rank 0 alone reads the dataset (seeded local shuffle, ``drop_last``) and
 scatters slice r of every global batch to rank r, so the global batches do not depend on N. The
@@ -17,11 +20,15 @@ pre-processing inside) every epoch; a relaunch with the same run name and storag
 from the latest one, and takes its pre-processing from it.
 After training the driver takes the checkpoint Ray Train reports (``Result.checkpoint``), fits
 what ``cfg.postprocess`` needs (BatchNorm recalibration, the k-means or spectral readout) on a
-sample of the training pixels as a logged post-step, and writes the product, ``final/``, once.
+sample of the training pixels of all lines as a logged post-step, and writes the product,
+``final/``, once.
 The reusable steps (tile planning, size checks, the run's pre-processing, the readout fit) are
 in :mod:`sscc_core.training`; this module maps them over Ray.
 
-    sscc train --store cube.zarr --run-name ip --storage-path runs/ --epochs 20
+    sscc train --store cube.zarr --run-name ip --storage-path runs/ --set train.epochs=20
+    sscc train --store lines/fl01.zarr lines/fl02.zarr --run-name two --storage-path runs/
+    sscc train --store 's3://bucket/lines/fl*.zarr' --run-name all-lines --storage-path s3://bucket/runs
+    sscc train --store lines.txt --run-name listed   # a manifest: one store path or URL per line
     ray job submit --working-dir . -- python -m pipelines.train --store ... --run-name ...
 """
 
@@ -36,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +54,7 @@ from pipelines.common import add_logging_args, ensure_ray, log_event, run_stage,
 from pipelines.options import DEFAULT_CONFIG, add_config_args, load_cli_config
 from sscc_core import storage
 from sscc_core.config import SSCCConfig, dump_config, from_dict, to_dict
+from sscc_core.io.lines import resolve_lines
 from sscc_core.io.store import cube_identity, open_cube
 from sscc_core.model.checkpoint import (
     Checkpoint, CheckpointError, RunRecord, check_run_record, fallback_warning, load_checkpoint,
@@ -56,7 +64,7 @@ from sscc_core.model.preprocess import Preprocessor
 from sscc_core.training.final_readout import fit_final_readout, readout_needs_fit
 from sscc_core.training.run import final_checkpoint, finished_run, run_preprocessing
 from sscc_core.training.sizing import check_scaling, check_training_size
-from sscc_core.training.tiles import descriptor_tile, training_tiles
+from sscc_core.training.tiles import descriptor_tile, lines_training_tiles
 from sscc_core.training import views
 from sscc_core.training.trainer import (
     EpochStats, TrainingDiverged, build_training, check_finite_weights, clusters_warning,
@@ -159,14 +167,24 @@ class EpochMonitor:
 
 
 class TilePatches:
-    """Ray Data UDF: tile descriptors -> two augmented views of each training pixel's patch.
+    """Ray Data UDF: tile descriptors of one line -> two augmented views of each training
+    pixel's patch.
 
-    Each worker reopens the Zarr store itself (nothing large crosses the object store) and asks
-    the clock for the epoch; the views of a tile are :func:`sscc_core.training.views.tile_views`,
-    which depend on nothing but the run seed, the epoch and the tile.
+    Each worker reopens the line's Zarr store itself (nothing large crosses the object store)
+    and asks the clock for the epoch; the views of a tile are
+    :func:`sscc_core.training.views.tile_views`, which depend on nothing but the run seed, the
+    epoch, the line and the tile.
+
+    Args:
+        store: The line's cube store.
+        pre_state: The run's pre-processing (:meth:`Preprocessor.to_state`).
+        cfg: The run configuration (:func:`sscc_core.config.to_dict`).
+        clock: The :class:`EpochClock` actor (``None``: epoch 0).
+        line: The line's index in the run (its tiles' random streams).
     """
 
-    def __init__(self, store: str, pre_state: dict[str, Any], cfg: dict[str, Any], clock: Any = None) -> None:
+    def __init__(self, store: str, pre_state: dict[str, Any], cfg: dict[str, Any], clock: Any = None,
+                 line: int = 0) -> None:
         import zarr
 
         group = zarr.open_group(store, mode="r")
@@ -176,6 +194,7 @@ class TilePatches:
         self.pre = Preprocessor.from_state(pre_state)
         self.cfg = from_dict(SSCCConfig, cfg)
         self.clock = clock
+        self.line = line
 
     def epoch(self) -> int:
         """The epoch being produced (0 without a clock)."""
@@ -190,30 +209,42 @@ class TilePatches:
         views_a, views_b = [], []
         for i in range(len(batch["row"])):
             tile = descriptor_tile({k: v[i] for k, v in batch.items()})
-            va, vb = views.tile_views(self.cube, self.valid, self.labels, self.pre, self.cfg, tile, epoch)
+            va, vb = views.tile_views(self.cube, self.valid, self.labels, self.pre, self.cfg, tile, epoch,
+                                      self.line)
             views_a.append(va.numpy())
             views_b.append(vb.numpy())
         return {"view_a": np.concatenate(views_a), "view_b": np.concatenate(views_b)}
 
 
-_WORKER_UDFS: dict[tuple[str, str], TilePatches] = {}
+_WORKER_UDFS: dict[tuple[tuple[str, ...], str], dict[int, TilePatches]] = {}
 
 
 def tile_views(
-    batch: dict[str, np.ndarray], store: str, pre_state: dict[str, Any], cfg: dict[str, Any], clock: Any
+    batch: dict[str, np.ndarray], stores: list[str], pre_state: dict[str, Any], cfg: dict[str, Any],
+    clock: Any,
 ) -> dict[str, np.ndarray]:
-    """Ray Data task: :class:`TilePatches` on a batch of tiles, built once per worker process.
+    """Ray Data task: a batch of tiles (column ``line`` indexing ``stores``) through the
+    :class:`TilePatches` of each tile's line, built once per line and worker process; rows keep
+    their order.
 
     Plain tasks run in Ray's pooled worker processes, which stay warm across epochs; an actor
     pool would be started anew every time Ray Data re-executes the dataset (every epoch).
     """
-    key = (store, json.dumps(cfg, sort_keys=True))
+    key = (tuple(stores), json.dumps(cfg, sort_keys=True))
     if key not in _WORKER_UDFS:
         _WORKER_UDFS.clear()
-        _WORKER_UDFS[key] = TilePatches(store, pre_state, cfg, clock)
-    udf = _WORKER_UDFS[key]
-    udf.clock = clock
-    return udf(batch)
+        _WORKER_UDFS[key] = {}
+    udfs = _WORKER_UDFS[key]
+    lines = batch["line"]
+    cuts = [0, *(np.flatnonzero(np.diff(lines)) + 1), len(lines)]  # runs of one line
+    parts = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        line = int(lines[a])
+        if line not in udfs:
+            udfs[line] = TilePatches(stores[line], pre_state, cfg, clock, line)
+        udfs[line].clock = clock
+        parts.append(udfs[line]({k: v[a:b] for k, v in batch.items()}))
+    return {k: np.concatenate([part[k] for part in parts]) for k in ("view_a", "view_b")}
 
 
 def inject_failure(config: dict[str, Any], epoch: int, rank: int) -> None:
@@ -380,7 +411,8 @@ def snapshot(training: Any, cfg: SSCCConfig, config: dict[str, Any]) -> Checkpoi
         optimizer_state=training.optimizer.state_dict(),
         scheduler_state=training.scheduler.state_dict(),
         wavelength=tuple(config["wavelength"]),
-        extra={"history": training.history, "store": config["store"]},
+        extra={"history": training.history, "store": config["store"],
+               **({"lines": config["lines"]} if config["lines"] else {})},
     )
 
 
@@ -406,15 +438,16 @@ def check_gpus(num_workers: int) -> None:
                          f"--num-workers={num_workers} needs {needed}; drop --use-gpu to train on CPUs")
 
 
-def preprocessing(store: str, cfg: SSCCConfig, run_dir: str) -> Preprocessor:
+def preprocessing(stores: Sequence[str], cfg: SSCCConfig, run_dir: str) -> Preprocessor:
     """The run's pre-processing (:func:`sscc_core.training.run.run_preprocessing`: from its
-    latest checkpoint, else fitted on the store), logged as ``preprocessing from checkpoint``
-    or ``fit preprocessing``."""
-    found = run_preprocessing(store, cfg, run_dir)
+    latest checkpoint, else fitted on the stores of all lines together), logged as
+    ``preprocessing from checkpoint`` or ``fit preprocessing``."""
+    found = run_preprocessing(stores, cfg, run_dir)
     if found.checkpoint is not None:
         log_event(log, "preprocessing from checkpoint", path=found.checkpoint)
     else:
-        log_event(log, "fit preprocessing", method=found.method, n_valid=found.n_valid)
+        log_event(log, "fit preprocessing", method=found.method, n_valid=found.n_valid,
+                  n_lines=len(stores))
     return found.preprocessor
 
 
@@ -442,9 +475,10 @@ def report_folder(local_dir: str | None) -> Iterator[str]:
         yield tmp
 
 
-def readout_post_step(ckpt: Checkpoint, store: str, tiles: list[dict[str, int]]) -> Checkpoint:
+def readout_post_step(ckpt: Checkpoint, stores: Sequence[str], tiles: list[dict[str, int]]) -> Checkpoint:
     """The explicit step after training: fit what ``cfg.postprocess`` needs
-    (:func:`sscc_core.training.final_readout.fit_final_readout`) and log what was chosen as a
+    (:func:`sscc_core.training.final_readout.fit_final_readout`, on a sample across the lines
+    ``stores``) and log what was chosen as a
     ``readout`` event (a cluster head without BatchNorm recalibration needs no fit and keeps
     ``ckpt`` as it is); ``readout: auto`` also prints and logs its label-free choice."""
     cfg = ckpt.config
@@ -453,7 +487,7 @@ def readout_post_step(ckpt: Checkpoint, store: str, tiles: list[dict[str, int]])
         return ckpt
     print(f"train: fitting the readout ({cfg.postprocess.readout}) on up to "
           f"{cfg.postprocess.readout_sample} training pixels", flush=True)
-    ckpt = fit_final_readout(ckpt, store, tiles, log=lambda row: log_event(log, "readout candidate", **row))
+    ckpt = fit_final_readout(ckpt, stores, tiles, log=lambda row: log_event(log, "readout candidate", **row))
     post = ckpt.config.postprocess
     log_event(log, "readout", readout=post.readout, fitted=True, smooth_sigma=post.smooth_sigma,
               spectra_scale=post.spectra_scale, bn_recalibrate=post.bn_recalibrate,
@@ -469,7 +503,7 @@ def readout_post_step(ckpt: Checkpoint, store: str, tiles: list[dict[str, int]])
 
 
 def run_training(
-    store: str,
+    store: str | Sequence[str],
     cfg: SSCCConfig,
     run_name: str,
     storage_path: str,
@@ -482,10 +516,14 @@ def run_training(
     fail_at_epoch: int | None = None,
     data_tasks: int = 1,
 ) -> str:
-    """Train on a store with Ray Train; returns the final SSCC checkpoint file (path or URL).
+    """Train on one or more cube stores (flight lines) with Ray Train; returns the final SSCC
+    checkpoint file (path or URL).
 
     Args:
-        store: Canonical cube store (local path).
+        store: Canonical cube store, or ``--store`` values naming several (stores, globs,
+            manifests: :func:`sscc_core.io.lines.resolve_lines`), checked before any Ray work.
+            Training reads the tiles of every line on its own grid; one line trains exactly
+            as a single store.
         cfg: Run configuration.
         run_name: Ray Train run name; relaunching with the same name and storage path resumes.
         storage_path: Directory (local or object storage URI) for checkpoints.
@@ -504,19 +542,25 @@ def run_training(
     from ray.train.torch import TorchTrainer
 
     check_scaling(cfg, num_workers)
-    for url in (store, storage_path):
-        storage.check_url(url)
+    specs = [store] if isinstance(store, str) else [str(s) for s in store]
+    lines = resolve_lines(specs)
+    storage.check_url(storage_path)
     if use_gpu:
         ensure_ray()
         check_gpus(num_workers)
-    ds_cube = open_cube(store)
-    n_bands = int(ds_cube.sizes["band"])
-    wavelength = [float(w) for w in ds_cube["wavelength"].values] if "wavelength" in ds_cube.coords else []
+    # the driver reads a single store by the path given (its records and messages as before
+    # several lines existed); Ray tasks get resolved paths
+    stores = specs if len(lines) == 1 and storage.resolve(specs[0]) == lines[0].store else \
+        [line.store for line in lines]
+    cubes = [open_cube(s) for s in stores]
+    identities = [cube_identity(c) for c in cubes]
+    n_bands = int(cubes[0].sizes["band"])
+    wavelength = [float(w) for w in cubes[0]["wavelength"].values] if "wavelength" in cubes[0].coords else []
     if not storage.is_url(storage_path):
         storage_path = str(Path(storage_path).resolve())
     run_dir = storage.join(storage_path, run_name)
     progress = bool(run_checkpoints(run_dir)) or storage.exists(final_checkpoint(run_dir))
-    if check_run_record(run_dir, RunRecord.of(str(store), cube_identity(ds_cube), cfg), progress):
+    if check_run_record(run_dir, RunRecord.of_lines(stores, identities, cfg), progress):
         print(f"train: run {run_name} has no checkpoint from its earlier launch (refused, "
               f"diverged or stopped before epoch 1 ended); starting it again with these settings",
               flush=True)
@@ -525,17 +569,22 @@ def run_training(
         print(f"train: run {run_name} already finished (train.epochs={cfg.train.epochs} reached); "
               f"kept {finished} (raise train.epochs to continue it)", flush=True)
         return finished
-    pre = preprocessing(store, cfg, run_dir)
-    tiles = training_tiles(store, cfg.train.protocol, cfg.tile.tile_size)
+    pre = preprocessing(stores, cfg, run_dir)
+    tiles = lines_training_tiles(stores, cfg.train.protocol, cfg.tile.tile_size)
     n_train = sum(t["n_pixels"] for t in tiles)
-    log_event(log, "training tiles", n_tiles=len(tiles), n_pixels=n_train, protocol=cfg.train.protocol)
-    check_training_size(n_train, cfg, store)
+    log_event(log, "training tiles", n_tiles=len(tiles), n_pixels=n_train, protocol=cfg.train.protocol,
+              n_lines=len(lines))
+    for i, line in enumerate(lines):
+        mine = [t["n_pixels"] for t in tiles if t["line"] == i]
+        log_event(log, "training line", line=line.name, store=line.store, identity=identities[i],
+                  n_tiles=len(mine), n_pixels=sum(mine))
+    check_training_size(n_train, cfg, " + ".join(stores))
     ensure_ray()
     clock = ray.remote(num_cpus=0)(EpochClock).remote()
     dataset = ray.data.from_items(tiles).map_batches(
         tile_views,
         fn_kwargs={
-            "store": storage.resolve(store),
+            "stores": [line.store for line in lines],
             "pre_state": pre.to_state(),
             "cfg": to_dict(cfg),
             "clock": clock,
@@ -554,7 +603,9 @@ def run_training(
             "n_bands": n_bands,
             "pre_state": pre.to_state(),
             "wavelength": wavelength,
-            "store": str(store),
+            "store": " + ".join(stores),
+            "lines": [{"name": line.name, "store": line.store, "identity": identity}
+                      for line, identity in zip(lines, identities)] if len(lines) > 1 else None,
             "threads": threads,
             "shuffle_buffer": shuffle_buffer,
             "clock": clock,
@@ -584,7 +635,7 @@ def run_training(
         if failure is not None:
             raise failure
         reported, ckpt = reported_checkpoint(result, run_dir)
-    ckpt = readout_post_step(ckpt, store, tiles)
+    ckpt = readout_post_step(ckpt, stores, tiles)
     path = save_checkpoint(ckpt, final_checkpoint(run_dir))
     log_event(log, "final checkpoint", path=path, reported=reported, model_version=ckpt.model_version,
               epoch=ckpt.epoch)
@@ -603,7 +654,9 @@ def run_training(
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``sscc train``."""
     p = argparse.ArgumentParser(prog="sscc train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--store", required=True, help="canonical cube store (from sscc ingest)")
+    p.add_argument("--store", required=True, nargs="+",
+                   help="cube store(s) from sscc ingest: one or more flight lines, as stores, globs "
+                        "over stores or manifest files listing one store per line")
     p.add_argument("--run-name", required=True, help="run name; relaunching with it resumes")
     p.add_argument("--storage-path", default="runs", help="checkpoint storage (default: runs)")
     p.add_argument("--num-workers", type=int, default=1, help="data-parallel workers (0 = local mode)")

@@ -13,6 +13,7 @@ import io
 import json
 import dataclasses
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -249,9 +250,10 @@ class RunRecord:
     """What a training run continues, kept as ``run.json`` in the run's directory.
 
     Attributes:
-        store: Path of the input cube store (shown in messages; a moved store with the same
-            identity continues the run).
-        input_identity: :func:`sscc_core.io.store.cube_identity` of the input.
+        store: Path of the input cube store, or the paths of the run's flight lines joined by
+            `` + `` (shown in messages; a moved store with the same identity continues the run).
+        input_identity: :func:`sscc_core.io.store.cube_identity` of the input (of each line,
+            in order, joined by ``+``).
         config_hash: :func:`sscc_core.config.config_hash` of the config with ``train.epochs``
             set to 0: raising the epoch count continues the same run, any other change does not.
         protocol: ``train.protocol`` (also inside the hash; named on its own in messages).
@@ -268,6 +270,13 @@ class RunRecord:
         resumable = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=0))
         return cls(store=store, input_identity=input_identity,
                    config_hash=config_hash(resumable), protocol=cfg.train.protocol)
+
+    @classmethod
+    def of_lines(cls, stores: Sequence[str], identities: Sequence[str], cfg: SSCCConfig) -> "RunRecord":
+        """The record of a launch on one or more flight lines, in order: ``store`` joins their
+        paths with `` + ``, ``input_identity`` their identities with ``+`` (one line: :meth:`of`
+        of it), so another set or order of lines is another input."""
+        return cls.of(" + ".join(stores), "+".join(identities), cfg)
 
 
 class RunMismatchError(ValueError):

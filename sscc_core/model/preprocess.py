@@ -13,6 +13,9 @@ Two fits are offered:
 * ``"sample"``: moments of a seeded uniform sample of at most ``sample_pixels`` valid pixels,
   drawn without replacement and read tile by tile.
 
+Several flight lines (cubes on their own grids, one band set) are fitted together by
+:func:`accumulate_lines_moments`: the same two fits over the valid pixels of all lines.
+
 The PCA basis is the ``eigh`` of the correlation matrix (covariance of the z-scored bands), sorted
 by decreasing eigenvalue and sign-fixed so the largest-magnitude loading of each component is
 positive. The post-PCA standard deviations are analytic: the projected covariance is diagonal
@@ -21,6 +24,7 @@ with the eigenvalues on it, and the projected mean is zero.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -297,6 +301,16 @@ def _sample_selection(counts: np.ndarray, n_sample: int, seed: int) -> list[np.n
     return [picks[a:b] - lo for a, b, lo in zip(cuts[:-1], cuts[1:], bounds[:-1])]
 
 
+def _check_cube(cube: Any, valid: Any | None) -> None:
+    """Refuse a cube that is not ``(B, H, W)`` or a mask of another spatial shape."""
+    if len(cube.shape) != 3:
+        raise ValueError(f"expected a (band, y, x) cube, got shape {tuple(cube.shape)}")
+    if valid is not None and tuple(valid.shape) != tuple(cube.shape[1:]):
+        raise ValueError(
+            f"valid mask shape {tuple(valid.shape)} != cube spatial shape {tuple(cube.shape[1:])}"
+        )
+
+
 def accumulate_moments(
     cube: Any,
     valid: Any | None,
@@ -319,25 +333,58 @@ def accumulate_moments(
     Returns:
         The accumulated moments.
     """
-    if len(cube.shape) != 3:
-        raise ValueError(f"expected a (band, y, x) cube, got shape {tuple(cube.shape)}")
-    if valid is not None and tuple(valid.shape) != tuple(cube.shape[1:]):
-        raise ValueError(
-            f"valid mask shape {tuple(valid.shape)} != cube spatial shape {tuple(cube.shape[1:])}"
-        )
+    return accumulate_lines_moments([(cube, valid)], tile_size, method, sample_pixels, seed)
+
+
+def accumulate_lines_moments(
+    lines: Sequence[tuple[Any, Any | None]],
+    tile_size: int = 256,
+    method: FitMethod = "exact",
+    sample_pixels: int = 200_000,
+    seed: int = 0,
+) -> MomentAccumulator:
+    """Gather band moments of the valid pixels of several cubes (flight lines on their own
+    grids) together, reading each tile by tile.
+
+    ``"exact"`` folds every tile of every line into one accumulator (Chan merge), so the
+    moments are those of the concatenated valid pixels up to rounding. ``"sample"`` draws one
+    seeded uniform sample without replacement from the valid pixels of all lines together
+    (each line gets its share of its valid pixels, in expectation), then reads it tile by tile.
+    With one line both are :func:`accumulate_moments` of that cube, bit for bit.
+
+    Args:
+        lines: ``(cube, valid)`` of each line, in order: cube ``(B, H_i, W_i)``, valid
+            ``(H_i, W_i)`` bool array-like or ``None`` (all valid); every B is the same.
+        tile_size: Side of the tiles read, in pixels.
+        method: ``"exact"`` or ``"sample"``.
+        sample_pixels: Sample size bound for ``method="sample"``, over all lines.
+        seed: Seed of the sample.
+
+    Returns:
+        The accumulated moments.
+
+    Raises:
+        ValueError: No line, a cube not ``(B, H, W)``, a mask of another shape, lines with
+            different band counts, or an unknown method.
+    """
+    if not lines:
+        raise ValueError("no cube to fit the pre-processing on")
+    for cube, valid in lines:
+        _check_cube(cube, valid)
     if method not in ("exact", "sample"):
         raise ValueError(f"method must be 'exact' or 'sample', got {method!r}")
-    _, height, width = cube.shape
-    tiles = tile_grid(height, width, tile_size)
-    moments = MomentAccumulator(int(cube.shape[0]))
+    moments = MomentAccumulator(int(lines[0][0].shape[0]))
+    grids = [(cube, valid, tile_grid(cube.shape[1], cube.shape[2], tile_size)) for cube, valid in lines]
     if method == "exact":
-        for tile in tiles:
-            mask = _tile_mask(valid, tile)
-            if mask.any():
-                moments.update(_tile_pixels(cube, mask, tile))
+        for cube, valid, tiles in grids:
+            for tile in tiles:
+                mask = _tile_mask(valid, tile)
+                if mask.any():
+                    moments.update(_tile_pixels(cube, mask, tile))
         return moments
-    counts = np.array([int(_tile_mask(valid, t).sum()) for t in tiles])
-    for tile, ranks in zip(tiles, _sample_selection(counts, sample_pixels, seed)):
+    reads = [(cube, valid, tile) for cube, valid, tiles in grids for tile in tiles]
+    counts = np.array([int(_tile_mask(valid, tile).sum()) for _, valid, tile in reads])
+    for (cube, valid, tile), ranks in zip(reads, _sample_selection(counts, sample_pixels, seed)):
         if len(ranks):
             moments.update(_tile_pixels(cube, _tile_mask(valid, tile), tile)[ranks])
     return moments

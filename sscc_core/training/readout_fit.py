@@ -6,12 +6,17 @@ order whatever the tile size, so every trainer fits the same readout.
 
 With ``readout: auto`` the kind and the smoothing are chosen first by the label-free stability
 criterion of :mod:`sscc_core.training.selection`.
+
+A run on several flight lines (cubes on their own grids) fits one readout on them together
+(:func:`fit_lines_readout`): the sample is drawn from the training pixels of all lines at once,
+and each line's sample is read on its own grid, line after line.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,17 +84,32 @@ def fit_extension(z: np.ndarray, labels: np.ndarray, n_clusters: int, seed: int)
         coef[present], intercept[present] = model.coef_, model.intercept_
     return {"coef": torch.from_numpy(coef).float(), "intercept": torch.from_numpy(intercept).float()}
 
-def readout_patches(
-    cube: Any, valid: Any, train_mask: np.ndarray, pre: Preprocessor, patch_size: int, seed: int,
-    max_pixels: int, tile_size: int = 256,
-) -> Tensor:
-    """Clean patches of a seeded sample of at most ``max_pixels`` training pixels, in scene
-    row-major order whatever the tile size (BatchNorm recalibration).
+@dataclass(frozen=True)
+class LineArrays:
+    """One scene's or flight line's arrays the readout is fitted on.
 
-    Args:
+    Attributes:
         cube: (B, H, W) array-like (numpy or zarr).
         valid: (H, W) bool array-like.
-        train_mask: (H, W) bool, the training pixels (:func:`sscc_core.training.trainer.training_mask`).
+        train_mask: (H, W) bool, the training pixels
+            (:func:`sscc_core.training.trainer.training_mask`).
+    """
+
+    cube: Any
+    valid: Any
+    train_mask: np.ndarray
+
+
+def readout_patches(
+    lines: Sequence[LineArrays], pre: Preprocessor, patch_size: int, seed: int, max_pixels: int,
+    tile_size: int = 256,
+) -> Tensor:
+    """Clean patches of a seeded sample of at most ``max_pixels`` training pixels of all lines,
+    line after line, each in its scene row-major order whatever the tile size (BatchNorm
+    recalibration).
+
+    Args:
+        lines: The arrays of each line (one for a single scene).
         pre: Fitted pre-processing.
         patch_size: Odd patch side P.
         seed: Seed of the sample (the run's ``train.seed``).
@@ -99,8 +119,9 @@ def readout_patches(
     Returns:
         (N, C, P, P) float32 patches, N = min(#training pixels, ``max_pixels``).
     """
-    mask = sample_mask(train_mask, max_pixels, seed)
-    return row_major(*gather_patches(cube, valid, mask, pre, patch_size, tile_size))
+    masks = sample_masks([line.train_mask for line in lines], max_pixels, seed)
+    return torch.cat([row_major(*gather_patches(line.cube, line.valid, mask, pre, patch_size, tile_size))
+                      for line, mask in zip(lines, masks)])
 
 
 def row_major(values: np.ndarray, coords: np.ndarray) -> Tensor:
@@ -112,13 +133,34 @@ def row_major(values: np.ndarray, coords: np.ndarray) -> Tensor:
 
 def sample_mask(train_mask: np.ndarray, max_pixels: int, seed: int) -> np.ndarray:
     """(H, W) bool: ``train_mask`` thinned to a seeded uniform sample of at most ``max_pixels``."""
-    train_mask = np.asarray(train_mask, dtype=bool)
-    flat = np.flatnonzero(train_mask)
-    if len(flat) <= max_pixels:
-        return train_mask
-    keep = np.zeros(train_mask.shape, dtype=bool)
-    keep.flat[np.random.default_rng(seed).choice(flat, max_pixels, replace=False)] = True
-    return keep
+    return sample_masks([train_mask], max_pixels, seed)[0]
+
+
+def sample_masks(train_masks: Sequence[np.ndarray], max_pixels: int, seed: int) -> list[np.ndarray]:
+    """The masks of several lines thinned to one seeded uniform sample of at most
+    ``max_pixels`` of their pixels together (each line keeps its share in expectation).
+
+    Args:
+        train_masks: (H_i, W_i) bool training pixels of each line.
+        max_pixels: Sample size bound over all lines.
+        seed: Seed of the sample.
+
+    Returns:
+        One (H_i, W_i) bool mask per line; the masks themselves when they hold at most
+        ``max_pixels`` pixels together. With one mask, :func:`sample_mask` of it.
+    """
+    masks = [np.asarray(m, dtype=bool) for m in train_masks]
+    flats = [np.flatnonzero(m) for m in masks]
+    offsets = np.cumsum([0] + [len(f) for f in flats])
+    if offsets[-1] <= max_pixels:
+        return masks
+    picks = np.random.default_rng(seed).choice(int(offsets[-1]), max_pixels, replace=False)
+    kept = []
+    for mask, flat, lo, hi in zip(masks, flats, offsets[:-1], offsets[1:]):
+        keep = np.zeros(mask.shape, dtype=bool)
+        keep.flat[flat[picks[(picks >= lo) & (picks < hi)] - lo]] = True
+        kept.append(keep)
+    return kept
 
 
 def sample_vectors(labeller: Labeller, cube: Any, valid: Any, mask: np.ndarray,
@@ -140,10 +182,41 @@ def sample_vectors(labeller: Labeller, cube: Any, valid: Any, mask: np.ndarray,
     return row_major(np.concatenate(vectors), np.concatenate(coords))
 
 
+def lines_vectors(labeller: Labeller, lines: Sequence[LineArrays], masks: Sequence[np.ndarray],
+                  tile_size: int = 256) -> Tensor:
+    """:func:`sample_vectors` of each line at its ``masks`` pixels, line after line.
+
+    Returns:
+        (N, V) float32.
+
+    Raises:
+        ValueError: No mask holds a pixel.
+    """
+    parts = [sample_vectors(labeller, line.cube, line.valid, mask, tile_size)
+             for line, mask in zip(lines, masks) if mask.any()]
+    if not parts:
+        raise ValueError("readout: no training pixels to fit on")
+    return torch.cat(parts)
+
+
 def fit_readout(model: SSCCNet, pre: Preprocessor, cube: Any, valid: Any, train_mask: np.ndarray,
                 cfg: SSCCConfig, tile_size: int = 256,
                 log: Callable[[dict[str, Any]], None] | None = None) -> Readout:
-    """Fit what ``cfg.postprocess`` needs after training, on the clean training pixels.
+    """:func:`fit_lines_readout` on one scene.
+
+    Args:
+        cube: (B, H, W) array-like.
+        valid: (H, W) bool array-like.
+        train_mask: (H, W) bool training pixels.
+    """
+    return fit_lines_readout(model, pre, [LineArrays(cube, valid, train_mask)], cfg, tile_size, log)
+
+
+def fit_lines_readout(model: SSCCNet, pre: Preprocessor, lines: Sequence[LineArrays], cfg: SSCCConfig,
+                      tile_size: int = 256,
+                      log: Callable[[dict[str, Any]], None] | None = None) -> Readout:
+    """Fit what ``cfg.postprocess`` needs after training, on the clean training pixels of one
+    scene or of several flight lines together.
 
     With ``bn_recalibrate`` the model's BatchNorm statistics are re-estimated first (in place)
     on clean patches of a sample of the training pixels. The ``"kmeans"`` and ``"spectral"``
@@ -153,9 +226,8 @@ def fit_readout(model: SSCCNet, pre: Preprocessor, cube: Any, valid: Any, train_
     Args:
         model: The trained network (left in eval mode).
         pre: The run's pre-processing.
-        cube: (B, H, W) array-like.
-        valid: (H, W) bool array-like.
-        train_mask: (H, W) bool training pixels.
+        lines: The arrays of each line (one for a single scene); the sample is drawn from
+            their training pixels together (:func:`sample_masks`).
         cfg: The run configuration.
         tile_size: Tile side used to read the cube.
         log: With ``readout: auto``, called with each candidate's criterion row (progress).
@@ -172,22 +244,22 @@ def fit_readout(model: SSCCNet, pre: Preprocessor, cube: Any, valid: Any, train_
     """
     post, seed = cfg.postprocess, cfg.train.seed
     if post.bn_recalibrate:
-        recalibrate_batchnorm(model, readout_patches(cube, valid, train_mask, pre, model.patch_size,
-                                                     seed, post.readout_sample, tile_size))
+        recalibrate_batchnorm(model, readout_patches(lines, pre, model.patch_size, seed,
+                                                     post.readout_sample, tile_size))
     model.eval()
     if post.readout == "auto":
-        return fit_auto(model, pre, cube, valid, train_mask, post, seed, tile_size, log)
+        return fit_auto(model, pre, lines, post, seed, tile_size, log)
     if post.readout != "head" and post.readout_spectra > 0 and post.spectra_scale != "whitened":
         # a fixed readout with the other spectrum weightings: the selection's standardised
         # vectors, on a grid of this one candidate
         fixed = replace(post, select_kinds=(post.readout,), select_sigmas=(post.smooth_sigma,),
                         select_scales=(post.spectra_scale,))
-        return fit_auto(model, pre, cube, valid, train_mask, fixed, seed, tile_size, log)
+        return fit_auto(model, pre, lines, fixed, seed, tile_size, log)
     readout = Readout.from_config(post)
     if not readout.uses_features:
         return readout
-    mask = sample_mask(train_mask, post.readout_sample, seed)
-    vectors = sample_vectors(Labeller(model, pre, readout=readout), cube, valid, mask, tile_size)
+    masks = sample_masks([line.train_mask for line in lines], post.readout_sample, seed)
+    vectors = lines_vectors(Labeller(model, pre, readout=readout), lines, masks, tile_size)
     k = model.cfg.n_clusters
     if len(vectors) <= max(k, post.spectral_neighbors if readout.kind == "spectral" else 0):
         raise ValueError(f"readout {readout.kind!r}: {len(vectors)} training pixels are too few "
@@ -208,22 +280,23 @@ def extension(z_fit: np.ndarray, labels: np.ndarray, n_clusters: int, seed: int)
     return lambda z: np.argmax(z @ coef.T + intercept, axis=1).astype(np.int64)
 
 
-def fit_auto(model: SSCCNet, pre: Preprocessor, cube: Any, valid: Any, train_mask: np.ndarray,
-             post: PostprocessConfig, seed: int, tile_size: int = 256,
+def fit_auto(model: SSCCNet, pre: Preprocessor, lines: Sequence[LineArrays], post: PostprocessConfig,
+             seed: int, tile_size: int = 256,
              log: Callable[[dict[str, Any]], None] | None = None) -> Readout:
     """``readout: auto``: choose the readout by :func:`sscc_core.training.selection.select` on the
-    labeller's vectors of a seeded sample of at most ``readout_sample`` training pixels, and fit
-    the chosen one (k-means: centroids of the standardised sample; spectral: the extension).
+    labeller's vectors of a seeded sample of at most ``readout_sample`` training pixels (of all
+    ``lines``), and fit the chosen one (k-means: centroids of the standardised sample; spectral:
+    the extension).
 
     Returns:
         The fitted :class:`Readout` with ``selection`` set.
     """
-    mask = sample_mask(train_mask, post.readout_sample, seed)
+    masks = sample_masks([line.train_mask for line in lines], post.readout_sample, seed)
     k = model.cfg.n_clusters
 
     def vectors_at(sigma: float) -> Tensor:
         labeller = Labeller(model, pre, readout=Readout("kmeans", sigma, post.readout_spectra))
-        vectors = sample_vectors(labeller, cube, valid, mask, tile_size)
+        vectors = lines_vectors(labeller, lines, masks, tile_size)
         if len(vectors) <= max(k, post.spectral_neighbors):
             raise ValueError(f"readout 'auto': {len(vectors)} training pixels are too few for "
                              f"{k} clusters")

@@ -6,13 +6,14 @@ A run directory (local or object storage) holds Ray Train's per-epoch checkpoint
 :class:`sscc_core.model.checkpoint.RunRecord` (``run.json``) and, once the run is done, the
 product ``final/model.pt`` with ``history.json`` and ``config.yaml``. The fitted pre-processing
 lives only inside the checkpoints: a resumed run reads it from the newest loadable one; before
-any checkpoint exists it is fitted again from the store, deterministically (the exact moments of
-every valid pixel, or a sample seeded by ``preprocess.seed``), so a relaunch trains with the
-same pre-processing either way.
+any checkpoint exists it is fitted again from the run's stores (one or more flight lines),
+deterministically (the exact moments of every valid pixel, or a sample seeded by
+``preprocess.seed``), so a relaunch trains with the same pre-processing either way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import zarr
@@ -21,7 +22,9 @@ from sscc_core import storage
 from sscc_core.config import SSCCConfig
 from sscc_core.io.tiling import tile_grid, tile_valid
 from sscc_core.model.checkpoint import checkpoint_file, load_checkpoint, newest_loadable, run_checkpoints
-from sscc_core.model.preprocess import FitMethod, Preprocessor, fit_preprocessor
+from sscc_core.model.preprocess import (
+    FitMethod, Preprocessor, accumulate_lines_moments, preprocessor_from_moments,
+)
 
 FINAL = "final"  # the run's product: RUN/final/model.pt
 
@@ -49,7 +52,7 @@ class RunPreprocessing:
         checkpoint: The per-epoch checkpoint it was read from (a resumed run), or ``None``
             (fitted by this launch).
         method: ``"exact"`` or ``"sample"`` when fitted by this launch, else ``None``.
-        n_valid: Valid pixels of the store when fitted by this launch, else ``None``.
+        n_valid: Valid pixels of the stores (all lines) when fitted by this launch, else ``None``.
     """
 
     preprocessor: Preprocessor
@@ -58,37 +61,41 @@ class RunPreprocessing:
     n_valid: int | None = None
 
 
-def fit_store_preprocessor(store: str, cfg: SSCCConfig) -> RunPreprocessing:
-    """Fit the pre-processing on a cube store, tile by tile: the exact moments of every valid
-    pixel up to ``preprocess.sample_pixels`` of them, a seeded sample above (deterministic
-    either way).
+def fit_lines_preprocessor(stores: Sequence[str], cfg: SSCCConfig) -> RunPreprocessing:
+    """Fit the pre-processing on the valid pixels of one or more cube stores (flight lines)
+    together, tile by tile: the exact moments of every valid pixel of all lines up to
+    ``preprocess.sample_pixels`` of them, one seeded sample across the lines above
+    (:func:`sscc_core.model.preprocess.accumulate_lines_moments`; deterministic either way).
 
     Args:
-        store: Canonical cube store.
+        stores: Canonical cube stores, in the run's line order.
         cfg: Run configuration (``preprocess``, ``tile.tile_size``).
     """
-    group = zarr.open_group(store, mode="r")
-    valid = group["valid"]
-    n_valid = sum(int(tile_valid(valid, t).sum()) for t in tile_grid(*valid.shape, cfg.tile.tile_size))
+    groups = [zarr.open_group(store, mode="r") for store in stores]
+    tile = cfg.tile.tile_size
+    n_valid = sum(int(tile_valid(g["valid"], t).sum()) for g in groups
+                  for t in tile_grid(*g["valid"].shape, tile))
     method: FitMethod = "exact" if n_valid <= cfg.preprocess.sample_pixels else "sample"
-    pre = fit_preprocessor(group["reflectance"], valid, cfg.preprocess, cfg.tile.tile_size, method)
+    moments = accumulate_lines_moments([(g["reflectance"], g["valid"]) for g in groups], tile, method,
+                                       cfg.preprocess.sample_pixels, cfg.preprocess.seed)
+    pre = preprocessor_from_moments(moments, cfg.preprocess.n_components)
     return RunPreprocessing(pre, method=method, n_valid=n_valid)
 
 
-def run_preprocessing(store: str, cfg: SSCCConfig, run_dir: str) -> RunPreprocessing:
+def run_preprocessing(stores: Sequence[str], cfg: SSCCConfig, run_dir: str) -> RunPreprocessing:
     """The pre-processing of a run: read from its newest loadable per-epoch checkpoint, else
-    (no checkpoint yet, or none loads) fitted on the store by :func:`fit_store_preprocessor`.
+    (no checkpoint yet, or none loads) fitted on the stores by :func:`fit_lines_preprocessor`.
 
     The run record (:func:`sscc_core.model.checkpoint.check_run_record`) has already tied any
-    checkpoint of ``run_dir`` to this store and config, so both give the same pre-processing.
+    checkpoint of ``run_dir`` to these stores and config, so both give the same pre-processing.
 
     Args:
-        store: Canonical cube store.
+        stores: Canonical cube stores (the run's flight lines, in order).
         cfg: Run configuration.
         run_dir: The run's directory (local or object storage).
     """
     paths = run_checkpoints(run_dir)
     ckpt, errors = newest_loadable(paths)
     if ckpt is None:
-        return fit_store_preprocessor(store, cfg)
+        return fit_lines_preprocessor(stores, cfg)
     return RunPreprocessing(Preprocessor.from_state(ckpt.preprocess_state), checkpoint=paths[len(errors)])

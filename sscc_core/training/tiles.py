@@ -1,14 +1,16 @@
-"""Which tiles of a cube store training reads: the tiles holding training pixels, the random
-stream of each, and the subset the readout fit after training samples from.
+"""Which tiles of a run's cube stores training reads: the tiles holding training pixels, the
+random stream of each, and the subset the readout fit after training samples from.
 
-A tile is passed around as a plain descriptor dict (``row``, ``col``, ``y0``, ``y1``, ``x0``,
-``x1``, ``n_pixels``) so that it can travel as a Ray Dataset row; :func:`descriptor_tile` turns
-one back into a :class:`sscc_core.io.tiling.Tile`.
+A run trains on one or more flight lines, each a cube store on its own grid. A tile is passed
+around as a plain descriptor dict (``line``, the index of its line in the run's line order;
+``row``, ``col``, ``y0``, ``y1``, ``x0``, ``x1`` on that line's grid; ``n_pixels``) so that it
+can travel as a Ray Dataset row; :func:`descriptor_tile` turns one back into a
+:class:`sscc_core.io.tiling.Tile`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,12 +28,13 @@ def descriptor_tile(descriptor: Mapping[str, Any]) -> Tile:
     return Tile(*(int(descriptor[k]) for k in TILE_FIELDS))
 
 
-def tile_stream(tile: Tile) -> int:
-    """The random stream id of a tile (distinct for every tile of a grid up to 2**20 wide)."""
-    return 1 + (tile.row << 20) + tile.col
+def tile_stream(tile: Tile, line: int = 0) -> int:
+    """The random stream id of a tile of line ``line`` (distinct for every tile of every line
+    of grids up to 2**20 tiles wide and tall; line 0's are those of a one-line run)."""
+    return 1 + (tile.row << 20) + tile.col + (line << 40)
 
 
-def training_tiles(store: str, protocol: str, tile_size: int) -> list[dict[str, int]]:
+def training_tiles(store: str, protocol: str, tile_size: int, line: int = 0) -> list[dict[str, int]]:
     """Descriptors of the tiles holding at least one training pixel (mask reads only), each
     with its count of training pixels (``n_pixels``), in grid order.
 
@@ -39,6 +42,7 @@ def training_tiles(store: str, protocol: str, tile_size: int) -> list[dict[str, 
         store: Canonical cube store (local path or URL zarr opens).
         protocol: ``train.protocol``: ``"labelled"`` (labelled valid pixels) or ``"all"``.
         tile_size: Side of the tiles, in pixels.
+        line: The store's index in the run's line order (the descriptors' ``line``).
 
     Raises:
         ValueError: Protocol ``labelled`` on a store without labels, or no training pixel.
@@ -52,19 +56,30 @@ def training_tiles(store: str, protocol: str, tile_size: int) -> list[dict[str, 
     for t in tile_grid(*valid.shape, tile_size):
         n_pixels = int(tile_training_mask(valid, labels, t, protocol).sum())
         if n_pixels:
-            tiles.append({"row": t.row, "col": t.col, "y0": t.y0, "y1": t.y1, "x0": t.x0, "x1": t.x1,
-                          "n_pixels": n_pixels})
+            tiles.append({"line": line, "row": t.row, "col": t.col, "y0": t.y0, "y1": t.y1,
+                          "x0": t.x0, "x1": t.x1, "n_pixels": n_pixels})
     if not tiles:
         raise ValueError(f"{store}: no training pixel under protocol {protocol!r}")
     return tiles
 
 
+def lines_training_tiles(stores: Sequence[str], protocol: str, tile_size: int) -> list[dict[str, int]]:
+    """:func:`training_tiles` of every line, line after line (``line`` = index in ``stores``).
+
+    Raises:
+        ValueError: As :func:`training_tiles`, for the first line that fails (named).
+    """
+    return [t for line, store in enumerate(stores) for t in training_tiles(store, protocol, tile_size, line)]
+
+
 def readout_tiles(tiles: list[dict[str, int]], max_pixels: int, seed: int) -> list[dict[str, int]]:
-    """A seeded random subset of the training tiles, in grid order, holding at least
-    ``READOUT_TILE_FACTOR * max_pixels`` training pixels (all tiles when they hold fewer).
+    """A seeded random subset of the training tiles (of all lines), in line and grid order,
+    holding at least ``READOUT_TILE_FACTOR * max_pixels`` training pixels (all tiles when they
+    hold fewer).
 
     The readout fit computes its vectors over every tile its sample touches, so drawing the
     sample from these tiles bounds that pass by the sample size instead of the mosaic size.
+    A descriptor without ``line`` is of line 0.
     """
     kept, total = [], 0
     for i in np.random.default_rng(seed).permutation(len(tiles)):
@@ -72,4 +87,4 @@ def readout_tiles(tiles: list[dict[str, int]], max_pixels: int, seed: int) -> li
             break
         kept.append(tiles[i])
         total += tiles[i]["n_pixels"]
-    return sorted(kept, key=lambda t: (t["row"], t["col"]))
+    return sorted(kept, key=lambda t: (t.get("line", 0), t["row"], t["col"]))

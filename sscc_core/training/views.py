@@ -1,5 +1,5 @@
 """The training samples of one tile: the standardised PCA patches of its training pixels and two
-augmented views of each, seeded by (run seed, epoch, tile) so that a tile's views depend on
+augmented views of each, seeded by (run seed, epoch, line, tile) so that a tile's views depend on
 nothing else, whichever process draws them (the Ray Data tasks of ``pipelines.train``)."""
 
 from __future__ import annotations
@@ -41,12 +41,17 @@ def tile_patches(cube: Any, valid: Any, labels: Any | None, pre: Preprocessor, c
 
 
 def tile_views(cube: Any, valid: Any, labels: Any | None, pre: Preprocessor, cfg: SSCCConfig,
-               tile: Tile, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+               tile: Tile, epoch: int, line: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Two augmented views of each of :func:`tile_patches`, drawn with the generator of
-    ``(train.seed, epoch, tile_stream(tile))``.
+    ``(train.seed, epoch, tile_stream(tile, line))``.
+
+    Args:
+        line: Index of the tile's flight line in the run (0 for a one-line run), so that the
+            same tile position on two lines draws different views.
 
     Returns:
         ``(view_a, view_b)``, each ``(N, C, P, P)``.
     """
     patches = torch.from_numpy(tile_patches(cube, valid, labels, pre, cfg, tile))
-    return two_views(patches, cfg.augment, epoch_generator(cfg.train.seed, epoch, tile_stream(tile)))
+    return two_views(patches, cfg.augment,
+                     epoch_generator(cfg.train.seed, epoch, tile_stream(tile, line)))

@@ -29,7 +29,9 @@ from sscc_core.model.preprocess import fit_preprocessor
 from sscc_core.model.patches import gather_patches
 from sscc_core.model.readout import Readout
 from sscc_core.training.final_readout import fit_final_readout
-from sscc_core.training.readout_fit import fit_extension, fit_readout, readout_patches, sample_mask
+from sscc_core.training.readout_fit import (
+    LineArrays, fit_extension, fit_readout, readout_patches, sample_mask,
+)
 from sscc_core.training.selection import spectral_clusters
 from sscc_core.io.tiling import Tile, tile_grid
 from sscc_core.training.tiles import training_tiles
@@ -142,7 +144,7 @@ def test_kmeans_readout_labels_nearest_centroid_of_patch_features(scene, trained
     # the Ray trainer's driver step fits the same readout from the store, tiled differently
     store = write_cube(read_benchmark("salinasA"), tmp_path / "sa.zarr", chunk=TILE)
     fresh = checkpoint(pre, cube, build_training(cfg, pre.n_components).model, cfg)
-    fitted = fit_final_readout(fresh, str(store), training_tiles(str(store), "labelled", TILE))
+    fitted = fit_final_readout(fresh, [str(store)], training_tiles(str(store), "labelled", TILE))
     model2 = SSCCNet(cfg.model, pre.n_components, cfg.preprocess.patch_size)
     model2.load_state_dict(fresh.model_state)
     full = np.ones_like(valid)
@@ -156,9 +158,9 @@ def test_kmeans_readout_labels_nearest_centroid_of_patch_features(scene, trained
 
 def test_readout_sample_is_seeded_and_capped(scene):
     cube, valid, _, pre = scene
-    a = readout_patches(cube, valid, valid, pre, 5, seed=1, max_pixels=300)
-    b = readout_patches(cube, valid, valid, pre, 5, seed=1, max_pixels=300, tile_size=32)
-    c = readout_patches(cube, valid, valid, pre, 5, seed=2, max_pixels=300)
+    a = readout_patches([LineArrays(cube, valid, valid)], pre, 5, seed=1, max_pixels=300)
+    b = readout_patches([LineArrays(cube, valid, valid)], pre, 5, seed=1, max_pixels=300, tile_size=32)
+    c = readout_patches([LineArrays(cube, valid, valid)], pre, 5, seed=2, max_pixels=300)
     assert a.shape == (300, pre.n_components, 5, 5)
     assert torch.equal(a, b) and not torch.equal(a, c)
 
@@ -313,7 +315,7 @@ def test_spectral_readout_fits_smoothed_features_and_labels_in_the_pipeline(scen
 
     # the Ray trainer's driver step fits the same readout from the store, tiled differently
     store = write_cube(read_benchmark("salinasA"), tmp_path / "sa.zarr", chunk=TILE)
-    fitted = fit_final_readout(checkpoint(pre, cube, model, cfg), str(store),
+    fitted = fit_final_readout(checkpoint(pre, cube, model, cfg), [str(store)],
                                training_tiles(str(store), "labelled", TILE))
     full = np.ones_like(valid)
     expect = fit_readout(model, pre, cube, full, training_mask(full, labels, "labelled"), cfg)

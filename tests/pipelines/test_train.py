@@ -20,7 +20,7 @@ from sscc_core.io.store import open_cube, write_cube
 from sscc_core.model.preprocess import fit_preprocessor
 from sscc_core.io.tiling import Tile
 from sscc_core.model.patches import gather_patches
-from sscc_core.training.run import fit_store_preprocessor
+from sscc_core.training.run import fit_lines_preprocessor
 from sscc_core.training.tiles import tile_stream, training_tiles
 from sscc_core.training.trainer import epoch_generator, training_mask
 
@@ -122,7 +122,7 @@ def test_run_storage_may_be_a_url(ray_session, salinas_store: Path, tmp_path: Pa
     assert Labeller.from_checkpoint(ckpt).readout.fitted  # sscc predict can use it as is
     run = tmp_path / "store" / "urlrun"  # local mode: Ray Train keeps no per-epoch checkpoint
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "final", "history.json", "run.json"]
-    fitted = fit_store_preprocessor(str(salinas_store), cfg).preprocessor.to_state()
+    fitted = fit_lines_preprocessor([str(salinas_store)], cfg).preprocessor.to_state()
     assert sorted(ckpt.preprocess_state) == sorted(fitted)
     assert all(torch.equal(ckpt.preprocess_state[k], v) for k, v in fitted.items()
                if isinstance(v, torch.Tensor))

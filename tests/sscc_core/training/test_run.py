@@ -17,7 +17,7 @@ from sscc_core.io.store import write_cube
 from sscc_core.model.checkpoint import Checkpoint, save_checkpoint
 from sscc_core.model.preprocess import Preprocessor
 from sscc_core.training.run import (
-    final_checkpoint, finished_run, fit_store_preprocessor, run_preprocessing,
+    final_checkpoint, finished_run, fit_lines_preprocessor, run_preprocessing,
 )
 
 TILE = 8
@@ -60,31 +60,31 @@ def epoch_file(run: str, second: int) -> str:
 def test_refitting_before_any_checkpoint_gives_the_identical_state(store: str, tmp_path: Path,
                                                                    sample_pixels: int, method: str) -> None:
     cfg = config(**{"preprocess.sample_pixels": sample_pixels})
-    first = run_preprocessing(store, cfg, str(tmp_path / "run"))
-    again = run_preprocessing(store, cfg, str(tmp_path / "run"))
+    first = run_preprocessing([store], cfg, str(tmp_path / "run"))
+    again = run_preprocessing([store], cfg, str(tmp_path / "run"))
     assert (first.checkpoint, first.method, first.n_valid) == (None, method, 19 * 21 - 20)
     assert_same_state(again.preprocessor.to_state(), first.preprocessor.to_state())
     if method == "sample":  # the seeded sample is not the exact fit: the sample path was taken
-        exact = fit_store_preprocessor(store, config()).preprocessor
+        exact = fit_lines_preprocessor([store], config()).preprocessor
         assert not np.allclose(exact.band_mean, first.preprocessor.band_mean)
 
 
 def test_a_resumed_run_reads_the_newest_loadable_checkpoint(store: str, tmp_path: Path) -> None:
     cfg = config()
     run = str(tmp_path / "run")
-    fitted = fit_store_preprocessor(store, cfg).preprocessor
+    fitted = fit_lines_preprocessor([store], cfg).preprocessor
     save_checkpoint(checkpoint(cfg, fitted, 1), epoch_file(run, 0))
     marked = Preprocessor.from_state({**fitted.to_state(),
                                       "band_mean": torch.full((6,), 7.0, dtype=torch.float64)})
     newer = save_checkpoint(checkpoint(cfg, marked, 2), epoch_file(run, 1))
-    got = run_preprocessing(store, cfg, run)
+    got = run_preprocessing([store], cfg, run)
     assert got.checkpoint == newer and got.method is None  # read, not fitted
     assert_same_state(got.preprocessor.to_state(), marked.to_state())
     newest = save_checkpoint(checkpoint(cfg, marked, 3), epoch_file(run, 2))
     os.truncate(newest, 100)  # killed while writing: skipped
-    assert run_preprocessing(store, cfg, run).checkpoint == newer
+    assert run_preprocessing([store], cfg, run).checkpoint == newer
     os.truncate(newer, 100)
-    oldest = run_preprocessing(store, cfg, run)  # the epoch-1 checkpoint holds what a refit gives
+    oldest = run_preprocessing([store], cfg, run)  # the epoch-1 checkpoint holds what a refit gives
     assert oldest.checkpoint is not None and oldest.checkpoint.endswith("10-00-00.000001/model.pt")
     assert_same_state(oldest.preprocessor.to_state(), fitted.to_state())
 
@@ -93,7 +93,7 @@ def test_a_run_is_finished_once_its_final_checkpoint_and_history_reach_the_epoch
                                                                                   tmp_path: Path) -> None:
     cfg = config(**{"train.epochs": 2})
     run = str(tmp_path / "run")
-    pre = fit_store_preprocessor(store, cfg).preprocessor
+    pre = fit_lines_preprocessor([store], cfg).preprocessor
     path = save_checkpoint(checkpoint(cfg, pre, 2), storage.join(run, "final"))
     assert path == final_checkpoint(run) == str(tmp_path / "run" / "final" / "model.pt")
     assert finished_run(run, cfg) is None  # history.json is written last: not finished yet

@@ -147,7 +147,7 @@ def test_auto_readout_is_the_same_choice_and_labels_in_the_harness_and_the_produ
     store = write_cube(read_benchmark("salinasA"), tmp_path / "sa.zarr", chunk=TILE)
     bare = Checkpoint(config=cfg, in_channels=pre.n_components, n_bands=cube.shape[0],
                       model_state=model.state_dict(), preprocess_state=pre.to_state())
-    fitted = fit_final_readout(bare, str(store), training_tiles(str(store), "all", TILE))
+    fitted = fit_final_readout(bare, [str(store)], training_tiles(str(store), "all", TILE))
     assert fitted.extra["selection"] == readout.selection
     post = fitted.config.postprocess
     assert (post.readout, post.smooth_sigma, post.spectra_scale) == (
