@@ -4,8 +4,14 @@ Usage::
 
     sscc reprocess --checkpoint runs/train/mosaic/final --store mosaic.zarr --out-root labels/ \\
         [--tile-size 256] [--actors 2] [--confidence] [--mode auto|dense|patch] ...
+    sscc reprocess --checkpoint runs/train/lines/final --store 'lines/fl*.zarr' --out-root labels/
+    sscc reprocess --checkpoint ... --store lines.txt --out-root s3://bucket/labels/
 
-Labels go to ``LABELS_DIR/<model_version>.zarr`` (:mod:`sscc_core.versioning`):
+With one cube store, labels go to ``LABELS_DIR/<model_version>.zarr`` (:mod:`sscc_core.versioning`)
+with ``LABELS_DIR`` the ``--out-root``. With several (flight lines: stores, globs or manifests,
+:mod:`sscc_core.io.lines`), each line ``L`` has its own ``LABELS_DIR = OUT_ROOT/L`` on its own
+grid and CRS, and all lines are labelled in one predict job (:func:`pipelines.predict.label_lines`);
+everything below holds per line:
 
 - the same model version reopens its store and relabels only tiles that are new (became
   non-empty) or whose input window changed (fingerprint in the tile record differs), so a rerun
@@ -15,7 +21,8 @@ Labels go to ``LABELS_DIR/<model_version>.zarr`` (:mod:`sscc_core.versioning`):
   (:meth:`sscc_core.labelling.labelstore.LabelStore.grow`), keeping the tiles whose windows did not change;
   any other change of grid is refused with a clear error (label into a new ``--out-root``);
 - a new model version writes a new store beside the old ones and never touches them;
-- ``LABELS_DIR/current`` is switched (atomically) to the version only once its store is complete;
+- ``LABELS_DIR/current`` is switched (atomically) to the version only once its store is complete
+  (with several lines: once every line's store is complete);
 - then the version's run report is written to ``LABELS_DIR/<model_version>.report/index.html``
   (:mod:`sscc_core.labelling.report`), with the change from the version ``current`` pointed to before
   (``--no-report`` skips it).
@@ -32,8 +39,10 @@ from pipelines.common import run_stage
 from pipelines.report import version_report
 from sscc_core import storage
 from sscc_core.model.checkpoint import load_checkpoint
+from sscc_core.io.lines import resolve_lines
 from sscc_core.io.store import open_cube
 from sscc_core.labelling.labelstore import open_label_store
+from sscc_core.labelling.plan import line_outputs
 from sscc_core.versioning import switch_current, versioned_store
 
 
@@ -45,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         "only new or changed tiles, then point LABELS_DIR/current at it.",
     )
     p.add_argument("--out-root", required=True,
-                   help="labels directory holding one <model_version>.zarr per model and `current`")
+                   help="labels directory holding one <model_version>.zarr per model and `current`; "
+                   "with several lines one such directory per line, OUT_ROOT/<line>")
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="do not write LABELS_DIR/<model_version>.report (the HTML run report)")
     predict.add_labelling_args(p)
@@ -53,35 +63,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Execute a parsed command line; returns predict's summary plus ``current`` (the pointer).
+    """Execute a parsed command line; returns predict's summary
+    (:func:`pipelines.predict.label_lines`), each entry of ``lines`` with its ``current``
+    pointer, and with one line that pointer as ``current``.
 
     Raises:
-        ValueError: As :func:`pipelines.predict.run`, or a grid change that is not growth at the
+        ValueError: Bad ``--store`` values (:func:`sscc_core.io.lines.resolve_lines`), as
+            :func:`pipelines.predict.label_lines`, or a grid change that is not growth at the
             bottom/right.
-        FileNotFoundError: Missing checkpoint or cube store.
+        FileNotFoundError: Missing checkpoint.
     """
-    for url in (args.checkpoint, args.store, args.out_root):
+    for url in (args.checkpoint, args.out_root):
         storage.check_url(url)
+    lines = resolve_lines(args.store)
     predict.check_gpus(args)
     version = load_checkpoint(args.checkpoint).model_version
-    out = versioned_store(args.out_root, version)
-    cube = open_cube(args.store)
-    if storage.is_dir(out) and open_label_store(out, model_version=version).grow(cube):
-        print(f"reprocess: {out} grown to the input grid {cube.sizes['y']} x {cube.sizes['x']}",
-              flush=True)
+    roots = line_outputs(args.out_root, lines, suffix="")
+    outs = [versioned_store(root, version) for root in roots]
+    for line, out in zip(lines, outs):
+        cube = open_cube(line.store)
+        if storage.is_dir(out) and open_label_store(out, model_version=version).grow(cube):
+            print(f"reprocess: {out} grown to the input grid {cube.sizes['y']} x "
+                  f"{cube.sizes['x']}", flush=True)
     fields = {k: v for k, v in vars(args).items() if k not in ("out_root", "report")}
-    summary = predict.run(argparse.Namespace(**fields, out=str(out), recheck=True))
-    pointer = switch_current(
-        args.out_root, version, checkpoint=storage.resolve(args.checkpoint),
-        input_store=storage.resolve(args.store), tiles=summary["tiles"],
-    )
-    print(f"reprocess: {storage.join(args.out_root, 'current')} -> {pointer['store']} "
-          f"({summary['tiles_labelled']} tiles labelled, {summary['tiles_unchanged']} unchanged)",
-          flush=True)
-    if args.report:
-        written = version_report(args.out_root, version, args.store, args.checkpoint)
-        print(f"reprocess: report {written.index}", flush=True)
-    return {**summary, "current": pointer}
+    shown = outs[0] if len(lines) == 1 else args.out_root
+    summary = predict.label_lines(argparse.Namespace(**fields, out=str(shown), recheck=True),
+                                  lines, outs)
+    pointers = []
+    for line, root, entry in zip(lines, roots, summary["lines"]):
+        pointers.append(switch_current(root, version, checkpoint=storage.resolve(args.checkpoint),
+                                       input_store=line.store, tiles=entry["tiles"]))
+        print(f"reprocess: {storage.join(root, 'current')} -> {pointers[-1]['store']} "
+              f"({entry['tiles_labelled']} tiles labelled, {entry['tiles_unchanged']} "
+              "unchanged)", flush=True)
+        if args.report:
+            written = version_report(root, version, line.store, args.checkpoint)
+            print(f"reprocess: report {written.index}", flush=True)
+    entries = [{**entry, "current": p} for entry, p in zip(summary["lines"], pointers)]
+    return {**summary, "lines": entries, **({"current": pointers[0]} if len(lines) == 1 else {})}
 
 
 def main(argv: list[str] | None = None) -> int:

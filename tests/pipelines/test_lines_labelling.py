@@ -1,0 +1,193 @@
+"""Several flight lines labelled in one Ray Data job: each line into its own label store on its
+own grid and CRS, equal to labelling that line alone; a rerun labels only what is missing; bad
+lines are refused in one line before anything is written; ``sscc reprocess`` keeps one labels
+directory (and ``current`` pointer) per line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from pipelines import predict, reprocess
+from sscc_core.io.cube import make_cube
+from sscc_core.io.matlab import read_benchmark
+from sscc_core.io.store import cube_identity, open_cube, write_cube
+from sscc_core.labelling.labelstore import open_label_store
+from sscc_core.model.checkpoint import load_checkpoint
+from tests.pipelines.test_predict import TILE, make_checkpoint, reference, stored
+
+
+def line_fl02(raw: np.ndarray):
+    """The ``fl02`` cube of (204, 83, 86) Salinas-A values."""
+    return make_cube(raw[:, 20:, 30:], crs="EPSG:32610", name="fl02",
+                     transform=(500020.0, 2.0, 0.0, 4100000.0, 0.0, -2.0))
+
+
+@pytest.fixture(scope="module")
+def lines(tmp_path_factory):
+    """Two lines cut from Salinas-A (real spectra) on different grids: ``fl01`` 50 x 60 pixels in
+    UTM 11N at 3.7 m, ``fl02`` 63 x 56 pixels (overlapping fl01's ground) in UTM 10N at 2 m;
+    ``short`` is fl02 with 100 bands; and an fcn checkpoint fitted on fl01."""
+    root = tmp_path_factory.mktemp("lines")
+    raw = read_benchmark("salinasA")["reflectance"].values
+    fl01 = write_cube(make_cube(raw[:, :50, :60], crs="EPSG:32611", name="fl01",
+                                transform=(600000.0, 3.7, 0.0, 4000000.0, 0.0, -3.7)),
+                      root / "fl01.zarr", chunk=TILE)
+    fl02_cube = line_fl02(raw)
+    fl02 = write_cube(fl02_cube, root / "fl02.zarr", chunk=TILE)
+    short = write_cube(fl02_cube.isel(band=slice(0, 100)), root / "other" / "short.zarr",
+                       chunk=TILE)
+    return root, fl01, fl02, short, make_checkpoint(root, fl01, "fcn", seed=11)
+
+
+def run_predict(ckpt, stores, out, *extra) -> dict:
+    return predict.run(predict.build_parser().parse_args(
+        ["--checkpoint", str(ckpt), "--store", *map(str, stores), "--out", str(out),
+         "--tile-size", str(TILE), "--actors", "1", *extra]))
+
+
+def chunk_times(store) -> dict[str, int]:
+    """When each labels chunk of a local store was last written (path -> mtime, ns)."""
+    return {str(p.relative_to(store)): p.stat().st_mtime_ns
+            for p in (store / "labels" / "c").glob("*/*")}
+
+
+def test_lines_in_one_job_each_equal_their_line_alone_and_resume(ray_session, lines, capsys):
+    root, fl01, fl02, _, ckpt = lines
+    out = root / "labels"
+    summary = run_predict(ckpt, [fl01, fl02], out)
+    printed = capsys.readouterr().out
+    assert "predict: model " in printed and "2 lines, 8 non-empty 32px tiles" in printed
+    assert f"predict:   fl02: 4 non-empty tiles, 0 already done, 4 to label -> {out / 'fl02.zarr'}" \
+        in printed
+    assert "predict: 8/8 tiles checked, 8 labelled, 0 failed (2 lines)" in printed
+    assert [(e["line"], e["out"], e["tiles"], e["tiles_labelled"]) for e in summary["lines"]] == [
+        ("fl01", str(out / "fl01.zarr"), 4, 4), ("fl02", str(out / "fl02.zarr"), 4, 4)]
+    assert summary["tiles"] == summary["tiles_labelled"] == 8
+    for store in (fl01, fl02):
+        path = out / f"{store.stem}.zarr"
+        ref = reference(ckpt, store)[0]  # a single-line predict equals this bit for bit
+        np.testing.assert_array_equal(stored(path)[0], ref)
+        assert len(np.unique(ref)) > 2  # a non-degenerate map, so equality means something
+        labels, cube = open_label_store(path), open_cube(store)
+        assert labels.complete and labels.attrs["input_store"] == str(store)
+        assert labels.attrs["input_identity"] == cube_identity(cube)
+        grid = labels.dataset()
+        for axis in ("y", "x"):  # the line's own grid: its size and map coordinates
+            np.testing.assert_array_equal(grid[axis].values, cube[axis].values)
+        assert grid["spatial_ref"].attrs["crs_wkt"] == cube["spatial_ref"].attrs["crs_wkt"]
+    assert summary["pixels_labelled"] == sum(
+        int((stored(out / f"{s.stem}.zarr")[0] != 255).sum()) for s in (fl01, fl02))
+
+    # fl02 loses two tiles (records and chunks, as after a crash): only they are labelled again
+    lost_path = out / "fl02.zarr"
+    lost = [(0, 1), (1, 0)]
+    open_label_store(lost_path).forget_tiles(lost)
+    group = zarr.open_group(lost_path, mode="r+")
+    for r, c in lost:
+        group["labels"][r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE] = 0
+    open_label_store(lost_path).mark_incomplete()
+    kept = chunk_times(out / "fl01.zarr")
+    resumed = run_predict(ckpt, [fl01, fl02], out)
+    assert [e["tiles_labelled"] for e in resumed["lines"]] == [0, 2]
+    assert chunk_times(out / "fl01.zarr") == kept
+    np.testing.assert_array_equal(stored(lost_path)[0], reference(ckpt, fl02)[0])
+    assert open_label_store(lost_path).complete
+
+
+@pytest.mark.slow
+def test_lines_in_one_job_are_byte_equal_to_single_line_runs(ray_session, lines):
+    """The stored labels of each line (every chunk file) equal a single-line ``sscc predict``."""
+    root, fl01, fl02, _, ckpt = lines
+    out = root / "labels_bytes"
+    run_predict(ckpt, [fl01, fl02], out, "--confidence")
+    for store in (fl01, fl02):
+        alone = root / f"alone_{store.stem}.zarr"
+        run_predict(ckpt, [store], alone, "--confidence")
+        together = out / f"{store.stem}.zarr"
+        for array in ("labels", "confidence"):
+            files = sorted(p.relative_to(alone) for p in (alone / array / "c").rglob("*"))
+            assert files and files == sorted(
+                p.relative_to(together) for p in (together / array / "c").rglob("*"))
+            assert all((alone / f).read_bytes() == (together / f).read_bytes()
+                       for f in files if (alone / f).is_file())
+
+
+def test_bad_lines_are_refused_before_anything_is_written(lines, capsys):
+    root, fl01, fl02, short, ckpt = lines
+    out = root / "refused"
+    base = ["--checkpoint", str(ckpt), "--out", str(out), "--tile-size", str(TILE),
+            "--log-file", "-"]
+
+    def refused(*stores) -> str:
+        assert predict.main([*base, "--store", *map(str, stores)]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert not out.exists()
+        return err[-1]
+
+    manifest = root / "lines.txt"
+    manifest.write_text("fl01.zarr\nfl03.zarr\n")
+    assert refused(fl02, manifest) == (f"sscc predict: error: {root / 'fl03.zarr'}: no Zarr cube "
+                                       f"store here (from manifest {manifest})")
+    assert refused(fl01, short) == (
+        f"sscc predict: error: band counts differ between lines: {fl01} has 204 bands, {short} "
+        f"has 100")
+    other = make_checkpoint(root, short, "fcn", seed=12)  # a 100-band model
+    base[1] = str(other)
+    assert refused(fl01, fl02) == (
+        f"sscc predict: error: {fl01} vs checkpoint {other}: cube has 204 bands but the model "
+        "was fitted on 100 bands")
+    base[1] = str(ckpt)
+    assert predict.main([*base[:2], "--out", str(root / "labels.zarr"), "--store", str(fl01),
+                         str(fl02)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"sscc predict: error: --out {root / 'labels.zarr'}: with 2 lines --out is a folder that "
+        "holds one <line>.zarr label store per line, not a store")
+    assert not (root / "labels.zarr").exists()
+
+
+def reprocess_lines(ckpt, stores, out_root, *extra) -> dict:
+    return reprocess.run(reprocess.build_parser().parse_args(
+        ["--checkpoint", str(ckpt), "--store", *map(str, stores), "--out-root", str(out_root),
+         "--tile-size", str(TILE), "--actors", "1", *extra]))
+
+
+def test_reprocess_keeps_one_labels_directory_per_line(ray_session, lines):
+    root, fl01, fl02, _, ckpt = lines
+    out_root = root / "versions"
+    version = load_checkpoint(ckpt).model_version
+    summary = reprocess_lines(ckpt, [fl01, fl02], out_root)
+    for store, entry in zip((fl01, fl02), summary["lines"]):
+        pointer = json.loads((out_root / store.stem / "current").read_text())
+        assert pointer == entry["current"]
+        assert (pointer["model_version"], pointer["store"], pointer["input_store"]) == (
+            version, f"{version}.zarr", str(store))
+        np.testing.assert_array_equal(stored(out_root / store.stem / f"{version}.zarr")[0],
+                                      reference(ckpt, store)[0])
+        assert (out_root / store.stem / f"{version}.report" / "index.html").is_file()
+    assert "current" not in summary and summary["tiles_labelled"] == 8
+
+
+@pytest.mark.slow
+def test_reprocess_of_lines_relabels_only_the_line_that_changed(ray_session, lines, tmp_path):
+    """One line re-flown in part: only its changed tiles are relabelled, the other line's store
+    is left as it was, and both pointers stay on the version."""
+    root, fl01, fl02, _, ckpt = lines
+    changed = tmp_path / "fl02.zarr"
+    raw = read_benchmark("salinasA")["reflectance"].values.copy()
+    raw[:, 60:64, 35:39] = raw[:, 20:24, 70:74]  # fl02 rows 40:44, cols 5:9: its tile r1_c0
+    write_cube(line_fl02(raw), changed, chunk=TILE)
+    out_root = tmp_path / "versions"
+    version = load_checkpoint(ckpt).model_version
+    reprocess_lines(ckpt, [fl01, fl02], out_root, "--no-report")
+    kept = chunk_times(out_root / "fl01" / f"{version}.zarr")
+    again = reprocess_lines(ckpt, [fl01, changed], out_root, "--no-report")
+    assert [e["tiles_labelled"] for e in again["lines"]] == [0, 1]  # tile r1_c0 alone
+    assert chunk_times(out_root / "fl01" / f"{version}.zarr") == kept
+    np.testing.assert_array_equal(stored(out_root / "fl02" / f"{version}.zarr")[0],
+                                  reference(ckpt, changed)[0])
+    assert [json.loads((out_root / n / "current").read_text())["input_store"]
+            for n in ("fl01", "fl02")] == [str(fl01), str(changed)]
