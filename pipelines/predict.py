@@ -361,21 +361,22 @@ def _label_on_ray(runs: list[LineRun], reader: TileReader, args: argparse.Namesp
             pending[i].append(TileRecord(fields["row"], fields["col"], float(row["seconds"]),
                                          fields["n_valid"], str(row["fingerprint"])))
             log_event(log, "tile_done", **fields)
-        if time.monotonic() - last_record >= RECORD_SECONDS or n_seen == total:
+        if any(pending) and (time.monotonic() - last_record >= RECORD_SECONDS
+                             or n_seen == total):
             _record(runs, pending)
             last_record = time.monotonic()
         if n_seen % every == 0 or n_seen == total:
             print(f"predict: {n_seen}/{total} tiles checked, {sum(tiles)} labelled, "
                   f"{sum(map(len, failed))} failed{across}", flush=True)
     _record(runs, pending)
-    return [LineTally(*t, failed=tuple(f)) for *t, f in zip(tiles, pixels, busy, failed)]
+    return [LineTally(n, px, s, tuple(f)) for n, px, s, f in zip(tiles, pixels, busy, failed)]
 
 
 def _record(runs: list[LineRun], pending: list[list[TileRecord]]) -> None:
     """Record each line's pending finished tiles in its store and empty the lists."""
-    for run_, records in zip(runs, pending):
+    for line_run, records in zip(runs, pending):
         if records:
-            run_.labels.record_tiles(records)
+            line_run.labels.record_tiles(records)
             records.clear()
 
 
@@ -479,8 +480,9 @@ def label_lines(args: argparse.Namespace, lines: list[Line], outs: list[str | Pa
     several = f"{len(runs)} lines, " if len(runs) > 1 else ""
     print(f"predict: model {ckpt.model_version} ({'dense' if dense else 'patch'} inference), "
           f"{several}{counts(runs, f'{spec.tile_size}px ')} -> {args.out}", flush=True)
-    for r in runs if len(runs) > 1 else ():
-        print(f"predict:   {r.line.name}: {counts([r], '')} -> {r.out}", flush=True)
+    if len(runs) > 1:
+        for r in runs:
+            print(f"predict:   {r.line.name}: {counts([r], '')} -> {r.out}", flush=True)
     start = time.perf_counter()
     tallies = [LineTally() for _ in runs]
     if any(r.plan.todo for r in runs):

@@ -116,6 +116,31 @@ def test_lines_in_one_job_are_byte_equal_to_single_line_runs(ray_session, lines)
                        for f in files if (alone / f).is_file())
 
 
+@pytest.mark.slow
+def test_a_failing_line_leaves_only_its_store_incomplete(ray_session, lines, capsys):
+    """fl02's row-1 chunk folder cannot be created: its store stays incomplete, named in the
+    one-line error, while fl01's is completed; the rerun labels fl02's failed tiles only."""
+    root, fl01, fl02, _, ckpt = lines
+    out = root / "labels_failing"
+    run_predict(ckpt, [fl02], out / "fl02.zarr")  # a complete fl02 store to break
+    broken = out / "fl02.zarr"
+    open_label_store(broken).forget_tiles([(1, 0), (1, 1)])
+    (broken / "labels" / "c" / "1").rename(root / "fl02_row1")
+    (broken / "labels" / "c" / "1").write_text("not a directory")
+    argv = ["--checkpoint", str(ckpt), "--store", str(fl01), str(fl02), "--out", str(out),
+            "--tile-size", str(TILE), "--actors", "1"]
+    assert predict.main(argv) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"sscc predict: error: 2 of 6 tiles failed, label store {broken} left "
+                           "incomplete (rerun the same command after fixing the cause); first: ")
+    assert open_label_store(out / "fl01.zarr").complete and not open_label_store(broken).complete
+    (broken / "labels" / "c" / "1").unlink()
+    summary = run_predict(ckpt, [fl01, fl02], out)
+    assert [e["tiles_labelled"] for e in summary["lines"]] == [0, 2]
+    np.testing.assert_array_equal(stored(broken)[0], reference(ckpt, fl02)[0])
+    assert open_label_store(broken).complete
+
+
 def test_bad_lines_are_refused_before_anything_is_written(lines, capsys):
     root, fl01, fl02, short, ckpt = lines
     out = root / "refused"
