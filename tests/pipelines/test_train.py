@@ -1,4 +1,5 @@
-"""Ray Train pipeline: Ray Data tile reading, DDP training, checkpoints, resume, failure recovery."""
+"""Ray Train pipeline: Ray Data tile reading, DDP training, checkpoints, resume, failure recovery,
+several flight lines in one run."""
 
 from __future__ import annotations
 
@@ -9,19 +10,21 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines import train
 from pipelines.common import setup_logging
-from pipelines.train import TilePatches, run_training
+from pipelines.train import TilePatches, run_training, tile_views
 from sscc_core.model.augment import two_views
-from sscc_core.model.checkpoint import load_checkpoint
+from sscc_core.model.checkpoint import RunMismatchError, load_checkpoint
 from sscc_core.config import SSCCConfig, load_config, to_dict
 from sscc_core.labelling.inference import Labeller
 from sscc_core.io.matlab import read_benchmark
-from sscc_core.io.store import open_cube, write_cube
+from sscc_core.io.store import cube_identity, open_cube, write_cube
 from sscc_core.model.preprocess import fit_preprocessor
 from sscc_core.io.tiling import Tile
 from sscc_core.model.patches import gather_patches
 from sscc_core.training.run import fit_lines_preprocessor
-from sscc_core.training.tiles import tile_stream, training_tiles
+from sscc_core.training import views
+from sscc_core.training.tiles import descriptor_tile, lines_training_tiles, tile_stream, training_tiles
 from sscc_core.training.trainer import epoch_generator, training_mask
 
 TINY = {
@@ -45,6 +48,19 @@ def salinas_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_config(**extra: object) -> SSCCConfig:
     return load_config(overrides={**TINY, **extra})
+
+
+@pytest.fixture(scope="module")
+def salinas_lines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Three flight lines cut from Salinas-A on different grids: fl01 (48 x 56) and fl02
+    (83 x 40) share the scene's top-left corner (their tile (0, 0) holds the same pixels), fl03
+    (53 x 46) its bottom right."""
+    root = tmp_path_factory.mktemp("lines")
+    scene = read_benchmark("salinasA")
+    crops = {"fl01": (slice(0, 48), slice(0, 56)), "fl02": (slice(0, 83), slice(0, 40)),
+             "fl03": (slice(30, 83), slice(40, 86))}
+    return {name: str(write_cube(scene.isel(y=y, x=x), root / f"{name}.zarr", chunk=32))
+            for name, (y, x) in crops.items()}
 
 
 def test_tile_views_equal_reference_augmentation_of_whole_scene_patches(salinas_store: Path) -> None:
@@ -128,3 +144,91 @@ def test_run_storage_may_be_a_url(ray_session, salinas_store: Path, tmp_path: Pa
                if isinstance(v, torch.Tensor))
     assert (tmp_path / "store" / "urlrun" / "history.json").is_file()
     assert load_config(tmp_path / "store" / "urlrun" / "config.yaml") == cfg
+
+
+def test_tile_views_of_several_lines_read_each_line_with_its_own_streams(salinas_lines) -> None:
+    """The Ray Data task reads each tile from its line's store; the same tile position on two
+    lines draws other views (line 1's stream), line 0 those of a one-line run."""
+    cfg = tiny_config()
+    stores = [salinas_lines["fl01"], salinas_lines["fl02"]]
+    pre = fit_preprocessor(open_cube(stores[0])["reflectance"].values, None, cfg.preprocess)
+    tiles = lines_training_tiles(stores, "labelled", 16)
+    picked = [tiles[0], tiles[1], next(t for t in tiles if t["line"] == 1), tiles[-1]]
+    assert [(t["line"], t["row"], t["col"]) for t in picked] == [(0, 0, 0), (0, 0, 1), (1, 0, 0), (1, 5, 2)]
+    batch = {k: np.array([t[k] for t in picked]) for k in picked[0]}
+    got = tile_views(batch, stores, pre.to_state(), to_dict(cfg), None)
+    groups = [open_cube(s) for s in stores]
+    expect = [views.tile_views(groups[t["line"]]["reflectance"].values, groups[t["line"]]["valid"].values,
+                               groups[t["line"]]["labels"].values, pre, cfg, descriptor_tile(t), 0, t["line"])
+              for t in picked]
+    np.testing.assert_array_equal(got["view_a"], np.concatenate([a.numpy() for a, _ in expect]))
+    np.testing.assert_array_equal(got["view_b"], np.concatenate([b.numpy() for _, b in expect]))
+    one_line = TilePatches(stores[0], pre.to_state(), to_dict(cfg))({k: v[:1] for k, v in batch.items()})
+    n0, n1 = picked[0]["n_pixels"] + picked[1]["n_pixels"], picked[2]["n_pixels"]
+    np.testing.assert_array_equal(got["view_a"][: picked[0]["n_pixels"]], one_line["view_a"])
+    same = [views.tile_patches(g["reflectance"].values, g["valid"].values, g["labels"].values, pre, cfg,
+                               descriptor_tile(picked[0])) for g in groups]
+    np.testing.assert_array_equal(same[0], same[1])  # one tile of pixels on both lines...
+    assert n1 == picked[0]["n_pixels"]
+    assert not np.array_equal(got["view_a"][n0:], got["view_a"][: picked[0]["n_pixels"]])  # ...other views
+
+
+def test_a_relaunch_on_another_set_of_lines_is_refused(salinas_lines, tmp_path: Path, capsys) -> None:
+    """The run record covers the ordered lines and their identities: once the run has made
+    progress, another line set or order is refused in one line before any Ray work."""
+    fl01, fl02, fl03 = (salinas_lines[n] for n in ("fl01", "fl02", "fl03"))
+    ids = {s: cube_identity(open_cube(s)) for s in (fl01, fl02, fl03)}
+    base = ["--run-name", "lines", "--storage-path", str(tmp_path), "--num-workers", "0",
+            *[f"--set={k}={v}" for k, v in {**TINY, "model.n_clusters": 100_000}.items()]]
+    assert train.main(["--store", fl01, fl02, *base]) == 2  # refused after recording the run
+    assert "training pixels (protocol 'all') are fewer than model.n_clusters=100000" in \
+        capsys.readouterr().err
+    record = json.loads((tmp_path / "lines" / "run.json").read_text())
+    assert (record["store"], record["input_identity"]) == (f"{fl01} + {fl02}", f"{ids[fl01]}+{ids[fl02]}")
+    (tmp_path / "lines" / "final").mkdir()
+    (tmp_path / "lines" / "final" / "model.pt").write_bytes(b"progress")  # as if it had trained
+    for other in ([fl01, fl03], [fl02, fl01], [fl01]):
+        assert train.main(["--store", *other, *base]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [
+            f"sscc train: error: {tmp_path / 'lines'}: this run was started with other settings (input "
+            f"({fl01} + {fl02} -> {' + '.join(other)}) identity {ids[fl01]}+{ids[fl02]} -> "
+            f"{'+'.join(ids[s] for s in other)}); relaunching resumes only the same input, config and "
+            "protocol (train.epochs may grow): use a new --run-name"]
+
+
+@pytest.mark.slow  # about a minute on 2 cores; `make test-slow`
+def test_training_on_two_lines_records_them_and_samples_both(ray_session, salinas_lines,
+                                                             tmp_path: Path) -> None:
+    """Two lines on different grids train in one run: the tiles of both are read, the
+    pre-processing is fitted on both, the readout sampled across both, the checkpoint and the
+    log name the lines; a relaunch on another line set is refused in one line."""
+    fl01, fl02, fl03 = (salinas_lines[n] for n in ("fl01", "fl02", "fl03"))
+    cfg = tiny_config(**{"train.epochs": 1, "postprocess.readout": "kmeans",
+                         "postprocess.readout_sample": 500})
+    setup_logging("train", str(tmp_path / "log.jsonl"))
+    final = run_training([fl01, fl02], cfg, "two", str(tmp_path), num_workers=0)
+    setup_logging("train")
+    ckpt = load_checkpoint(final)
+    ids = [cube_identity(open_cube(s)) for s in (fl01, fl02)]
+    assert ckpt.epoch == 1 and ckpt.extra["store"] == f"{fl01} + {fl02}"
+    assert ckpt.extra["lines"] == [{"name": "fl01", "store": fl01, "identity": ids[0]},
+                                   {"name": "fl02", "store": fl02, "identity": ids[1]}]
+    assert ckpt.extra["readout"]["n_pixels"] == 500 and "centroids" in ckpt.readout_state
+    fitted = fit_lines_preprocessor([fl01, fl02], cfg).preprocessor.to_state()
+    assert all(torch.equal(ckpt.preprocess_state[k], v) for k, v in fitted.items() if isinstance(v, torch.Tensor))
+    assert fitted["n_pixels"] == 48 * 56 + 83 * 40
+    events = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    tiles = lines_training_tiles([fl01, fl02], "labelled", 32)
+    per_line = [(e["line"], e["n_tiles"], e["n_pixels"]) for e in events if e["event"] == "training line"]
+    assert per_line == [(name, sum(t["line"] == i for t in tiles),
+                         sum(t["n_pixels"] for t in tiles if t["line"] == i))
+                        for i, name in enumerate(("fl01", "fl02"))]
+    assert all(n for _, n, _ in per_line)
+    with pytest.raises(RunMismatchError) as refused:
+        run_training([fl01, fl03], cfg, "two", str(tmp_path), num_workers=0)
+    assert str(refused.value) == (
+        f"{tmp_path / 'two'}: this run was started with other settings (input "
+        f"({fl01} + {fl02} -> {fl01} + {fl03}) identity {ids[0]}+{ids[1]} -> "
+        f"{ids[0]}+{cube_identity(open_cube(fl03))}); relaunching resumes only the same input, "
+        "config and protocol (train.epochs may grow): use a new --run-name")

@@ -12,7 +12,10 @@ from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
 from sscc_core.config import PreprocessConfig
-from sscc_core.model.preprocess import Preprocessor, fit_preprocessor
+from sscc_core.model.preprocess import (
+    MomentAccumulator, Preprocessor, accumulate_lines_moments, accumulate_moments, fit_preprocessor,
+    preprocessor_from_moments,
+)
 
 class ReadRecorder:
     """Wraps a real array and records the spatial size of every window read from it."""
@@ -169,3 +172,40 @@ def test_fit_without_valid_pixels_fails_clearly(indian_pines: np.ndarray) -> Non
         fit_preprocessor(indian_pines, np.zeros(indian_pines.shape[1:], bool))
     with pytest.raises(ValueError, match="valid mask shape"):
         fit_preprocessor(indian_pines, np.ones((10, 10), bool))
+
+
+def _assert_same_moments(a: MomentAccumulator, b: MomentAccumulator) -> None:
+    assert a.n == b.n
+    np.testing.assert_array_equal(a.mean, b.mean)
+    np.testing.assert_array_equal(a.scatter, b.scatter)
+
+
+@pytest.mark.parametrize("method", ["exact", "sample"])
+def test_lines_are_fitted_as_one_cube_of_their_tiles(indian_pines: np.ndarray, method: str) -> None:
+    """Two lines whose tile grids stacked make one cube's grid give that cube's moments bit for
+    bit: the exact fit folds every tile of every line in order, and the sample is one uniform
+    draw over the valid pixels of all lines (each line its share), not a sample per line."""
+    a, b = indian_pines[:, 0:32, :60], indian_pines[:, 64:96, :60]
+    valid_a, valid_b = np.ones((32, 60), bool), np.ones((32, 60), bool)
+    valid_a[3:20, 5:30] = False
+    stacked = np.concatenate([a, b], axis=1)
+    valid = np.concatenate([valid_a, valid_b], axis=0)
+    n_valid = int(valid.sum())
+    lines = accumulate_lines_moments([(a, valid_a), (b, valid_b)], 16, method, 1500, seed=7)
+    _assert_same_moments(lines, accumulate_moments(stacked, valid, 16, method, 1500, seed=7))
+    assert lines.n == (1500 if method == "sample" else n_valid)
+    if method == "sample":  # the other line's pixels are in the sample: not line a's moments
+        assert not np.allclose(lines.mean, accumulate_moments(a, valid_a, 16).mean, rtol=1e-3)
+
+
+def test_lines_on_different_grids_fit_the_concatenated_pixels(indian_pines: np.ndarray) -> None:
+    a, b = indian_pines[:, 0:40, 0:70], indian_pines[:, 90:145, 20:57]
+    valid_b = np.ones(b.shape[1:], bool)
+    valid_b[10:30, 4:9] = False
+    pixels = np.concatenate([a.reshape(200, -1), b[:, valid_b]], axis=1)  # (B, N)
+    reference = fit_preprocessor(pixels[:, None, :], None, PreprocessConfig(n_components=8))
+    moments = accumulate_lines_moments([(a, None), (b, valid_b)], tile_size=24)
+    _assert_same_fit(preprocessor_from_moments(moments, 8), reference, rtol=1e-9)
+    assert moments.n == 40 * 70 + valid_b.sum()
+    with pytest.raises(ValueError, match=r"expected \(N, 200\) spectra, got shape \(\d+, 199\)"):
+        accumulate_lines_moments([(a, None), (b[:199], valid_b)], tile_size=24)

@@ -15,7 +15,7 @@ from sscc_core.config import SSCCConfig, load_config
 from sscc_core.io.cube import make_cube
 from sscc_core.io.store import write_cube
 from sscc_core.model.checkpoint import Checkpoint, save_checkpoint
-from sscc_core.model.preprocess import Preprocessor
+from sscc_core.model.preprocess import Preprocessor, accumulate_moments, preprocessor_from_moments
 from sscc_core.training.run import (
     final_checkpoint, finished_run, fit_lines_preprocessor, run_preprocessing,
 )
@@ -100,3 +100,36 @@ def test_a_run_is_finished_once_its_final_checkpoint_and_history_reach_the_epoch
     (tmp_path / "run" / "history.json").write_text("[]")
     assert finished_run(run, cfg) == path
     assert finished_run(run, config(**{"train.epochs": 3})) is None  # raised: continue the run
+
+
+@pytest.fixture(scope="module")
+def two_lines(tmp_path_factory: pytest.TempPathFactory, salinas: np.ndarray) -> list[str]:
+    """Two flight lines cut from Salinas-A on different grids, the second with a nodata block."""
+    root = tmp_path_factory.mktemp("lines")
+    first = salinas[:, 0:30, 0:40]
+    second = salinas[:, 25:83, 30:86].copy()
+    second[:, 5:12, 10:20] = -1
+    return [str(write_cube(make_cube(first, name="fl01"), root / "fl01.zarr", chunk=16)),
+            str(write_cube(make_cube(second, nodata=-1, name="fl02"), root / "fl02.zarr", chunk=16))]
+
+
+def test_lines_are_fitted_together_on_their_valid_pixels(two_lines: list[str], salinas: np.ndarray) -> None:
+    """Two lines: the exact fit is the fit of their valid pixels concatenated; above
+    preprocess.sample_pixels one seeded sample is drawn across the lines."""
+    second = salinas[:, 25:83, 30:86]
+    valid = np.ones(second.shape[1:], bool)
+    valid[5:12, 10:20] = False
+    pixels = np.concatenate([salinas[:, 0:30, 0:40].reshape(204, -1), second[:, valid]], axis=1)
+    reference = preprocessor_from_moments(accumulate_moments(pixels[:, None, :], None), 3)
+    fitted = fit_lines_preprocessor(two_lines, config(**{"tile.tile_size": 16}))
+    assert (fitted.method, fitted.n_valid) == ("exact", 30 * 40 + valid.sum())
+    for name in ("band_mean", "band_std", "components", "explained_variance"):
+        np.testing.assert_allclose(getattr(fitted.preprocessor, name), getattr(reference, name),
+                                   rtol=1e-9, atol=1e-12, err_msg=name)
+    assert fitted.preprocessor.n_pixels == pixels.shape[1]
+    sample = config(**{"tile.tile_size": 16, "preprocess.sample_pixels": 500})
+    sampled, again = fit_lines_preprocessor(two_lines, sample), fit_lines_preprocessor(two_lines, sample)
+    assert (sampled.method, sampled.preprocessor.n_pixels) == ("sample", 500)
+    assert_same_state(sampled.preprocessor.to_state(), again.preprocessor.to_state())
+    assert not np.allclose(sampled.preprocessor.band_mean, reference.band_mean)
+    np.testing.assert_allclose(sampled.preprocessor.band_mean, reference.band_mean, rtol=0.05)

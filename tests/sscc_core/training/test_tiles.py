@@ -12,7 +12,8 @@ from sscc_core.io.cube import make_cube
 from sscc_core.io.store import write_cube
 from sscc_core.io.tiling import Tile, tile_grid
 from sscc_core.training.tiles import (
-    READOUT_TILE_FACTOR, descriptor_tile, readout_tiles, tile_stream, training_tiles,
+    READOUT_TILE_FACTOR, descriptor_tile, lines_training_tiles, readout_tiles, tile_stream,
+    training_tiles,
 )
 from sscc_core.training.trainer import training_mask
 
@@ -78,3 +79,30 @@ def test_readout_tiles_bound_the_driver_pass_by_the_sample_size() -> None:
     assert kept == readout_tiles(tiles, 500, 3) and kept != readout_tiles(tiles, 500, 4)
     assert len({t["row"] for t in kept}) > 5  # spread over the mosaic, not its first rows
     assert readout_tiles(tiles, max_pixels=10**6, seed=3) == tiles  # small scenes: every tile
+
+
+def test_tiles_of_several_lines_list_every_line_on_its_own_grid(store: str, tmp_path: Path) -> None:
+    cube, labels = tiny_scene()
+    other = str(write_cube(make_cube(cube[:, 4:20, 3:20], nodata=-1, labels=labels[4:20, 3:20]),
+                           tmp_path / "other.zarr", chunk=TILE))  # 16 x 17: a 2 x 3 grid
+    tiles = lines_training_tiles([store, other], "all", TILE)
+    assert tiles == training_tiles(store, "all", TILE) + training_tiles(other, "all", TILE, line=1)
+    assert [t["line"] for t in tiles] == [0] * 12 + [1] * 6
+    assert [descriptor_tile(t) for t in tiles[12:]] == list(tile_grid(16, 17, TILE))
+    assert sum(t["n_pixels"] for t in tiles[12:]) == int((cube[:, 4:20, 3:20] != -1).all(0).sum())
+    unlabelled = str(write_cube(make_cube(cube, nodata=-1), tmp_path / "u.zarr", chunk=TILE))
+    with pytest.raises(ValueError, match=r"u.zarr: protocol 'labelled' needs a 'labels' variable"):
+        lines_training_tiles([store, unlabelled], "labelled", TILE)
+    chosen = readout_tiles(tiles, max_pixels=40, seed=0)  # 160 of the 513 pixels
+    assert {t["line"] for t in chosen} == {0, 1}
+    assert chosen == sorted(chosen, key=lambda t: (t["line"], t["row"], t["col"]))
+
+
+def test_tile_streams_differ_across_lines_and_line_0_keeps_its_streams() -> None:
+    tiles = [Tile(r, c, 0, 1, 0, 1) for r in range(40) for c in range(40)]
+    assert [tile_stream(t) for t in tiles] == [1 + (t.row << 20) + t.col for t in tiles]
+    assert [tile_stream(t, 0) for t in tiles] == [tile_stream(t) for t in tiles]
+    streams = {tile_stream(t, line) for t in tiles for line in range(3)}
+    assert len(streams) == 3 * 1600
+    corner = Tile((1 << 20) - 1, (1 << 20) - 1, 0, 1, 0, 1)  # the largest grid's last tile
+    assert tile_stream(corner, 0) < tile_stream(Tile(0, 0, 0, 1, 0, 1), 1)
