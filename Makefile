@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_TRAIN_ENABLE_PRINT_PATCH := 0
 
-.PHONY: install demo test test-slow accuracy bench bench-scale clean
+.PHONY: install demo test test-slow accuracy bench bench-scale bench-cluster clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ bench: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(PY) -m benchmarks.bench --out docs/bench --doc docs/BENCHMARKS.md --scale-gb 26
+
+bench-cluster: $(STAMP)
+	$(PY) -m benchmarks.nodes --out docs/bench
+	$(PY) -m benchmarks.object_store --out docs/bench
+	$(PY) -m benchmarks.bench --out docs/bench --doc docs/BENCHMARKS.md --render-only
 
 clean:
 	rm -rf runs .pytest_cache

@@ -255,8 +255,51 @@ def render_doc(results: dict[str, Any], commands: dict[str, str]) -> str:
             lines.append(f"| {name} | {e['acc']:.3f} | {e['aa']:.3f} | {e['kappa']:.3f} | "
                          f"{e['nmi']:.3f} | {e['ari']:.3f} | {e['n_clusters']} |")
         lines.append("")
+    lines += cluster_lines(results)
     lines += projection_lines(results)
     return "\n".join(lines) + "\n"
+
+
+def cluster_lines(results: dict[str, Any]) -> list[str]:
+    """Section 5b: labelling on one vs two co-located Ray nodes, and tile reads through an S3 API
+    server vs local disk (``make bench-cluster``), when measured."""
+    nodes, s3 = results.get("nodes"), results.get("object_store")
+    if not nodes and not s3:
+        return []
+    lines = ["## 5b. Several nodes and object storage (co-located, not a cluster or cloud figure)", ""]
+    if nodes:
+        lines += [
+            *_heading("### Labelling on 1 vs 2 Ray worker nodes of this machine", nodes),
+            "`python -m benchmarks.nodes` (`make bench-cluster`): a CPU-less head plus one worker "
+            "node with every CPU, or two worker nodes with half each, started with `ray start` "
+            "on this machine (token auth); the same `sscc predict` job submitted with `ray job "
+            "submit` to each, in the order " + ", ".join(map(str, nodes["order"])) + " nodes, "
+            "labelling the same mosaic from the page cache. The nodes share the machine's cores "
+            "and memory: the ratio is Ray's cost of spreading one job over nodes (separate "
+            "object stores and raylets, cross-node scheduling), not more hardware.",
+            "",
+            "| worker nodes | CPUs per node | actors on nodes | pixels | seconds | pixels/s end to end | pixels/s steady |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in nodes["runs"]:
+            lines.append(f"| {r['worker_nodes']} | {r['cpus_per_node'][0]} | {r['actor_nodes']} | "
+                         f"{r['pixels']:,} | {r['seconds']:.1f} | {_fmt(r['pixels_per_s'])} | "
+                         f"{_fmt(r['steady_pixels_per_s'])} |")
+        lines += ["", f"Two nodes / one node (means per layout): **{nodes['ratio_end_to_end']:.2f}** "
+                  f"end to end, **{nodes['ratio_steady']:.2f}** steady (tile work only).", ""]
+    if s3:
+        lines += [
+            *_heading("### Tile reads from an S3 API server vs local disk", s3),
+            f"`python -m benchmarks.object_store` (`make bench-cluster`): {s3['tiles']} tiles of "
+            f"{s3['tile_size']} px with a {s3['halo']} px halo, reflectance and mask decoded, read "
+            "in one process from the local store (page cache) and from the same store uploaded "
+            f"to a moto S3 server on 127.0.0.1, alternately, best of {len(s3['seconds']['local'])}: "
+            f"local {_fmt(s3['pixels_per_s']['local'])} pixels/s, S3 API "
+            f"{_fmt(s3['pixels_per_s']['s3'])} pixels/s, ratio **{s3['ratio_s3_to_local']:.2f}**. "
+            "The server runs on the same 2 cores: not a cloud performance figure.",
+            "",
+        ]
+    return lines
 
 
 TRAIN_TARGETS = (0.95, 1.7)  # Ray Train 1 worker / plain loop, 2 workers / 1 worker (issue 11)
@@ -348,32 +391,49 @@ def projection_lines(results: dict[str, Any]) -> list[str]:
         r = results["throughput"]
         per_actor = r["pixels_per_actor_s"]
         read_per_proc = r["limits"]["read"]["pixels_per_s"] / r["actors"]
+        nodes, s3 = results.get("nodes"), results.get("object_store")
+        spread = nodes["ratio_steady"] if nodes else 1.0
         lines += [
             f"Projection for a continental mosaic of {CONTINENTAL_PIXELS:.0e} pixels from the "
-            f"measured per-actor rate ({_fmt(per_actor)} pixels/s per busy actor, 1 thread, this CPU):",
+            f"measured per-actor rate ({_fmt(per_actor)} pixels/s per busy actor, 1 thread, this "
+            "CPU)" + (f", times the measured cost of spreading a job over nodes ({spread:.2f}: the "
+                      "steady rate on two co-located worker nodes over one, `nodes.json`)"
+                      if nodes else "") + ":",
             "",
             "| actors (1 CPU each) | hours |",
             "| ---: | ---: |",
         ]
         for n in (64, 256, 1024):
-            lines.append(f"| {n} | {CONTINENTAL_PIXELS / (per_actor * n) / 3600:.1f} |")
+            lines.append(f"| {n} | {CONTINENTAL_PIXELS / (per_actor * spread * n) / 3600:.1f} |")
         bytes_per_px = r.get("bytes_per_pixel", 408)
         lines += [
             "",
-            "Assumptions: linear scaling with actors (tiles are independent; the driver only "
-            "streams small tile descriptors and results), actor start-up amortised over many "
-            "tiles, the same model and tile size, and storage able to serve "
+            "Assumptions: linear scaling with actors beyond two nodes (tiles are independent; the "
+            "driver only streams small tile descriptors and results), actor start-up amortised "
+            "over many tiles, the same model and tile size, and storage able to serve "
             f"{bytes_per_px} bytes of reflectance per pixel (204 int16 bands) times the halo read "
             f"amplification, i.e. about {per_actor * bytes_per_px / 1e6:.0f} MB/s per actor "
             f"before amplification; one read process decoded {_fmt(read_per_proc)} pixels/s here.",
+        ]
+        if s3:
+            lines += [
+                "",
+                f"Object storage: the same tile reads through the S3 API of a moto server on "
+                f"127.0.0.1 ran at {s3['ratio_s3_to_local']:.2f}x the local-disk rate "
+                f"({_fmt(s3['pixels_per_s']['s3'])} against {_fmt(s3['pixels_per_s']['local'])} "
+                "pixels/s per reading process, `object_store.json`); not a cloud figure, but where "
+                "the read stage bounds the run (on GPUs) it scales the read rate by about that "
+                "factor unless more read tasks run per node.",
+            ]
+        lines += [
             "",
             f"At {CONTINENTAL_PIXELS:.0e} pixels a {r['tile_size']} px grid has about "
             f"{CONTINENTAL_PIXELS / r['tile_size'] ** 2:,.0f} tiles: the driver holds that many "
-            "descriptors and the label store that many marker files, so such a run should use "
-            "larger tiles (1024 px: 16x fewer) or be split into flight-line groups. With a GPU "
-            "the forward pass stops being a bound and the CPU read+decode rate per process "
-            f"({_fmt(read_per_proc)} pixels/s here) sets the rate: a GPU node labels about "
-            "(CPU reader processes) x that rate (an assumption, not measured: no GPU here).",
+            "descriptors, and the label store's one records object holds a record per tile "
+            "(planning a resume of 10^6 records is timed in the section on resume planning "
+            "below). With a GPU the forward pass stops being a bound and the CPU read+decode rate "
+            f"per process ({_fmt(read_per_proc)} pixels/s here) sets the rate: a GPU node labels "
+            "about (CPU reader processes) x that rate (an assumption, not measured: no GPU here).",
             "",
         ]
     return lines
