@@ -216,7 +216,8 @@ def test_training_on_two_lines_records_them_and_samples_both(ray_session, salina
                                    {"name": "fl02", "store": fl02, "identity": ids[1]}]
     assert ckpt.extra["readout"]["n_pixels"] == 500 and "centroids" in ckpt.readout_state
     fitted = fit_lines_preprocessor([fl01, fl02], cfg).preprocessor.to_state()
-    assert all(torch.equal(ckpt.preprocess_state[k], v) for k, v in fitted.items() if isinstance(v, torch.Tensor))
+    assert all(torch.equal(ckpt.preprocess_state[k], v) for k, v in fitted.items()
+               if isinstance(v, torch.Tensor))
     assert fitted["n_pixels"] == 48 * 56 + 83 * 40
     events = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     tiles = lines_training_tiles([fl01, fl02], "labelled", 32)
