@@ -174,7 +174,7 @@ def test_reprocess_keeps_one_labels_directory_per_line(ray_session, lines):
     root, fl01, fl02, _, ckpt = lines
     out_root = root / "versions"
     version = load_checkpoint(ckpt).model_version
-    summary = reprocess_lines(ckpt, [fl01, fl02], out_root)
+    summary = reprocess_lines(ckpt, [fl01, fl02], out_root, "--no-report")
     for store, entry in zip((fl01, fl02), summary["lines"]):
         pointer = json.loads((out_root / store.stem / "current").read_text())
         assert pointer == entry["current"]
@@ -182,14 +182,16 @@ def test_reprocess_keeps_one_labels_directory_per_line(ray_session, lines):
             version, f"{version}.zarr", str(store))
         np.testing.assert_array_equal(stored(out_root / store.stem / f"{version}.zarr")[0],
                                       reference(ckpt, store)[0])
-        assert (out_root / store.stem / f"{version}.report" / "index.html").is_file()
     assert "current" not in summary and summary["tiles_labelled"] == 8
+    assert sorted(p.name for p in out_root.iterdir()) == ["fl01", "fl02"]  # no top-level pointer
+    assert not list(out_root.rglob("*.report"))  # --no-report
 
 
 @pytest.mark.slow
 def test_reprocess_of_lines_relabels_only_the_line_that_changed(ray_session, lines, tmp_path):
-    """One line re-flown in part: only its changed tiles are relabelled, the other line's store
-    is left as it was, and both pointers stay on the version."""
+    """One report per line; then one line re-flown in part: only its changed tiles are
+    relabelled, the other line's store is left as it was, and both pointers stay on the
+    version."""
     root, fl01, fl02, _, ckpt = lines
     changed = tmp_path / "fl02.zarr"
     raw = read_benchmark("salinasA")["reflectance"].values.copy()
@@ -197,7 +199,9 @@ def test_reprocess_of_lines_relabels_only_the_line_that_changed(ray_session, lin
     write_cube(line_fl02(raw), changed, chunk=TILE)
     out_root = tmp_path / "versions"
     version = load_checkpoint(ckpt).model_version
-    reprocess_lines(ckpt, [fl01, fl02], out_root, "--no-report")
+    reprocess_lines(ckpt, [fl01, fl02], out_root)
+    for name in ("fl01", "fl02"):
+        assert (out_root / name / f"{version}.report" / "index.html").is_file()
     kept = chunk_times(out_root / "fl01" / f"{version}.zarr")
     again = reprocess_lines(ckpt, [fl01, changed], out_root, "--no-report")
     assert [e["tiles_labelled"] for e in again["lines"]] == [0, 1]  # tile r1_c0 alone
