@@ -6,6 +6,7 @@ line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -15,7 +16,8 @@ from pipelines import predict, reprocess
 from sscc_core.io.cube import make_cube
 from sscc_core.io.matlab import read_benchmark
 from sscc_core.io.store import cube_identity, open_cube, write_cube
-from sscc_core.labelling.labelstore import open_label_store
+from sscc_core.labelling.inference import Labeller
+from sscc_core.labelling.labelstore import LabelStoreSpec, create_label_store, open_label_store
 from sscc_core.model.checkpoint import load_checkpoint
 from tests.pipelines.test_predict import TILE, make_checkpoint, reference, stored
 
@@ -83,6 +85,31 @@ def test_lines_in_one_job_each_equal_their_line_alone(ray_session, lines, capsys
         int((stored(out / f"{s.stem}.zarr")[0] != 255).sum()) for s in (fl01, fl02))
     assert len({open_label_store(out / f"{s.stem}.zarr").dataset()["spatial_ref"]
                 .attrs["crs_wkt"] for s in (fl01, fl02)}) == 2  # two CRSs, two grids
+
+
+def test_a_label_batch_spanning_lines_writes_each_tile_into_its_line(lines, tmp_path):
+    """The two stages' functions without Ray: read rows carry their line, and one label batch
+    mixing both lines' tiles (several tiles per batch, as on a GPU) writes each tile into its
+    own line's store."""
+    _, fl01, fl02, _, ckpt = lines
+    stores = [str(fl01), str(fl02)]
+    outs = [tmp_path / "fl01.zarr", tmp_path / "fl02.zarr"]
+    spec = LabelStoreSpec(model_version=load_checkpoint(ckpt).model_version, n_clusters=16,
+                          tile_size=TILE)
+    grids = []
+    for store, out in zip(stores, outs):
+        create_label_store(out, open_cube(store), spec)
+        grids.append([dataclasses.astuple(t) for t in open_label_store(out).tiles()])
+    segments = {"line": np.array([0, 1]), "tiles": grids,
+                "recorded": [[""] * len(g) for g in grids]}
+    reader = Labeller.from_checkpoint(load_checkpoint(ckpt)).reader
+    rows = list(predict.read_segment(segments, stores, reader, TILE))
+    order = [0, 4, 1, 5, 2, 6, 3, 7]  # fl01 and fl02 tiles alternating in one batch
+    batch = {name: np.concatenate([rows[i][name] for i in order]) for name in ("line", "read")}
+    result = predict.LabelReads(str(ckpt), [str(o) for o in outs], "auto", 2048, 1, False)(batch)
+    assert result["line"].tolist() == [0, 1] * 4 and result["labelled"].all()
+    for store, out in zip(stores, outs):
+        np.testing.assert_array_equal(stored(out)[0], reference(ckpt, store)[0])
 
 
 @pytest.mark.slow
