@@ -5,8 +5,8 @@ Usage::
     python -m benchmarks.object_store [--size-gb 0.4] [--tiles 16] [--tile-size 256]
         [--repeats 3] [--work runs/bench] [--out docs/bench]
 
-A moto S3 server (``moto_server``, from ``moto[server]`` in the test extra) is started as a
-separate process on 127.0.0.1, and the synthetic bench mosaic
+A moto S3 server (``moto_server``, from ``moto[server]`` in the test extra;
+:func:`tests.helpers.s3_server`) is started as a separate process on 127.0.0.1, and the synthetic bench mosaic
 (:func:`benchmarks.measure.ensure_mosaic`) is uploaded to it (``s3://bench/mosaic.zarr``, with
 :func:`sscc_core.storage.upload_dir`). The same seeded sample of ``--tiles`` non-empty tiles is
 then read the way a labelling read task reads a tile, reflectance and validity mask with the
@@ -21,14 +21,9 @@ rates are of equal reads. Results go to ``OUT/object_store.json``.
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +36,7 @@ from pipelines.common import run_stage
 from sscc_core import storage
 from sscc_core.config import PreprocessConfig
 from sscc_core.io.tiling import Tile, read_with_halo
+from tests.helpers import s3_server
 
 HALO = PreprocessConfig().patch_size // 2  # the labelling halo of the default patch, pixels
 
@@ -58,45 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="docs/bench", help="directory of the JSON result")
     p.add_argument("--seed", type=int, default=0, help="mosaic and tile-sample seed")
     return p
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def s3_server() -> Iterator[str]:
-    """A ``moto_server`` process on 127.0.0.1 with the AWS environment pointing at it; yields its
-    endpoint and stops it afterwards (restoring the environment)."""
-    port = _free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
-                             "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_REGION", "AWS_ENDPOINT_URL")}
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                      AWS_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"moto_server did not start on {endpoint}") from None
-                time.sleep(0.2)
-        yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def read_pass(store: str, tiles: list[Tile]) -> float:
@@ -131,7 +88,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tiles = sample_tiles(store, args.tile_size, args.tiles, args.seed)
     pixels = sum(t.height * t.width for t in tiles)
     url = "s3://bench/mosaic.zarr"
-    with s3_server() as endpoint:
+    with s3_server() as env:
+        endpoint = env["AWS_ENDPOINT_URL"]
         fs = fsspec.filesystem("s3", skip_instance_cache=True)
         fs.mkdir("bench")
         start = time.perf_counter()

@@ -82,3 +82,13 @@ def ray_session():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_env():
+    """One real S3 API server on 127.0.0.1 for the whole session (:func:`tests.helpers.s3_server`;
+    each test module makes its own bucket); yields the AWS environment pointing at it."""
+    from tests.helpers import s3_server
+
+    with s3_server() as env:
+        yield env

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import psutil
 import zarr
@@ -92,6 +93,51 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ENDPOINT_URL",
+          "AWS_EC2_METADATA_DISABLED")
+
+
+@contextmanager
+def s3_server(timeout: float = 30) -> Iterator[dict[str, str]]:
+    """A real S3 API server (moto's ``moto_server``, from ``moto[server]``) in its own process on
+    127.0.0.1, with the standard AWS environment of this process pointing at it (test
+    credentials, ``us-east-1``, no instance metadata); yields that environment (for child
+    processes). Afterwards, also on failure, the server is stopped and the environment restored.
+    fsspec's cached S3 filesystems are dropped at both ends: they keep the endpoint they were made
+    with, so one cached for an earlier server would call a port nobody answers on.
+    """
+    cached = fsspec.get_filesystem_class("s3")
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
+                             "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in S3_ENV}
+    os.environ.update(env)
+    cached.clear_instance_cache()
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"moto_server did not start on port {port}") from None
+                time.sleep(0.1)
+        yield env
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        cached.clear_instance_cache()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def kill_marked(marker: str) -> None:

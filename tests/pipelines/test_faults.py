@@ -98,6 +98,7 @@ def test_unwritable_output_gives_a_clear_error(scene, capsys):
     assert not list(root.glob("*.tmp-*"))
 
 
+@pytest.mark.slow  # 20 s; the default suite keeps the corrupt-input fault of the same run
 def test_write_failure_mid_run_leaves_the_store_incomplete(ray_session, scene, capsys):
     """Writes of one tile row fail (its chunk directory cannot be created, as on a full or
     read-only volume): those tiles are named and get no marker, the others are kept; after the

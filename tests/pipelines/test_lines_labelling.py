@@ -197,6 +197,7 @@ def reprocess_lines(ckpt, stores, out_root, *extra) -> dict:
          "--tile-size", str(TILE), "--actors", "1", *extra]))
 
 
+@pytest.mark.slow  # 11 s; the default suite keeps the one-job predict of two lines
 def test_reprocess_keeps_one_labels_directory_per_line(ray_session, lines):
     root, fl01, fl02, _, ckpt = lines
     out_root = root / "versions"

@@ -1,5 +1,6 @@
-"""Every store on object storage: an S3 API server (moto's ThreadedMotoServer) on 127.0.0.1,
-credentials and endpoint only from the standard AWS environment variables.
+"""Every store on object storage: an S3 API server (moto's ``moto_server``,
+:func:`tests.helpers.s3_server`, one per test session) on 127.0.0.1, credentials and endpoint
+only from the standard AWS environment variables.
 
 The default tests cover the store layer on the server: a label store with its tile records, a
 labelling killed and resumed tile by tile (bit-identical to a local one), verify and evaluate
@@ -36,26 +37,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def s3():
-    """A moto S3 server on 127.0.0.1 with one bucket; the AWS environment points at it."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-           "AWS_EC2_METADATA_DISABLED": "true"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+def s3(s3_env):
+    """The session's moto S3 server on 127.0.0.1 with this module's bucket; the AWS environment
+    points at it."""
     fsspec.filesystem("s3", skip_instance_cache=True).mkdir(BUCKET)
-    yield env
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    server.stop()
+    return s3_env
 
 
 def one_line_error(capsys, stage: str) -> str:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 
 from sscc_core.io import store
 from sscc_core.io.cube import make_cube
+from sscc_core import storage
 from sscc_core.io.lines import Line, expand_stores, line_name, resolve_lines
 
 
@@ -73,3 +75,19 @@ def test_bad_lines_are_refused_in_one_line_naming_the_store(lines_dir: Path) -> 
     nested.write_text("empty.txt\n")
     with pytest.raises(ValueError, match="is not a cube store \\(a manifest lists stores"):
         resolve_lines([str(nested)])
+
+
+def test_lines_on_object_storage_by_glob_and_manifest(s3_env, lines_dir: Path) -> None:
+    """Stores on a real S3 API server: an s3:// glob and a manifest object name the same lines,
+    relative manifest entries resolved against the manifest's prefix; a missing one is refused."""
+    fsspec.filesystem("s3", skip_instance_cache=True).mkdir("lines")
+    for name in ("fl01", "fl02"):
+        storage.upload_dir(lines_dir / f"{name}.zarr", f"s3://lines/run/{name}.zarr")
+    expected = [Line(n, f"s3://lines/run/{n}.zarr") for n in ("fl01", "fl02")]
+    assert resolve_lines(["s3://lines/run/fl*.zarr"]) == expected
+    storage.write_bytes("s3://lines/run/lines.txt", b"fl01.zarr\ns3://lines/run/fl02.zarr\n")
+    assert resolve_lines(["s3://lines/run/lines.txt"]) == expected
+    storage.write_bytes("s3://lines/run/bad.txt", b"fl01.zarr\nfl09.zarr\n")
+    with pytest.raises(ValueError, match=r"^s3://lines/run/fl09\.zarr: no Zarr cube store here "
+                                         r"\(from manifest s3://lines/run/bad\.txt\)$"):
+        resolve_lines(["s3://lines/run/bad.txt"])
