@@ -80,11 +80,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     version = load_checkpoint(args.checkpoint).model_version
     roots = line_outputs(args.out_root, lines, suffix="")
     outs = [versioned_store(root, version) for root in roots]
-    for line, out in zip(lines, outs):
-        cube = open_cube(line.store)
-        if storage.is_dir(out) and open_label_store(out, model_version=version).grow(cube):
-            print(f"reprocess: {out} grown to the input grid {cube.sizes['y']} x "
-                  f"{cube.sizes['x']}", flush=True)
+    cubes = [open_cube(line.store) for line in lines]
+    growing = []
+    for out, cube in zip(outs, cubes):  # every line's grid is checked before any store grows
+        if storage.is_dir(out):
+            store = open_label_store(out, model_version=version)
+            if store.grows_to(cube):
+                growing.append((store, cube))
+    for store, cube in growing:
+        store.grow(cube)
+        print(f"reprocess: {store.path} grown to the input grid {cube.sizes['y']} x "
+              f"{cube.sizes['x']}", flush=True)
     fields = {k: v for k, v in vars(args).items() if k not in ("out_root", "report")}
     shown = outs[0] if len(lines) == 1 else args.out_root
     summary = predict.label_lines(argparse.Namespace(**fields, out=str(shown), recheck=True),

@@ -595,6 +595,33 @@ class LabelStore:
                           np.full(shape, self.nodata, self.array("labels").dtype),
                           np.zeros(shape, np.float32) if self.has_confidence else None)
 
+    def grows_to(self, cube: xr.Dataset) -> bool:
+        """Whether :meth:`grow` would extend the store to the grid of ``cube``; nothing changes.
+
+        Args:
+            cube: The input cube (only its ``y``/``x`` coords are read).
+
+        Returns:
+            ``True`` when the grid gained rows at the bottom and/or columns on the right (same
+            origin and spacing), ``False`` when it is the store's grid.
+
+        Raises:
+            LabelStoreError: The new grid is smaller, or its origin or spacing differ, also at
+                the same size (the old labels cannot be placed on it: write a new store).
+        """
+        height, width = int(cube.sizes["y"]), int(cube.sizes["x"])
+        ds = self.dataset()
+        old_y, old_x = ds["y"].values, ds["x"].values
+        if height < self.height or width < self.width:
+            raise LabelStoreError(f"{self.path}: input grid {height} x {width} is smaller than the "
+                                  f"label grid {self.height} x {self.width}; write a new store")
+        if not (np.array_equal(cube["y"].values[: self.height], old_y)
+                and np.array_equal(cube["x"].values[: self.width], old_x)):
+            raise LabelStoreError(f"{self.path}: input grid {height} x {width} does not extend the "
+                                  f"label grid {self.height} x {self.width} at the bottom/right "
+                                  "(origin or pixel spacing moved); write a new store")
+        return (height, width) != (self.height, self.width)
+
     def grow(self, cube: xr.Dataset) -> bool:
         """Extend the store to the grid of ``cube`` when that grid gained rows at the bottom
         and/or columns on the right (same origin and spacing); labelled tiles are kept.
@@ -610,22 +637,11 @@ class LabelStore:
             Whether the grid changed.
 
         Raises:
-            LabelStoreError: The new grid is smaller, or its origin or spacing differ (the old
-                labels cannot be placed on it: write a new store).
+            LabelStoreError: As :meth:`grows_to`.
         """
-        height, width = int(cube.sizes["y"]), int(cube.sizes["x"])
-        if (height, width) == (self.height, self.width):
+        if not self.grows_to(cube):
             return False
-        ds = self.dataset()
-        old_y, old_x = ds["y"].values, ds["x"].values
-        if height < self.height or width < self.width:
-            raise LabelStoreError(f"{self.path}: input grid {height} x {width} is smaller than the "
-                                  f"label grid {self.height} x {self.width}; write a new store")
-        if not (np.array_equal(cube["y"].values[: self.height], old_y)
-                and np.array_equal(cube["x"].values[: self.width], old_x)):
-            raise LabelStoreError(f"{self.path}: input grid {height} x {width} does not extend the "
-                                  f"label grid {self.height} x {self.width} at the bottom/right "
-                                  "(origin or pixel spacing moved); write a new store")
+        height, width = int(cube.sizes["y"]), int(cube.sizes["x"])
         self.mark_incomplete()
         for name in ("labels", "confidence"):
             if name in self.group:

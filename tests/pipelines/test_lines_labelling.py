@@ -238,3 +238,29 @@ def test_reprocess_of_lines_relabels_only_the_line_that_changed(ray_session, lin
                                   reference(ckpt, changed)[0])
     assert [json.loads((out_root / n / "current").read_text())["input_store"]
             for n in ("fl01", "fl02")] == [str(fl01), str(changed)]
+
+
+def test_reprocess_checks_every_line_grid_before_growing_any(lines, tmp_path, capsys):
+    """fl01 grew at the bottom (growable) but fl02's origin moved (refused): the run is refused in
+    one line naming fl02's store, and fl01's store is not grown by the refused run."""
+    root, fl01, _, _, ckpt = lines
+    ckpt_obj = load_checkpoint(ckpt)
+    version = ckpt_obj.model_version
+    raw = read_benchmark("salinasA")["reflectance"].values
+    grown = write_cube(make_cube(raw[:, :60, :60], crs="EPSG:32611", name="fl01",
+                                 transform=(600000.0, 3.7, 0.0, 4000000.0, 0.0, -3.7)),
+                       tmp_path / "new" / "fl01.zarr", chunk=TILE)
+    moved = write_cube(make_cube(raw[:, 20:, 30:], crs="EPSG:32610", name="fl02",
+                                 transform=(500022.0, 2.0, 0.0, 4100000.0, 0.0, -2.0)),
+                       tmp_path / "new" / "fl02.zarr", chunk=TILE)
+    old_fl02 = open_cube(root / "fl02.zarr")
+    out_root = tmp_path / "versions"
+    for name, cube in (("fl01", open_cube(fl01)), ("fl02", old_fl02)):
+        create_label_store(out_root / name / f"{version}.zarr", cube, LabelStoreSpec(
+            version, ckpt_obj.config.model.n_clusters, tile_size=TILE))
+    assert reprocess.main(["--checkpoint", str(ckpt), "--store", str(grown), str(moved),
+                           "--out-root", str(out_root), "--tile-size", str(TILE)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"sscc reprocess: error: {out_root / 'fl02' / f'{version}.zarr'}: "
+                            "input grid 63 x 56 does not extend the label grid 63 x 56")
+    assert open_label_store(out_root / "fl01" / f"{version}.zarr").height == 50  # not grown
