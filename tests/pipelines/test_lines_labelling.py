@@ -2,17 +2,23 @@
 own grid and CRS, equal to labelling that line alone; a failed line leaves only its own store
 incomplete and a rerun labels only what is missing; bad lines are refused in one line before
 anything is written; ``sscc reprocess`` keeps one labels directory (and ``current`` pointer) per
-line."""
+line; lines on object storage (an S3 API server) label into one store each there."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 
 from pipelines import predict, reprocess
+from sscc_core import storage
 from sscc_core.io.cube import make_cube
 from sscc_core.io.matlab import read_benchmark
 from sscc_core.io.store import cube_identity, open_cube, write_cube
@@ -20,6 +26,8 @@ from sscc_core.labelling.inference import Labeller
 from sscc_core.labelling.labelstore import LabelStoreSpec, create_label_store, open_label_store
 from sscc_core.model.checkpoint import load_checkpoint
 from tests.pipelines.test_predict import TILE, make_checkpoint, reference, stored
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def line_fl02(raw: np.ndarray):
@@ -264,3 +272,26 @@ def test_reprocess_checks_every_line_grid_before_growing_any(lines, tmp_path, ca
     assert error.startswith(f"sscc reprocess: error: {out_root / 'fl02' / f'{version}.zarr'}: "
                             "input grid 63 x 56 does not extend the label grid 63 x 56")
     assert open_label_store(out_root / "fl01" / f"{version}.zarr").height == 50  # not grown
+
+
+@pytest.mark.slow  # about 1 min: a predict process with its own local Ray
+def test_lines_on_object_storage_label_into_one_store_each(s3_env, lines):
+    """Both lines on a real S3 API server, named by an s3:// glob, labelled in one `sscc predict`
+    process into s3://.../labels/<line>.zarr: each store complete and equal to the line labelled
+    alone from local disk."""
+    root, fl01, fl02, _, ckpt = lines
+    fsspec.filesystem("s3", skip_instance_cache=True).mkdir("lines-s3")
+    for store in (fl01, fl02):
+        storage.upload_dir(store, f"s3://lines-s3/run/{store.name}")
+    env = {**os.environ, **s3_env, "RAY_ADDRESS": "local", "RAY_USAGE_STATS_ENABLED": "0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.predict", "--checkpoint", str(ckpt), "--store",
+         "s3://lines-s3/run/fl*.zarr", "--out", "s3://lines-s3/labels", "--tile-size", str(TILE),
+         "--actors", "1"], env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "predict: 8/8 tiles checked, 8 labelled, 0 failed (2 lines)" in done.stdout
+    for store in (fl01, fl02):
+        url = f"s3://lines-s3/labels/{store.stem}.zarr"
+        labels = open_label_store(url)
+        assert labels.complete and labels.attrs["input_store"] == f"s3://lines-s3/run/{store.name}"
+        np.testing.assert_array_equal(stored(url)[0], reference(ckpt, store)[0])
