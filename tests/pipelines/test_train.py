@@ -4,8 +4,12 @@ several flight lines in one run."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 import torch
@@ -13,6 +17,7 @@ import torch
 from pipelines import train
 from pipelines.common import setup_logging
 from pipelines.train import TilePatches, run_training, tile_views
+from sscc_core import storage
 from sscc_core.model.augment import two_views
 from sscc_core.model.checkpoint import RunMismatchError, load_checkpoint
 from sscc_core.config import SSCCConfig, load_config, to_dict
@@ -27,6 +32,7 @@ from sscc_core.training import views
 from sscc_core.training.tiles import descriptor_tile, lines_training_tiles, tile_stream, training_tiles
 from sscc_core.training.trainer import epoch_generator, training_mask
 
+REPO = Path(__file__).resolve().parents[2]
 TINY = {
     "model.backbone": "fcn",
     "model.widths": [8, 8, 8],
@@ -233,3 +239,31 @@ def test_training_on_two_lines_records_them_and_samples_both(ray_session, salina
         f"({fl01} + {fl02} -> {fl01} + {fl03}) identity {ids[0]}+{ids[1]} -> "
         f"{ids[0]}+{cube_identity(open_cube(fl03))}); relaunching resumes only the same input, "
         "config and protocol (train.epochs may grow): use a new --run-name")
+
+
+@pytest.mark.slow  # about 1.5 min: a train process with its own local Ray
+def test_lines_on_object_storage_train_from_a_manifest_object(s3_env, salinas_lines) -> None:
+    """Two lines and the run's storage on a real S3 API server, the lines named by a manifest
+    object: `sscc train` in its own process finishes, its final checkpoint (on S3) records both
+    lines, and its pre-processing equals the fit on the same two lines read from local disk."""
+    fsspec.filesystem("s3", skip_instance_cache=True).mkdir("train-lines")
+    for name in ("fl01", "fl02"):
+        storage.upload_dir(Path(salinas_lines[name]), f"s3://train-lines/in/{name}.zarr")
+    storage.write_bytes("s3://train-lines/in/lines.txt", b"# two lines\nfl01.zarr\nfl02.zarr\n")
+    env = {**os.environ, **s3_env, "RAY_ADDRESS": "local", "RAY_USAGE_STATS_ENABLED": "0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.train", "--store", "s3://train-lines/in/lines.txt",
+         "--run-name", "two", "--storage-path", "s3://train-lines/runs", "--num-workers", "1",
+         "--cpus-per-worker", "0.5",
+         *(a for k, v in {**TINY, "train.epochs": 1, "postprocess.readout": "kmeans"}.items()
+           for a in ("--set", f"{k}={json.dumps(v)}"))],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = load_checkpoint("s3://train-lines/runs/two/final/model.pt")
+    stores = [f"s3://train-lines/in/{name}.zarr" for name in ("fl01", "fl02")]
+    assert [(line["name"], line["store"]) for line in ckpt.extra["lines"]] == [
+        ("fl01", stores[0]), ("fl02", stores[1])]
+    fitted = fit_lines_preprocessor([salinas_lines["fl01"], salinas_lines["fl02"]],
+                                    ckpt.config).preprocessor.to_state()
+    assert all(torch.equal(ckpt.preprocess_state[k], v) for k, v in fitted.items()
+               if isinstance(v, torch.Tensor))
