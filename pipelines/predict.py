@@ -77,7 +77,6 @@ from sscc_core import storage
 from sscc_core.model.checkpoint import load_checkpoint
 from sscc_core.config import to_dict
 from sscc_core.io.lines import Line, resolve_lines
-from sscc_core.io.store import open_cube
 from sscc_core.io.tiling import Tile
 from sscc_core.labelling.inference import Labeller
 from sscc_core.labelling.labelstore import LabelStore, LabelStoreSpec, TileRecord
@@ -426,7 +425,7 @@ def label_lines(args: argparse.Namespace, lines: list[Line], outs: list[str | Pa
     Args:
         args: The parsed command line (``args.out`` is what messages name: the label store of
             one line, the folder of several).
-        lines: The lines (:func:`sscc_core.io.lines.resolve_lines`).
+        lines: The lines, with their opened cubes (:func:`sscc_core.io.lines.resolve_lines`).
         outs: Each line's label store path or URL.
 
     Returns:
@@ -453,7 +452,7 @@ def label_lines(args: argparse.Namespace, lines: list[Line], outs: list[str | Pa
     ckpt = load_checkpoint(args.checkpoint)
     labeller = Labeller.from_checkpoint(ckpt, args.mode, args.batch_size)
     dense = labeller.dense  # raises for --mode dense with a patch-only backbone
-    cubes = [open_cube(line.store) for line in lines]
+    cubes = [line.cube for line in lines]
     for line, cube in zip(lines, cubes):
         check_bands(labeller, cube, line.store, args.checkpoint, log)
     spec = LabelStoreSpec(

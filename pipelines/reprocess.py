@@ -40,7 +40,6 @@ from pipelines.report import version_report
 from sscc_core import storage
 from sscc_core.model.checkpoint import load_checkpoint
 from sscc_core.io.lines import resolve_lines
-from sscc_core.io.store import open_cube
 from sscc_core.labelling.labelstore import open_label_store
 from sscc_core.labelling.plan import line_outputs
 from sscc_core.versioning import switch_current, versioned_store
@@ -80,13 +79,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     version = load_checkpoint(args.checkpoint).model_version
     roots = line_outputs(args.out_root, lines, suffix="")
     outs = [versioned_store(root, version) for root in roots]
-    cubes = [open_cube(line.store) for line in lines]
     growing = []
-    for out, cube in zip(outs, cubes):  # every line's grid is checked before any store grows
+    for out, line in zip(outs, lines):  # every line's grid is checked before any store grows
         if storage.is_dir(out):
             store = open_label_store(out, model_version=version)
-            if store.grows_to(cube):
-                growing.append((store, cube))
+            if store.grows_to(line.cube):
+                growing.append((store, line.cube))
     for store, cube in growing:
         store.grow(cube)
         print(f"reprocess: {store.path} grown to the input grid {cube.sizes['y']} x "

@@ -55,7 +55,7 @@ from pipelines.options import DEFAULT_CONFIG, add_config_args, load_cli_config
 from sscc_core import storage
 from sscc_core.config import SSCCConfig, dump_config, from_dict, to_dict
 from sscc_core.io.lines import resolve_lines
-from sscc_core.io.store import cube_identity, open_cube
+from sscc_core.io.store import cube_identity
 from sscc_core.model.checkpoint import (
     Checkpoint, CheckpointError, RunRecord, check_run_record, fallback_warning, load_checkpoint,
     newest_loadable, run_checkpoints, save_checkpoint,
@@ -552,7 +552,7 @@ def run_training(
     # several lines existed); Ray tasks get resolved paths
     stores = specs if len(lines) == 1 and storage.resolve(specs[0]) == lines[0].store else \
         [line.store for line in lines]
-    cubes = [open_cube(s) for s in stores]
+    cubes = [line.cube for line in lines]
     identities = [cube_identity(c) for c in cubes]
     n_bands = int(cubes[0].sizes["band"])
     wavelength = [float(w) for w in cubes[0]["wavelength"].values] if "wavelength" in cubes[0].coords else []

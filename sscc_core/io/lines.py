@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import glob
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 import fsspec
@@ -41,10 +41,13 @@ class Line:
     Attributes:
         name: The line's name, its store's file stem (unique within a run).
         store: The store's resolved path or URL (what other processes are given).
+        cube: The store opened lazily (:func:`sscc_core.io.store.open_cube`) when it was checked,
+            for the driver to reuse instead of opening it again; not part of equality.
     """
 
     name: str
     store: str
+    cube: xr.Dataset | None = field(default=None, compare=False, repr=False)
 
 
 def source_label(ds: xr.Dataset) -> str:
@@ -150,7 +153,7 @@ def resolve_lines(specs: Sequence[str]) -> list[Line]:
         specs: ``--store`` values (see the module docstring).
 
     Returns:
-        One :class:`Line` per store, in the order given.
+        One :class:`Line` per store, in the order given, each with its opened ``cube``.
 
     Raises:
         ValueError: As :func:`expand_stores`; a store that does not open as a cube store (the
@@ -159,7 +162,6 @@ def resolve_lines(specs: Sequence[str]) -> list[Line]:
     """
     pairs = expand_stores(specs)
     lines: list[Line] = []
-    cubes: list[xr.Dataset] = []
     for store, where in pairs:
         resolved = storage.resolve(store)
         suffix = "" if where == store else f" (from {where})"
@@ -167,15 +169,15 @@ def resolve_lines(specs: Sequence[str]) -> list[Line]:
             raise ValueError(f"{store}{suffix}: the store is named twice")
         storage.check_url(store)
         try:
-            cubes.append(open_cube(store))
+            cube = open_cube(store)
         except (FileNotFoundError, ValueError) as exc:
             raise ValueError(f"{exc}{suffix}") from None
-        lines.append(Line(line_name(store), resolved))
+        lines.append(Line(line_name(store), resolved, cube))
     names = [line.name for line in lines]
     for i, name in enumerate(names):
         if names.index(name) != i:
             raise ValueError(f"lines {lines[names.index(name)].store} and {lines[i].store} share "
                              f"the name {name!r}; their outputs would collide (rename one store)")
-    for line, cube in zip(lines[1:], cubes[1:]):
-        check_compatible(cubes[0], cube, lines[0].store, line.store)
+    for line in lines[1:]:
+        check_compatible(lines[0].cube, line.cube, lines[0].store, line.store)
     return lines
