@@ -22,13 +22,11 @@ import shutil
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import psutil
 
-from benchmarks.measure import ensure_mosaic, save
-from benchmarks.nodes import checkpoint_for
+from benchmarks.measure import add_mosaic_args, bench_checkpoint, bench_mosaic, save
 from pipelines.common import run_stage
 
 ROLES = (  # (role, substring of the process's command line), first match wins
@@ -56,14 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of the CPU split benchmark."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.cpu_split",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--size-gb", type=float, default=1.6,
-                   help="mosaic size, decimal GB of reflectance (default 1.6, as make bench)")
+    add_mosaic_args(p, size_gb=1.6)  # the mosaic of make bench's throughput figures
     p.add_argument("--actors", type=int, default=2, help="labelling actors (default 2)")
     p.add_argument("--tile-size", type=int, default=256, help="labelling tile side, pixels")
     p.add_argument("--interval", type=float, default=0.5, help="seconds between samples")
-    p.add_argument("--work", default="runs/bench", help="scratch directory (mosaic, model, labels)")
-    p.add_argument("--out", default="docs/bench", help="directory of the JSON result")
-    p.add_argument("--seed", type=int, default=0, help="mosaic and training seed")
     return p
 
 
@@ -81,11 +75,8 @@ def cpu_seconds() -> dict[int, tuple[str, float]]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Label the mosaic while sampling, then save and print the CPU seconds per role."""
-    work, out = Path(args.work), Path(args.out)
-    work.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    store = ensure_mosaic(work / f"mosaic_{args.size_gb}gb.zarr", args.seed, size_gb=args.size_gb)
-    checkpoint = checkpoint_for(store, work, args)
+    work, out, store = bench_mosaic(args)
+    checkpoint = bench_checkpoint(store, work, args.tile_size, args.seed)
     labels = work / "cpu_split_labels.zarr"
     shutil.rmtree(labels, ignore_errors=True)
     command = [sys.executable, "-m", "pipelines.predict", "--checkpoint", str(checkpoint),

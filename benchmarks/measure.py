@@ -586,6 +586,37 @@ def save(out: Path, name: str, doc: dict[str, Any]) -> None:
     (out / f"{name}.json").write_text(json.dumps({**doc, "measured": measured}, indent=1, default=float))
 
 
+def add_mosaic_args(p: argparse.ArgumentParser, size_gb: float) -> None:
+    """The options of a standalone benchmark over one bench mosaic (:func:`bench_mosaic`):
+    ``--size-gb`` (default ``size_gb``), ``--work``, ``--out`` and ``--seed``."""
+    p.add_argument("--size-gb", type=float, default=size_gb,
+                   help=f"mosaic size, decimal GB of reflectance (default {size_gb:g})")
+    p.add_argument("--work", default="runs/bench",
+                   help="scratch directory: mosaic, bench model, label stores (reused)")
+    p.add_argument("--out", default="docs/bench", help="directory of the JSON result")
+    p.add_argument("--seed", type=int, default=0, help="mosaic, training and sampling seed")
+
+
+def bench_mosaic(args: argparse.Namespace) -> tuple[Path, Path, Path]:
+    """``(work, out, store)`` of a standalone benchmark (:func:`add_mosaic_args`): both folders
+    created, and the ``--size-gb`` mosaic in ``work`` (:func:`ensure_mosaic`)."""
+    work, out = Path(args.work), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    store = ensure_mosaic(work / f"mosaic_{args.size_gb}gb.zarr", args.seed, size_gb=args.size_gb)
+    return work, out, store
+
+
+def bench_checkpoint(store: Path, work: Path, tile_size: int, seed: int) -> Path:
+    """The bench model of ``make bench`` (``WORK/model_bench/model.pt``); when it is missing, one
+    is trained on ``store`` with the bench configuration (8 epochs, 8,192 sampled pixels)."""
+    path = work / "model_bench" / "model.pt"
+    if not path.is_file():
+        train_model(store, bench_config(BENCH_MODEL, epochs=8, tile_size=tile_size), 8192, seed,
+                    work / "model_bench")
+    return path
+
+
 def measure(args: argparse.Namespace, sections: list[str], sizes: list[float], out: Path,
             work: Path) -> None:
     """Run the selected sections (or the larger-than-RAM run) and save their JSON results."""

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.measure import BENCH_MODEL, bench_config, ensure_mosaic, save, train_model
+from benchmarks.measure import add_mosaic_args, bench_checkpoint, bench_mosaic, save
 from pipelines.common import run_stage
 from tests.helpers import ray_cluster
 
@@ -38,29 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of the node benchmark."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.nodes",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--size-gb", type=float, default=0.4,
-                   help="mosaic size, decimal GB of reflectance (default 0.4)")
+    add_mosaic_args(p, size_gb=0.4)
     p.add_argument("--cpus", type=int, default=2, help="total CPUs of the worker nodes (even)")
     p.add_argument("--actors", type=int, default=2, help="labelling actors (default 2)")
     p.add_argument("--tile-size", type=int, default=256, help="labelling tile side, pixels")
-    p.add_argument("--work", default="runs/bench",
-                   help="scratch directory: mosaic, checkpoint, label stores (reused)")
-    p.add_argument("--out", default="docs/bench", help="directory of the JSON result")
-    p.add_argument("--seed", type=int, default=0, help="mosaic and training seed")
     p.add_argument("--rounds", type=int, default=2,
                    help="runs of each layout, in the order 1, 2, 2, 1 nodes per two rounds, so a "
                    "steady drift of the machine's load cancels in the means (default 2)")
     return p
-
-
-def checkpoint_for(store: Path, work: Path, args: argparse.Namespace) -> Path:
-    """The bench model of ``make bench`` (``WORK/model_bench/model.pt``), trained on ``store``
-    with the bench configuration when it is missing."""
-    path = work / "model_bench" / "model.pt"
-    if not path.is_file():
-        cfg = bench_config(BENCH_MODEL, epochs=8, tile_size=args.tile_size)
-        train_model(store, cfg, 8192, args.seed, work / "model_bench")
-    return path
 
 
 def warm_page_cache(store: Path) -> int:
@@ -105,11 +90,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure both layouts in one run and save ``OUT/nodes.json``."""
     if args.cpus < 2 or args.cpus % 2:
         raise ValueError(f"--cpus must be even and >= 2, got {args.cpus}")
-    work, out = Path(args.work), Path(args.out)
-    work.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    store = ensure_mosaic(work / f"mosaic_{args.size_gb}gb.zarr", args.seed, size_gb=args.size_gb)
-    checkpoint = checkpoint_for(store, work, args)
+    work, out, store = bench_mosaic(args)
+    checkpoint = bench_checkpoint(store, work, args.tile_size, args.seed)
     cached = warm_page_cache(store)
     one, two = (args.cpus,), (args.cpus // 2, args.cpus // 2)
     order = [one, two, two, one] * (args.rounds // 2) + [one, two] * (args.rounds % 2)

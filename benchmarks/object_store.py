@@ -24,14 +24,13 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import fsspec
 import numpy as np
 import zarr
 
-from benchmarks.measure import ensure_mosaic, sample_tiles, save
+from benchmarks.measure import add_mosaic_args, bench_mosaic, sample_tiles, save
 from pipelines.common import run_stage
 from sscc_core import storage
 from sscc_core.config import PreprocessConfig
@@ -45,14 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of the object-store read benchmark."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.object_store",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--size-gb", type=float, default=0.4,
-                   help="mosaic size, decimal GB of reflectance (default 0.4)")
+    add_mosaic_args(p, size_gb=0.4)
     p.add_argument("--tiles", type=int, default=16, help="tiles read per repeat (default 16)")
     p.add_argument("--tile-size", type=int, default=256, help="tile side, pixels (default 256)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes per store (default 3)")
-    p.add_argument("--work", default="runs/bench", help="scratch directory holding the mosaic")
-    p.add_argument("--out", default="docs/bench", help="directory of the JSON result")
-    p.add_argument("--seed", type=int, default=0, help="mosaic and tile-sample seed")
     return p
 
 
@@ -81,10 +76,7 @@ def check_same_reads(local: str, url: str, tile: Tile) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Upload the mosaic, time the reads from both stores alternately, save the result."""
-    work, out = Path(args.work), Path(args.out)
-    work.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    store = ensure_mosaic(work / f"mosaic_{args.size_gb}gb.zarr", args.seed, size_gb=args.size_gb)
+    _, out, store = bench_mosaic(args)
     tiles = sample_tiles(store, args.tile_size, args.tiles, args.seed)
     pixels = sum(t.height * t.width for t in tiles)
     url = "s3://bench/mosaic.zarr"
