@@ -12,7 +12,7 @@ Sections (the report is rendered from every JSON present in ``OUT``, so ``make b
   feature tiles, and k-means' nearest centroid (``sscc_core.model.baselines.predict``) on in-memory pixel features.
 - ``dense``: dense fcn vs per-patch fcn vs per-patch authors' ResNet on the same tile.
 - ``train``: Ray Train with 1 and 2 workers vs the plain PyTorch loop
-  (:func:`sscc_core.training.trainer.train_epoch`) on the same patches and config.
+  (:func:`sscc_core.training.reference.train_reference`) on the same patches and config.
 - ``memory``: peak summed RSS of this driver and every Ray process it started, and peak object
   store bytes, while labelling mosaics of 1x, 4x and 16x size.
 - ``accuracy``: SSCC (short training on a pixel sample of the smallest mosaic) vs k-means (fitted
@@ -129,12 +129,12 @@ def train_model(store: Path, cfg: SSCCConfig, n: int, seed: int, out: Path) -> d
     from sscc_core.model.baselines import fit_kmeans_baseline
     from sscc_core.model.checkpoint import Checkpoint, save_checkpoint
     from sscc_core.io.store import open_cube
-    from sscc_core.training.trainer import train_reference
+    from sscc_core.training.reference import patch_views, train_reference
 
     torch.set_num_threads(1)
     start = time.perf_counter()
     pre, patches, sample = sample_patches(store, cfg, n, seed)
-    training = train_reference(torch.from_numpy(patches), cfg)
+    training = train_reference(patch_views(torch.from_numpy(patches), cfg), pre.n_components, cfg)
     cube = open_cube(store)
     wavelength = tuple(float(w) for w in cube["wavelength"].values) if "wavelength" in cube.coords else ()
     path = save_checkpoint(Checkpoint(
@@ -493,7 +493,8 @@ def train_section(store: Path, cfg: SSCCConfig, work: Path, use_gpu: bool) -> di
     from sscc_core.model.patches import gather_patches
     from sscc_core.model.preprocess import Preprocessor
     from sscc_core.training.tiles import training_tiles
-    from sscc_core.training.trainer import build_training, train_epoch, training_mask
+    from sscc_core.training.reference import patch_views, train_reference
+    from sscc_core.training.trainer import build_training, training_mask
 
     out: dict[str, Any] = {"epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size}
     storage = work / "train_runs"
@@ -526,11 +527,8 @@ def train_section(store: Path, cfg: SSCCConfig, work: Path, use_gpu: bool) -> di
     training = build_training(cfg, pre.n_components)
     out["batchnorm_layers"] = sum(isinstance(m, torch.nn.BatchNorm2d) for m in training.model.modules())
     out["collective_s"] = collective_latency(work)
-    rates = []
-    for _ in range(cfg.train.epochs):
-        summary = train_epoch(training, torch.from_numpy(patches), cfg)
-        steps = len(patches) // cfg.train.batch_size
-        rates.append(steps * cfg.train.batch_size / summary["seconds"])
+    plain = train_reference(patch_views(torch.from_numpy(patches), cfg), pre.n_components, cfg)
+    rates = [h["samples_per_s"] for h in plain.history]
     out["plain"] = {"samples_per_s": rates[-1], "epoch_samples_per_s": rates}
     out["patches"] = len(patches)
     out["shape"] = list(open_cube(store)["reflectance"].shape)

@@ -324,7 +324,7 @@ def train_lines(t: dict[str, Any], commands: dict[str, str]) -> list[str]:
         "",
         "| trainer | samples/s | wall (s) |",
         "| --- | ---: | ---: |",
-        f"| plain PyTorch loop (`train_epoch`), 1 thread | {_fmt(plain)} | |",
+        f"| plain PyTorch loop (`train_reference`), 1 thread | {_fmt(plain)} | |",
         f"| Ray Train, 1 worker | {_fmt(one)} | {t['ray_1']['wall_s']:.0f} |",
         f"| Ray Train, 2 workers | {_fmt(two)} | {t['ray_2']['wall_s']:.0f} |",
         f"| data limit: read + pre-process + extract + two views, 1 process | {_fmt(data)} | |",

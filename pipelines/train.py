@@ -66,9 +66,9 @@ from sscc_core.training.run import final_checkpoint, finished_run, run_preproces
 from sscc_core.training.sizing import check_scaling, check_training_size
 from sscc_core.training.tiles import descriptor_tile, lines_training_tiles
 from sscc_core.training import views
+from sscc_core.training.batches import shuffled_batches
 from sscc_core.training.trainer import (
-    EpochStats, TrainingDiverged, build_training, check_finite_weights, clusters_warning,
-    progress_line, train_step,
+    TrainingDiverged, build_training, clusters_warning, epoch_generator, progress_line, train_epoch,
 )
 
 log = logging.getLogger("sscc.train")
@@ -281,14 +281,17 @@ def rank_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's rows of every global batch of one epoch, in order.
 
-    Rank 0 alone iterates the (unsplit) dataset in global batches of ``train.batch_size`` (seeded
-    local shuffle, ``drop_last``) and scatters slice r of each to rank r, so the global batches,
-    and with the gathered loss the whole training, do not depend on the number of workers.
+    Rank 0 alone iterates the (unsplit) dataset, the tiles' views in tile order, composes the
+    global batches of ``train.batch_size`` with the seeded shuffle buffer the reference trainer
+    uses (:func:`sscc_core.training.batches.shuffled_batches`, generator
+    ``epoch_generator(seed, epoch)``) and scatters slice r of each to rank r, so the global
+    batches, and with the gathered loss the whole training, do not depend on the number of
+    workers.
 
     Args:
         shard: This worker's iterator of the whole dataset (only rank 0 reads it).
         cfg: Run configuration.
-        config: The loop's config (``shuffle_buffer``, ``n_batches``, ``in_channels``).
+        config: The loop's config (``n_batches``, ``in_channels``).
         epoch: The epoch (mixed into the shuffle seed).
         rank: This worker's rank.
         world_size: Ranks.
@@ -300,21 +303,19 @@ def rank_batches(
     import torch.distributed as dist
 
     local = cfg.train.batch_size // world_size
-    source = iter(shard.iter_torch_batches(
-        batch_size=cfg.train.batch_size,
-        drop_last=True,
-        local_shuffle_buffer_size=config["shuffle_buffer"],
-        local_shuffle_seed=cfg.train.seed * 100_003 + epoch,
-    )) if rank == 0 else None
+    source = shuffled_batches(
+        ((b["view_a"], b["view_b"]) for b in shard.iter_torch_batches(batch_size=cfg.train.batch_size)),
+        cfg.train.batch_size, cfg.train.shuffle_buffer, epoch_generator(cfg.train.seed, epoch),
+    ) if rank == 0 else None
     p = cfg.preprocess.patch_size
     for i in range(config["n_batches"]):
         batch = next(source, None) if rank == 0 else None
         if rank == 0 and batch is None:
             raise RuntimeError(f"epoch {epoch}: the dataset gave {i} of {config['n_batches']} batches")
         if world_size == 1:
-            yield batch["view_a"], batch["view_b"]
+            yield batch
             continue
-        pairs = torch.stack([batch["view_a"], batch["view_b"]], dim=1) if rank == 0 else None
+        pairs = torch.stack(batch, dim=1) if rank == 0 else None
         mine = torch.empty((local, 2, config["in_channels"], p, p), device=ray.train.torch.get_device())
         dist.scatter(mine, list(pairs.split(local)) if rank == 0 else None, src=0)
         yield mine[:, 0], mine[:, 1]
@@ -356,24 +357,16 @@ def run_epochs(config: dict[str, Any]) -> None:
     loss = SSCCLoss(cfg.loss, gather_distributed=True)
     shard = ray.train.get_dataset_shard("train")
     while training.epoch < cfg.train.epochs:
-        start = time.perf_counter()
         advance_clock(config["clock"], training.epoch, rank, world_size)
-        training.model.train()
-        stats = EpochStats(cfg.model.n_clusters)
-        for xa, xb in rank_batches(shard, cfg, config, training.epoch, rank, world_size):
-            stats.add(train_step(twin, training.optimizer, xa, xb, loss, epoch=training.epoch,
-                                 step=stats.batches))
-            if stats.batches == 1:
-                inject_failure(config, training.epoch, rank)
-        lr = training.optimizer.param_groups[0]["lr"]
-        training.scheduler.step()
-        training.epoch += 1
-        check_finite_weights(training.model, training.epoch)  # on every rank, before any report
-        seconds = time.perf_counter() - start
-        summary = {"epoch": training.epoch, **stats.summary(), "lr": lr, "seconds": seconds,
-                   "samples_per_s": stats.batches * cfg.train.batch_size / seconds,
-                   "workers": world_size}
-        training.history.append(summary)
+        epoch = training.epoch
+
+        def after_step(step: int) -> None:
+            if step == 1:
+                inject_failure(config, epoch, rank)
+
+        summary = train_epoch(training, twin, loss, rank_batches(shard, cfg, config, epoch, rank, world_size),
+                              cfg, after_step)
+        summary["workers"] = world_size
         with report_folder(config["local_dir"]) as folder:
             checkpoint = None
             if rank == 0:
@@ -512,7 +505,6 @@ def run_training(
     cpus_per_worker: float = 1.0,
     max_failures: int = 2,
     threads: int = 1,
-    shuffle_buffer: int = 4096,
     fail_at_epoch: int | None = None,
     data_tasks: int = 1,
 ) -> str:
@@ -533,7 +525,6 @@ def run_training(
         cpus_per_worker: Logical CPUs per worker (fractional works on small machines).
         max_failures: Worker-group restarts from the last checkpoint before giving up.
         threads: torch intra-op threads per worker.
-        shuffle_buffer: Rows in rank 0's local shuffle buffer (seeded by seed and epoch).
         data_tasks: Concurrent Ray Data tasks reading and augmenting tiles.
         fail_at_epoch: Fault drill: kill worker rank 0 once, mid-way through this epoch (0-based).
     """
@@ -607,7 +598,6 @@ def run_training(
             "lines": [{"name": line.name, "store": line.store, "identity": identity}
                       for line, identity in zip(lines, identities)] if len(lines) > 1 else None,
             "threads": threads,
-            "shuffle_buffer": shuffle_buffer,
             "clock": clock,
             "run_dir": run_dir,
             "local_dir": local_dir.name if num_workers == 0 else None,

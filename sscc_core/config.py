@@ -114,6 +114,9 @@ class TrainConfig:
             ``"all"`` trains on every valid pixel (no labels needed).
         epochs: Training epochs.
         batch_size: Pairs per batch (drop_last).
+        shuffle_buffer: Rows of the seeded shuffle buffer the batches are drawn from
+            (:func:`sscc_core.training.batches.shuffled_batches`), over the views streamed
+            tile by tile.
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         step_size: StepLR period, in epochs.
@@ -124,6 +127,7 @@ class TrainConfig:
     protocol: Literal["labelled", "all"] = "labelled"
     epochs: int = 200
     batch_size: int = 512
+    shuffle_buffer: int = 4096
     lr: float = 2e-4
     weight_decay: float = 5e-3
     step_size: int = 20
@@ -330,7 +334,7 @@ def _validate(obj: Any, prefix: str) -> None:
         if not obj.widths or any(w < 1 for w in obj.widths):
             fail("widths", f"must be positive channel counts, got {obj.widths}")
     elif isinstance(obj, TrainConfig):
-        for name in ("epochs", "batch_size", "step_size"):
+        for name in ("epochs", "batch_size", "shuffle_buffer", "step_size"):
             if getattr(obj, name) < 1:
                 fail(name, f"must be >= 1, got {getattr(obj, name)}")
         if obj.lr <= 0:

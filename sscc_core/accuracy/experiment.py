@@ -10,7 +10,7 @@ label map, and scores the labelled pixels:
 
 Methods:
 
-* ``"sscc"`` -- train the twin network with :func:`sscc_core.training.trainer.train_reference`, then read
+* ``"sscc"`` -- train the twin network with :func:`sscc_core.training.reference.train_reference`, then read
   out labels by ``cfg.postprocess.readout`` (cluster head, or k-means on backbone features) and
   apply the ``cfg.postprocess`` mode filter.
 * ``"sscc_untrained"`` -- the same pipeline on the untrained network: one epoch at a learning
@@ -48,13 +48,14 @@ from sscc_core.io.matlab import read_benchmark
 from sscc_core.metrics import evaluate
 from sscc_core.model.network import recalibrate_batchnorm  # noqa: F401 (re-exported, harness API)
 from sscc_core.model.postprocess import NODATA, mode_filter, smooth
-from sscc_core.model.preprocess import Preprocessor, fit_preprocessor
-from sscc_core.model.patches import gather_patches
+from sscc_core.model.preprocess import Preprocessor
 from sscc_core.model.readout import Readout
 from sscc_core.training.readout_fit import extension, fit_readout, fit_spectral, readout_of, sample_mask
 from sscc_core.training.selection import select
 from sscc_core.training.sizing import check_training_size
-from sscc_core.training.trainer import train_reference, training_mask
+from sscc_core.training.reference import scene_views, train_reference
+from sscc_core.training.run import fit_scenes_preprocessor
+from sscc_core.training.trainer import training_mask
 
 Method = Literal["sscc", "sscc_untrained", "readout_pca", "kmeans", "kmeans_pca", "spectral_pca"]
 METHODS: tuple[str, ...] = ("sscc", "sscc_untrained", "readout_pca", "kmeans", "kmeans_pca", "spectral_pca")
@@ -202,17 +203,17 @@ def _readout_pca_map(scene: Scene, pre: Preprocessor, train_mask: np.ndarray,
 
 def _sscc_map(scene: Scene, pre: Preprocessor, train_mask: np.ndarray, cfg: SSCCConfig,
               verbose: bool) -> tuple[np.ndarray, list[dict[str, float]], dict[str, Any] | None]:
-    """Train SSCC on ``train_mask``'s patches, fit the ``cfg.postprocess`` readout (as ``sscc
-    train`` does) and label every valid pixel (before filtering)."""
-    p = cfg.preprocess.patch_size
-    patches, _ = gather_patches(scene.cube, scene.valid, train_mask, pre, p)
+    """Train SSCC on ``train_mask``'s pixels as ``sscc train`` does (the reference trainer: the
+    same tiles, views and batches), fit the ``cfg.postprocess`` readout (as ``sscc train``
+    does) and label every valid pixel (before filtering)."""
 
     def log(epoch: int, summary: dict[str, float]) -> None:
         if verbose:
             print(f"  epoch {epoch:3d} loss {summary['total']:.4f} diag {summary['diagonal']:.3f} "
                   f"lr {summary['lr']:.2e} {summary['seconds']:.1f}s", flush=True)
 
-    training = train_reference(torch.from_numpy(patches), cfg, on_epoch=log)
+    views = scene_views(scene.cube, scene.valid, scene.labels, pre, cfg)
+    training = train_reference(views, pre.n_components, cfg, on_epoch=log)
     model = training.model
     readout = fit_readout(model, pre, scene.cube, scene.valid, train_mask, cfg)
     labeller = Labeller(model, pre, readout=readout)
@@ -247,7 +248,7 @@ def run_one(
     cfg = scene_config(cfg, scene, protocol, seed)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     torch.manual_seed(seed)
-    pre = fit_preprocessor(scene.cube, scene.valid, cfg.preprocess)
+    pre = fit_scenes_preprocessor([(scene.cube, scene.valid)], cfg).preprocessor  # as sscc train fits
     train_mask = training_mask(scene.valid, scene.labels, protocol)
     check_training_size(int(train_mask.sum()), cfg, scene.name, needs_batch=method.startswith("sscc"))
     history: list[dict[str, float]] = []

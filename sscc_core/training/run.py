@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import zarr
 
@@ -61,25 +62,33 @@ class RunPreprocessing:
     n_valid: int | None = None
 
 
-def fit_lines_preprocessor(stores: Sequence[str], cfg: SSCCConfig) -> RunPreprocessing:
-    """Fit the pre-processing on the valid pixels of one or more cube stores (flight lines)
-    together, tile by tile: the exact moments of every valid pixel of all lines up to
+def fit_scenes_preprocessor(scenes: Sequence[tuple[Any, Any]], cfg: SSCCConfig) -> RunPreprocessing:
+    """Fit the pre-processing on the valid pixels of one or more scenes (flight lines) together,
+    tile by tile: the exact moments of every valid pixel of all lines up to
     ``preprocess.sample_pixels`` of them, one seeded sample across the lines above
     (:func:`sscc_core.model.preprocess.accumulate_lines_moments`; deterministic either way).
 
+    ``sscc train`` fits its run's stores with it and the accuracy suite its scene in memory, so
+    both train with the same pre-processing.
+
     Args:
-        stores: Canonical cube stores, in the run's line order.
+        scenes: ``(cube, valid)`` of each line, in the run's line order: ``(B, H, W)`` and
+            ``(H, W)`` array-likes (zarr arrays, numpy).
         cfg: Run configuration (``preprocess``, ``tile.tile_size``).
     """
-    groups = [zarr.open_group(store, mode="r") for store in stores]
     tile = cfg.tile.tile_size
-    n_valid = sum(int(tile_valid(g["valid"], t).sum()) for g in groups
-                  for t in tile_grid(*g["valid"].shape, tile))
+    n_valid = sum(int(tile_valid(valid, t).sum()) for _, valid in scenes for t in tile_grid(*valid.shape, tile))
     method: FitMethod = "exact" if n_valid <= cfg.preprocess.sample_pixels else "sample"
-    moments = accumulate_lines_moments([(g["reflectance"], g["valid"]) for g in groups], tile, method,
-                                       cfg.preprocess.sample_pixels, cfg.preprocess.seed)
+    moments = accumulate_lines_moments(list(scenes), tile, method, cfg.preprocess.sample_pixels,
+                                       cfg.preprocess.seed)
     pre = preprocessor_from_moments(moments, cfg.preprocess.n_components)
     return RunPreprocessing(pre, method=method, n_valid=n_valid)
+
+
+def fit_lines_preprocessor(stores: Sequence[str], cfg: SSCCConfig) -> RunPreprocessing:
+    """:func:`fit_scenes_preprocessor` of cube stores (canonical, in the run's line order)."""
+    groups = [zarr.open_group(store, mode="r") for store in stores]
+    return fit_scenes_preprocessor([(g["reflectance"], g["valid"]) for g in groups], cfg)
 
 
 def run_preprocessing(stores: Sequence[str], cfg: SSCCConfig, run_dir: str) -> RunPreprocessing:

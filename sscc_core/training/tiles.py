@@ -34,24 +34,23 @@ def tile_stream(tile: Tile, line: int = 0) -> int:
     return 1 + (tile.row << 20) + tile.col + (line << 40)
 
 
-def training_tiles(store: str, protocol: str, tile_size: int, line: int = 0) -> list[dict[str, int]]:
-    """Descriptors of the tiles holding at least one training pixel (mask reads only), each
-    with its count of training pixels (``n_pixels``), in grid order.
+def scene_training_tiles(valid: Any, labels: Any | None, protocol: str, tile_size: int,
+                         line: int = 0) -> list[dict[str, int]]:
+    """Descriptors of the tiles of a scene holding at least one training pixel, each with its
+    count of training pixels (``n_pixels``), in grid order.
 
     Args:
-        store: Canonical cube store (local path or URL zarr opens).
+        valid: (H, W) bool array-like (numpy, zarr).
+        labels: (H, W) ground truth array-like (0 = unlabelled), or ``None``.
         protocol: ``train.protocol``: ``"labelled"`` (labelled valid pixels) or ``"all"``.
         tile_size: Side of the tiles, in pixels.
-        line: The store's index in the run's line order (the descriptors' ``line``).
+        line: The scene's index in the run's line order (the descriptors' ``line``).
 
     Raises:
-        ValueError: Protocol ``labelled`` on a store without labels, or no training pixel.
+        ValueError: Protocol ``labelled`` without labels, or no training pixel.
     """
-    group = zarr.open_group(store, mode="r")
-    valid = group["valid"]
-    labels = group["labels"] if "labels" in group else None
     if protocol == "labelled" and labels is None:
-        raise ValueError(f"{store}: protocol 'labelled' needs a 'labels' variable; use train.protocol=all")
+        raise ValueError("protocol 'labelled' needs a 'labels' variable; use train.protocol=all")
     tiles = []
     for t in tile_grid(*valid.shape, tile_size):
         n_pixels = int(tile_training_mask(valid, labels, t, protocol).sum())
@@ -59,8 +58,25 @@ def training_tiles(store: str, protocol: str, tile_size: int, line: int = 0) -> 
             tiles.append({"line": line, "row": t.row, "col": t.col, "y0": t.y0, "y1": t.y1,
                           "x0": t.x0, "x1": t.x1, "n_pixels": n_pixels})
     if not tiles:
-        raise ValueError(f"{store}: no training pixel under protocol {protocol!r}")
+        raise ValueError(f"no training pixel under protocol {protocol!r}")
     return tiles
+
+
+def training_tiles(store: str, protocol: str, tile_size: int, line: int = 0) -> list[dict[str, int]]:
+    """:func:`scene_training_tiles` of a cube store (mask reads only).
+
+    Args:
+        store: Canonical cube store (local path or URL zarr opens).
+
+    Raises:
+        ValueError: As :func:`scene_training_tiles`, the store named.
+    """
+    group = zarr.open_group(store, mode="r")
+    try:
+        return scene_training_tiles(group["valid"], group["labels"] if "labels" in group else None,
+                                    protocol, tile_size, line)
+    except ValueError as exc:
+        raise ValueError(f"{store}: {exc}") from None
 
 
 def lines_training_tiles(stores: Sequence[str], protocol: str, tile_size: int) -> list[dict[str, int]]:

@@ -1,9 +1,10 @@
-"""The single-process reference trainer: a plain PyTorch loop of the authors' protocol.
+"""The training step and epoch of SSCC, the seeded training state, and the health signals.
 
-The Ray Train loop in :mod:`pipelines.train` calls the same :func:`train_step`,
-:func:`build_training`, :func:`epoch_generator` and :class:`EpochStats`, so the two trainers
-differ only in how batches reach the step (an in-memory tensor here, a Ray Data stream there)
-and in the loss gathering the global batch across data-parallel ranks.
+Both trainers (the single-process reference loop of :mod:`sscc_core.training.reference`, run by
+the accuracy suite, and the Ray Train loop of :mod:`pipelines.train`) call
+:func:`build_training` and :func:`train_epoch`; they differ only in how the batches reach the
+epoch (views drawn in memory, or streamed by Ray Data) and in the loss gathering the global
+batch across data-parallel ranks.
 
 Every epoch summary carries label-free health signals next to the loss parts: how many clusters
 the argmax uses and the mean entropy of the assignment rows (:class:`EpochStats`); a run that
@@ -12,9 +13,8 @@ ends with fewer than K clusters used is warned about (:func:`clusters_warning`).
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,17 +22,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sscc_core.model.augment import two_views
 from sscc_core.model.checkpoint import Checkpoint, non_finite_tensors
 from sscc_core.config import SSCCConfig
 from sscc_core.model.loss import LOSS_PARTS, SSCCLoss, SSCCLossParts
-from sscc_core.model.network import SSCCNet, TwinForward, convert_sync_batchnorm
+from sscc_core.model.network import SSCCNet, convert_sync_batchnorm
 from sscc_core.io.tiling import tile_valid
-
-EpochCallback = Callable[[int, dict[str, float]], None]
-
-log = logging.getLogger(__name__)
-
 
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
     """A torch generator for one epoch of one data stream (worker rank, tile, ...).
@@ -228,69 +222,52 @@ def clusters_warning(summary: dict[str, float], n_clusters: int) -> str | None:
             f"argmax (epoch {int(summary['epoch'])}): the assignments collapsed onto fewer clusters")
 
 
-def train_epoch(training: Training, patches: Tensor, cfg: SSCCConfig) -> dict[str, float]:
-    """One epoch over in-memory patches: shuffle, drop_last batches, two views each, step.
+def train_epoch(training: Training, twin: nn.Module, loss: SSCCLoss, batches: Iterable[tuple[Tensor, Tensor]],
+                cfg: SSCCConfig, after_step: Callable[[int], None] | None = None) -> dict[str, float]:
+    """One epoch: a step on every batch, then the scheduler, the weights check and the summary.
+
+    Both trainers run their epochs here (the reference loop of
+    :mod:`sscc_core.training.reference` and the Ray Train loop of ``pipelines.train``); they
+    differ in where the batches come from.
 
     Args:
-        training: State to advance (``epoch`` is incremented, the scheduler stepped).
-        patches: (N, C, P, P) float32 training patches.
-        cfg: Run configuration.
+        training: State to advance (``epoch`` is incremented, the scheduler stepped, the summary
+            appended to ``history``).
+        twin: The :class:`sscc_core.model.network.TwinForward` of ``training.model`` (or its
+            data-parallel wrapper).
+        loss: The objective.
+        batches: This rank's ``(view_a, view_b)`` of each batch, each (n, C, P, P).
+        cfg: Run configuration (``model.n_clusters``, ``train.batch_size``).
+        after_step: Called with the steps done so far after every step (fault drills).
 
     Returns:
-        :meth:`EpochStats.summary` of the epoch plus ``epoch``, ``lr`` and ``seconds``.
+        :meth:`EpochStats.summary` of the epoch plus ``epoch``, ``lr``, ``seconds`` and
+        ``samples_per_s`` (global batch pairs per second).
+
+    Raises:
+        ValueError: ``batches`` was empty.
+        TrainingDiverged: The loss or the weights are not finite.
     """
     start = time.perf_counter()
-    gen = epoch_generator(cfg.train.seed, training.epoch)
-    order = torch.randperm(len(patches), generator=gen)
-    bs = cfg.train.batch_size
-    n_batches = len(patches) // bs
-    if n_batches == 0:
-        raise ValueError(f"{len(patches)} training patches are fewer than one batch of {bs}")
     training.model.train()
-    twin = TwinForward(training.model)
-    loss = SSCCLoss(cfg.loss)
     stats = EpochStats(cfg.model.n_clusters)
-    for i in range(n_batches):
-        batch = patches[order[i * bs : (i + 1) * bs]]
-        xa, xb = two_views(batch, cfg.augment, gen)
+    for xa, xb in batches:
         stats.add(train_step(twin, training.optimizer, xa, xb, loss, epoch=training.epoch,
                              step=stats.batches))
+        if after_step is not None:
+            after_step(stats.batches)
+    if not stats.batches:
+        raise ValueError(f"epoch {training.epoch + 1}: no training batch (fewer training pixels than "
+                         f"train.batch_size={cfg.train.batch_size})")
     lr = training.optimizer.param_groups[0]["lr"]
     training.scheduler.step()
     training.epoch += 1
-    check_finite_weights(training.model, training.epoch)
-    summary = {"epoch": training.epoch, **stats.summary(), "lr": lr, "seconds": time.perf_counter() - start}
+    check_finite_weights(training.model, training.epoch)  # on every rank, before any report
+    seconds = time.perf_counter() - start
+    summary = {"epoch": training.epoch, **stats.summary(), "lr": lr, "seconds": seconds,
+               "samples_per_s": stats.batches * cfg.train.batch_size / seconds}
     training.history.append(summary)
     return summary
-
-
-def train_reference(
-    patches: Tensor,
-    cfg: SSCCConfig,
-    resume: Checkpoint | None = None,
-    on_epoch: EpochCallback | None = None,
-) -> Training:
-    """Train SSCC on in-memory patches for ``cfg.train.epochs`` epochs (the plain loop).
-
-    Args:
-        patches: (N, C, P, P) float32 training patches.
-        cfg: Run configuration.
-        resume: Continue from this checkpoint's epoch.
-        on_epoch: Called after every epoch with ``(epoch, summary)`` (logging, checkpoints).
-
-    A run whose last epoch used fewer than K clusters logs :func:`clusters_warning` (logger
-    ``sscc_core.training.trainer``).
-    """
-    training = build_training(cfg, patches.shape[1], resume)
-    while training.epoch < cfg.train.epochs:
-        summary = train_epoch(training, patches, cfg)
-        if on_epoch is not None:
-            on_epoch(training.epoch, summary)
-    if training.history:
-        warning = clusters_warning(training.history[-1], cfg.model.n_clusters)
-        if warning:
-            log.warning(warning)
-    return training
 
 
 def training_mask(

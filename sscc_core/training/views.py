@@ -1,6 +1,12 @@
-"""The training samples of one tile: the standardised PCA patches of its training pixels and two
-augmented views of each, seeded by (run seed, epoch, line, tile) so that a tile's views depend on
-nothing else, whichever process draws them (the Ray Data tasks of ``pipelines.train``)."""
+"""The training samples of one tile: the standardised PCA patches of its training pixels, in a
+random order, and two augmented views of each, seeded by (run seed, epoch, line, tile) so that a
+tile's views depend on nothing else, whichever process draws them (the Ray Data tasks of
+``pipelines.train``).
+
+The random order matters: the training batches are drawn from a bounded shuffle buffer over the
+stream of tiles, and a tile's pixels in row-major order would fill each batch from a few image
+rows (a strip of one field or two), whose negatives and cluster balance are not those of the
+scene."""
 
 from __future__ import annotations
 
@@ -40,9 +46,26 @@ def tile_patches(cube: Any, valid: Any, labels: Any | None, pre: Preprocessor, c
     return extract_patches_at(tile_features(cube, valid, tile, pre, p // 2), coords, p)
 
 
+def shuffled_views(patches: torch.Tensor, cfg: SSCCConfig, gen: torch.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The patches in the random order ``torch.randperm(N, generator=gen)``, then two augmented
+    views of each (:func:`sscc_core.model.augment.two_views`, same generator).
+
+    Args:
+        patches: ``(N, C, P, P)`` patches.
+        cfg: Run configuration (``augment``).
+        gen: The tile's generator, consumed by the order first.
+
+    Returns:
+        ``(view_a, view_b)``, each ``(N, C, P, P)``, row i the views of ``patches[order[i]]``.
+    """
+    order = torch.randperm(len(patches), generator=gen)
+    return two_views(patches[order], cfg.augment, gen)
+
+
 def tile_views(cube: Any, valid: Any, labels: Any | None, pre: Preprocessor, cfg: SSCCConfig,
                tile: Tile, epoch: int, line: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two augmented views of each of :func:`tile_patches`, drawn with the generator of
+    """:func:`shuffled_views` of :func:`tile_patches`, drawn with the generator of
     ``(train.seed, epoch, tile_stream(tile, line))``.
 
     Args:
@@ -53,5 +76,4 @@ def tile_views(cube: Any, valid: Any, labels: Any | None, pre: Preprocessor, cfg
         ``(view_a, view_b)``, each ``(N, C, P, P)``.
     """
     patches = torch.from_numpy(tile_patches(cube, valid, labels, pre, cfg, tile))
-    return two_views(patches, cfg.augment,
-                     epoch_generator(cfg.train.seed, epoch, tile_stream(tile, line)))
+    return shuffled_views(patches, cfg, epoch_generator(cfg.train.seed, epoch, tile_stream(tile, line)))

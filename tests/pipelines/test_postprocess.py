@@ -35,11 +35,8 @@ from sscc_core.training.readout_fit import (
 from sscc_core.training.selection import spectral_clusters
 from sscc_core.io.tiling import Tile, tile_grid
 from sscc_core.training.tiles import training_tiles
-from sscc_core.training.trainer import (
-    build_training,
-    train_reference,
-    training_mask,
-)
+from sscc_core.training.reference import scene_views, train_reference
+from sscc_core.training.trainer import build_training, training_mask
 
 TILE = 32  # a 3 x 3 grid with ragged edge tiles, as in test_predict
 TINY = ModelConfig(backbone="fcn", widths=(8, 8, 8), stem_channels=8, head_hidden=16, n_clusters=6)
@@ -107,8 +104,7 @@ def trained(scene):
     cfg = SSCCConfig(model=TINY, train=TrainConfig(epochs=1, batch_size=256, lr=1e-3, seed=5),
                      postprocess=PostprocessConfig(readout="kmeans", bn_recalibrate=True))
     mask = training_mask(valid, labels, "labelled")
-    patches, _ = gather_patches(cube, valid, mask, pre, cfg.preprocess.patch_size)
-    model = train_reference(torch.from_numpy(patches), cfg).model
+    model = train_reference(scene_views(cube, valid, labels, pre, cfg), pre.n_components, cfg).model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     readout = fit_readout(model, pre, cube, valid, mask, cfg)
     return cfg, model, before, readout

@@ -27,9 +27,10 @@ from sscc_core.io.store import cube_identity, open_cube, write_cube
 from sscc_core.model.preprocess import fit_preprocessor
 from sscc_core.io.tiling import Tile
 from sscc_core.model.patches import gather_patches
-from sscc_core.training.run import fit_lines_preprocessor
+from sscc_core.training.run import fit_lines_preprocessor, fit_scenes_preprocessor
 from sscc_core.training import views
 from sscc_core.training.tiles import descriptor_tile, lines_training_tiles, tile_stream, training_tiles
+from sscc_core.training.reference import scene_views, train_reference
 from sscc_core.training.trainer import epoch_generator, training_mask
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,7 +89,8 @@ def test_tile_views_equal_reference_augmentation_of_whole_scene_patches(salinas_
         tile = Tile(t["row"], t["col"], t["y0"], t["y1"], t["x0"], t["x1"])
         n = t["n_pixels"]
         gen = epoch_generator(cfg.train.seed, 0, tile_stream(tile))
-        va, vb = two_views(torch.from_numpy(patches[start : start + n]), cfg.augment, gen)
+        order = torch.randperm(n, generator=gen)
+        va, vb = two_views(torch.from_numpy(patches[start : start + n])[order], cfg.augment, gen)
         np.testing.assert_array_equal(got["view_a"][start : start + n], va.numpy())
         np.testing.assert_array_equal(got["view_b"][start : start + n], vb.numpy())
         start += n
@@ -150,6 +152,34 @@ def test_run_storage_may_be_a_url(ray_session, salinas_store: Path, tmp_path: Pa
                if isinstance(v, torch.Tensor))
     assert (tmp_path / "store" / "urlrun" / "history.json").is_file()
     assert load_config(tmp_path / "store" / "urlrun" / "config.yaml") == cfg
+
+
+def test_sscc_train_trains_the_reference_trainers_network(ray_session, salinas_store: Path,
+                                                         tmp_path: Path) -> None:
+    """``sscc train`` (Ray Data streaming the tiles' views to a Ray Train worker, one thread)
+    and the accuracy suite's reference trainer (the same views drawn in memory) end with the
+    same weights, bit for bit, on a 3 x 3-tile scene: the same pre-processing, tiles, views,
+    shuffle buffer and steps. With the readout pinned in test_selection, the suite's figures
+    are those of the production path."""
+    cfg = tiny_config(**{"train.protocol": "all", "train.shuffle_buffer": 1024, "postprocess.readout": "kmeans"})
+    ckpt = load_checkpoint(run_training(str(salinas_store), cfg, "same", str(tmp_path), num_workers=0))
+    ds = open_cube(salinas_store)
+    cube, valid, labels = (ds[v].values for v in ("reflectance", "valid", "labels"))
+    pre = fit_scenes_preprocessor([(cube, valid)], cfg).preprocessor  # the suite's fit, in memory
+    assert all(torch.equal(ckpt.preprocess_state[k], v) for k, v in pre.to_state().items()
+               if isinstance(v, torch.Tensor))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = train_reference(scene_views(cube, valid, labels, pre, cfg), pre.n_components, cfg)
+    finally:
+        torch.set_num_threads(threads)
+    assert ckpt.epoch == reference.epoch == 2
+    assert sorted(ckpt.model_state) == sorted(reference.model.state_dict())
+    for name, value in reference.model.state_dict().items():
+        assert torch.equal(ckpt.model_state[name], value), name
+    losses = [h["total"] for h in ckpt.extra["history"]]
+    assert losses == [h["total"] for h in reference.history]
 
 
 def test_tile_views_of_several_lines_read_each_line_with_its_own_streams(salinas_lines) -> None:

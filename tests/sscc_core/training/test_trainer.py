@@ -11,7 +11,8 @@ import torch
 
 from sscc_core.config import LossConfig, load_config
 from sscc_core.model.loss import LOSS_PARTS, sscc_loss
-from sscc_core.training.trainer import EpochStats, clusters_warning, progress_line, train_reference
+from sscc_core.training.reference import patch_views, train_reference
+from sscc_core.training.trainer import EpochStats, clusters_warning, progress_line
 
 K = 5
 
@@ -58,8 +59,8 @@ def test_reference_trainer_reports_health_and_warns_on_unused_clusters(
         "model.n_clusters": 40, "preprocess.patch_size": 7, "train.batch_size": 8, "train.epochs": 1,
     })
     patches = torch.randn(16, 8, 7, 7, generator=torch.Generator().manual_seed(0))
-    with caplog.at_level(logging.WARNING, logger="sscc_core.training.trainer"):
-        training = train_reference(patches, cfg)
+    with caplog.at_level(logging.WARNING, logger="sscc_core.training.reference"):
+        training = train_reference(patch_views(patches, cfg), 8, cfg)
     last = training.history[-1]
     assert 1 <= last["clusters_used"] <= 32
     assert 0 <= last["assign_entropy"] <= np.log(40)

@@ -1,5 +1,6 @@
 """A tile's training views: its training pixels' patches (equal to the whole-scene patches of the
-same pixels) under the augmentation of (seed, epoch, tile), new every epoch."""
+same pixels) in the random order and under the augmentation of (seed, epoch, tile), new every
+epoch."""
 
 from __future__ import annotations
 
@@ -38,7 +39,10 @@ def test_tile_views_are_the_seeded_views_of_the_whole_scene_patches() -> None:
             continue
         va, vb = tile_views(cube, valid, labels, pre, cfg, tile, epoch=3)
         gen = epoch_generator(cfg.train.seed, 3, tile_stream(tile))
-        ea, eb = two_views(torch.from_numpy(got), cfg.augment, gen)
+        order = torch.randperm(n, generator=gen)
+        ea, eb = two_views(torch.from_numpy(got)[order], cfg.augment, gen)
         assert torch.equal(va, ea) and torch.equal(vb, eb) and not torch.equal(va, vb)
+        if n > 8:  # the tile's pixels come in a random order, not row-major
+            assert not torch.equal(order, torch.arange(n))
         assert not torch.equal(tile_views(cube, valid, labels, pre, cfg, tile, epoch=4)[0], va)
     assert start == len(whole) == mask.sum()
