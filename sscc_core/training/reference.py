@@ -61,8 +61,13 @@ def scene_views(cube: Any, valid: Any, labels: Any | None, pre: Preprocessor, cf
 
 def patch_views(patches: Tensor, cfg: SSCCConfig) -> EpochViews:
     """The epoch views of in-memory patches (a pixel sample: benchmarks, tests): one chunk, the
-    patches in a random order with two augmented views each, seeded by (seed, epoch)."""
-    return lambda epoch: [shuffled_views(patches, cfg, epoch_generator(cfg.train.seed, epoch, 1))]
+    patches in a random order with two augmented views each, seeded by (seed, epoch), drawn when
+    the epoch reads it (inside the epoch's time)."""
+
+    def views(epoch: int) -> Iterator[Views]:
+        yield shuffled_views(patches, cfg, epoch_generator(cfg.train.seed, epoch, 1))
+
+    return views
 
 
 def train_reference(
