@@ -64,7 +64,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -413,8 +413,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return label_lines(args, lines, line_outputs(args.out, lines))
 
 
-def label_lines(args: argparse.Namespace, lines: list[Line], outs: list[str | Path]
-                ) -> dict[str, Any]:
+def label_lines(args: argparse.Namespace, lines: list[Line], outs: list[str | Path],
+                checked: Callable[[], None] | None = None) -> dict[str, Any]:
     """Label every line into its own label store in one Ray Data job (``args.store`` is not
     read: ``lines`` are the resolved stores).
 
@@ -427,6 +427,9 @@ def label_lines(args: argparse.Namespace, lines: list[Line], outs: list[str | Pa
             one line, the folder of several).
         lines: The lines, with their opened cubes (:func:`sscc_core.io.lines.resolve_lines`).
         outs: Each line's label store path or URL.
+        checked: Called once every line has passed its checks against the checkpoint, before
+            any label store is created, reopened or planned (``sscc reprocess`` grows its
+            stores there).
 
     Returns:
         The summary: totals (``out``, ``model_version``, ``tiles``, ``tiles_labelled``,
@@ -455,6 +458,8 @@ def label_lines(args: argparse.Namespace, lines: list[Line], outs: list[str | Pa
     cubes = [line.cube for line in lines]
     for line, cube in zip(lines, cubes):
         check_bands(labeller, cube, line.store, args.checkpoint, log)
+    if checked is not None:
+        checked()
     spec = LabelStoreSpec(
         model_version=ckpt.model_version, n_clusters=ckpt.config.model.n_clusters,
         tile_size=args.tile_size or ckpt.config.tile.tile_size, confidence=args.confidence,

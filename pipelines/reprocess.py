@@ -85,14 +85,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             store = open_label_store(out, model_version=version)
             if store.grows_to(line.cube):
                 growing.append((store, line.cube))
-    for store, cube in growing:
-        store.grow(cube)
-        print(f"reprocess: {store.path} grown to the input grid {cube.sizes['y']} x "
-              f"{cube.sizes['x']}", flush=True)
+
+    def grow() -> None:  # once every line's bands passed too: a refused line grows nothing
+        for store, cube in growing:
+            store.grow(cube)
+            print(f"reprocess: {store.path} grown to the input grid {cube.sizes['y']} x "
+                  f"{cube.sizes['x']}", flush=True)
+
     fields = {k: v for k, v in vars(args).items() if k not in ("out_root", "report")}
     shown = outs[0] if len(lines) == 1 else args.out_root
     summary = predict.label_lines(argparse.Namespace(**fields, out=str(shown), recheck=True),
-                                  lines, outs)
+                                  lines, outs, checked=grow)
     pointers = []
     for line, root, entry in zip(lines, roots, summary["lines"]):
         pointers.append(switch_current(root, version, checkpoint=storage.resolve(args.checkpoint),

@@ -152,6 +152,12 @@ def test_larger_grid_grows_the_store_keeping_unchanged_tiles(ray_session, mosaic
     run_reprocess(ckpt, stores["small"], out_root)
     out = versioned_store(out_root, load_checkpoint(ckpt).model_version)
     assert open_label_store(out).height == 64
+    # a larger grid whose bands are not the model's is refused before the store grows
+    fewer = write_cube(read_benchmark("salinasA").isel(band=slice(0, 200)), root / "fewer.zarr", chunk=TILE)
+    small_attrs = (out / "zarr.json").read_bytes()
+    assert cli.main(["reprocess", "--checkpoint", str(ckpt), "--store", str(fewer),
+                     "--out-root", str(out_root), "--tile-size", str(TILE)]) == 2
+    assert (out / "zarr.json").read_bytes() == small_attrs and open_label_store(out).height == 64
     before = marker_times(out)
     expected = changed_tiles(stores["small"], stores["grown"])
     assert (0, 0) not in expected and len(expected) == 8
