@@ -4,13 +4,13 @@ A run trains on one or more flight lines (``--store`` takes several stores, glob
 :func:`sscc_core.io.lines.resolve_lines`), each on its own grid: there is no common mosaic.
 Driver: fit the pre-processing (streaming pass over the valid pixels of all lines together, or a
 seeded sample across them) or read it from the run's latest checkpoint, list the tiles holding
-training pixels on every line, and build a Ray Dataset of tile descriptors whose
-``map_batches`` tasks reopen the tile's line store, read each tile with its halo, extract
-standardised PCA patches of its training pixels and draw two augmented views of each (seeded by
-run seed, epoch, line and tile; the epoch comes from a small clock actor, since Ray Data
-re-executes the dataset every epoch).
+training pixels on every line, and build a Ray Dataset of the slots of each epoch's tile order
+(a seeded permutation, new every epoch) whose ``map_batches`` tasks reopen the tile's line
+store, read each tile with its halo, extract standardised PCA patches of its training pixels in
+a random order and draw two augmented views of each (seeded by run seed, epoch, line and tile;
+the epoch comes from a small clock actor, since Ray Data re-executes the dataset every epoch).
 Workers: a ``TorchTrainer`` of N workers trains one objective whatever N is. ``train.batch_size``
-is the global batch; rank 0 alone reads the dataset (seeded local shuffle, ``drop_last``) and
+is the global batch; rank 0 alone reads the dataset (seeded shuffle buffer, ``drop_last``) and
 scatters slice r of every global batch to rank r, so the global batches do not depend on N. The
 SSCC loss gathers the cluster outputs of all ranks with gradients and BatchNorm is synchronised
 (:class:`sscc_core.model.loss.SSCCLoss`, :class:`sscc_core.model.network.SyncBatchNorm2d`); DDP averages the
@@ -64,7 +64,7 @@ from sscc_core.model.preprocess import Preprocessor
 from sscc_core.training.final_readout import fit_final_readout, readout_needs_fit
 from sscc_core.training.run import final_checkpoint, finished_run, run_preprocessing
 from sscc_core.training.sizing import check_scaling, check_training_size
-from sscc_core.training.tiles import descriptor_tile, lines_training_tiles
+from sscc_core.training.tiles import TILE_FIELDS, descriptor_tile, epoch_tile_order, lines_training_tiles
 from sscc_core.training import views
 from sscc_core.training.batches import shuffled_batches
 from sscc_core.training.trainer import (
@@ -198,9 +198,7 @@ class TilePatches:
 
     def epoch(self) -> int:
         """The epoch being produced (0 without a clock)."""
-        import ray
-
-        return 0 if self.clock is None else int(ray.get(self.clock.get.remote()))
+        return clock_epoch(self.clock)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Map tile descriptors (columns row, col, y0, y1, x0, x1) to rows ``view_a``, ``view_b``
@@ -216,7 +214,15 @@ class TilePatches:
         return {"view_a": np.concatenate(views_a), "view_b": np.concatenate(views_b)}
 
 
+def clock_epoch(clock: Any) -> int:
+    """The epoch the data tasks produce, from the :class:`EpochClock` (0 without one)."""
+    import ray
+
+    return 0 if clock is None else int(ray.get(clock.get.remote()))
+
+
 _WORKER_UDFS: dict[tuple[tuple[str, ...], str], dict[int, TilePatches]] = {}
+_WORKER_ORDER: dict[tuple[int, int, int], np.ndarray] = {}
 
 
 def tile_views(
@@ -245,6 +251,35 @@ def tile_views(
         udfs[line].clock = clock
         parts.append(udfs[line]({k: v[a:b] for k, v in batch.items()}))
     return {k: np.concatenate([part[k] for part in parts]) for k in ("view_a", "view_b")}
+
+
+def ordered_tile_views(
+    batch: dict[str, np.ndarray], tiles: np.ndarray, stores: list[str], pre_state: dict[str, Any],
+    cfg: dict[str, Any], clock: Any,
+) -> dict[str, np.ndarray]:
+    """Ray Data task: slots of the epoch's tile order (column ``id`` of ``ray.data.range``) ->
+    :func:`tile_views` of the tiles in those slots, in slot order.
+
+    The dataset lists slots, not tiles, so that Ray Data re-executing it every epoch reads the
+    tiles in :func:`sscc_core.training.tiles.epoch_tile_order` of that epoch.
+
+    Args:
+        tiles: ``(n_tiles, 7)`` int64 descriptors, columns ``line`` then :data:`TILE_FIELDS`.
+    """
+    epoch = clock_epoch(clock)
+    key = (len(tiles), int(cfg["train"]["seed"]), epoch)
+    if key not in _WORKER_ORDER:
+        _WORKER_ORDER.clear()
+        _WORKER_ORDER[key] = epoch_tile_order(len(tiles), key[1], epoch)
+    rows = tiles[_WORKER_ORDER[key][batch["id"]]]
+    descriptors = {name: rows[:, i] for i, name in enumerate(("line", *TILE_FIELDS))}
+    return tile_views(descriptors, stores, pre_state, cfg, clock)
+
+
+def tile_table(tiles: list[dict[str, int]]) -> np.ndarray:
+    """``(n_tiles, 7)`` int64 array of descriptors (``line``, then :data:`TILE_FIELDS`) for
+    :func:`ordered_tile_views`."""
+    return np.array([[t["line"], *(t[k] for k in TILE_FIELDS)] for t in tiles], dtype=np.int64)
 
 
 def inject_failure(config: dict[str, Any], epoch: int, rank: int) -> None:
@@ -572,9 +607,10 @@ def run_training(
     check_training_size(n_train, cfg, " + ".join(stores))
     ensure_ray()
     clock = ray.remote(num_cpus=0)(EpochClock).remote()
-    dataset = ray.data.from_items(tiles).map_batches(
-        tile_views,
+    dataset = ray.data.range(len(tiles)).map_batches(  # slots of each epoch's tile order
+        ordered_tile_views,
         fn_kwargs={
+            "tiles": tile_table(tiles),
             "stores": [line.store for line in lines],
             "pre_state": pre.to_state(),
             "cfg": to_dict(cfg),

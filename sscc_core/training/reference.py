@@ -2,10 +2,12 @@
 one process on in-memory arrays.
 
 Every epoch it draws each training tile's views exactly as the Ray Data tasks of
-``pipelines.train`` do (:func:`sscc_core.training.views.tile_views`: the tile's pixels in a random
-order, two augmented views, all seeded by (seed, epoch, line, tile)), streams them in tile order
-through the same shuffle buffer (:func:`sscc_core.training.batches.shuffled_batches`, generator
-``epoch_generator(seed, epoch)``) and steps on each batch (:func:`sscc_core.training.trainer.train_epoch`).
+``pipelines.train`` do (:func:`sscc_core.training.views.tile_views`: the tile's pixels in a
+random order, two augmented views, all seeded by (seed, epoch, line, tile)), streams them in the
+epoch's tile order (:func:`sscc_core.training.tiles.epoch_tile_order`) through the same shuffle
+buffer (:func:`sscc_core.training.batches.shuffled_batches`, generator
+``epoch_generator(seed, epoch)``) and steps on each batch
+(:func:`sscc_core.training.trainer.train_epoch`).
 With one thread on both sides, a scene trained here and the same scene trained by ``sscc train``
 on one worker end with the same weights (a test pins it), so the suite's figures are those of
 the production path.
@@ -25,7 +27,7 @@ from sscc_core.model.loss import SSCCLoss
 from sscc_core.model.network import TwinForward
 from sscc_core.model.preprocess import Preprocessor
 from sscc_core.training.batches import Views, shuffled_batches
-from sscc_core.training.tiles import descriptor_tile, scene_training_tiles
+from sscc_core.training.tiles import descriptor_tile, epoch_tile_order, scene_training_tiles
 from sscc_core.training.trainer import Training, build_training, clusters_warning, epoch_generator, train_epoch
 from sscc_core.training.views import shuffled_views, tile_views
 
@@ -36,8 +38,9 @@ log = logging.getLogger(__name__)
 
 
 def scene_views(cube: Any, valid: Any, labels: Any | None, pre: Preprocessor, cfg: SSCCConfig) -> EpochViews:
-    """The epoch views of a scene held in memory, tile after tile in grid order (the stream
-    ``sscc train`` reads from the scene's cube store).
+    """The epoch views of a scene held in memory, tile after tile in the epoch's order
+    (:func:`sscc_core.training.tiles.epoch_tile_order`: the stream ``sscc train`` reads from the
+    scene's cube store).
 
     Args:
         cube: ``(B, H, W)`` array-like.
@@ -53,8 +56,8 @@ def scene_views(cube: Any, valid: Any, labels: Any | None, pre: Preprocessor, cf
              scene_training_tiles(valid, labels, cfg.train.protocol, cfg.tile.tile_size)]
 
     def views(epoch: int) -> Iterator[Views]:
-        for tile in tiles:
-            yield tile_views(cube, valid, labels, pre, cfg, tile, epoch)
+        for i in epoch_tile_order(len(tiles), cfg.train.seed, epoch):
+            yield tile_views(cube, valid, labels, pre, cfg, tiles[i], epoch)
 
     return views
 

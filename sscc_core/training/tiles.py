@@ -21,11 +21,23 @@ from sscc_core.training.trainer import tile_training_mask
 
 READOUT_TILE_FACTOR = 4  # the readout's tiles hold at least this many times its sample size
 TILE_FIELDS = ("row", "col", "y0", "y1", "x0", "x1")
+TILE_ORDER_STREAM = 2**40 - 1  # the seed-sequence word of the tile order (tile streams use others)
 
 
 def descriptor_tile(descriptor: Mapping[str, Any]) -> Tile:
     """The :class:`Tile` of a descriptor (its ``row``, ``col``, ``y0``, ``y1``, ``x0``, ``x1``)."""
     return Tile(*(int(descriptor[k]) for k in TILE_FIELDS))
+
+
+def epoch_tile_order(n_tiles: int, seed: int, epoch: int) -> np.ndarray:
+    """The order training reads its tiles in during ``epoch``: a permutation of
+    ``range(n_tiles)`` seeded by (run seed, epoch), new every epoch.
+
+    The batches are drawn from a bounded shuffle buffer over the tiles' views, so tiles read in
+    grid order would fill each batch from a strip of the mosaic; in this order consecutive tiles
+    come from anywhere in the run's lines.
+    """
+    return np.random.default_rng([seed, epoch, TILE_ORDER_STREAM]).permutation(n_tiles)
 
 
 def tile_stream(tile: Tile, line: int = 0) -> int:

@@ -12,7 +12,7 @@ from sscc_core.io.cube import make_cube
 from sscc_core.io.store import write_cube
 from sscc_core.io.tiling import Tile, tile_grid
 from sscc_core.training.tiles import (
-    READOUT_TILE_FACTOR, descriptor_tile, lines_training_tiles, readout_tiles, tile_stream,
+    READOUT_TILE_FACTOR, descriptor_tile, epoch_tile_order, lines_training_tiles, readout_tiles, tile_stream,
     training_tiles,
 )
 from sscc_core.training.trainer import training_mask
@@ -106,3 +106,12 @@ def test_tile_streams_differ_across_lines_and_line_0_keeps_its_streams() -> None
     assert len(streams) == 3 * 1600
     corner = Tile((1 << 20) - 1, (1 << 20) - 1, 0, 1, 0, 1)  # the largest grid's last tile
     assert tile_stream(corner, 0) < tile_stream(Tile(0, 0, 0, 1, 0, 1), 1)
+
+
+def test_the_epoch_tile_order_is_a_seeded_permutation_new_every_epoch() -> None:
+    orders = [epoch_tile_order(50, seed, epoch) for seed, epoch in ((0, 0), (0, 1), (1, 0), (0, 0))]
+    assert all(sorted(o.tolist()) == list(range(50)) for o in orders)
+    assert orders[0].tolist() == orders[3].tolist()  # the same run seed and epoch: the same order
+    assert orders[0].tolist() != orders[1].tolist() and orders[0].tolist() != orders[2].tolist()
+    assert orders[0].tolist() != list(range(50))
+    assert epoch_tile_order(1, 0, 3).tolist() == [0]
