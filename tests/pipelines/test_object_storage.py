@@ -142,6 +142,7 @@ def test_unusable_object_storage_is_one_line_naming_the_url(s3, monkeypatch, tmp
         monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     if case == "endpoint":
         monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's retries, from the environment
     assert ingest.main(["--benchmark", "salinasA", "--out", target]) == 2
     expected = {
         "scheme": f"{target}: no filesystem is installed for URL scheme nofs:// (Protocol not "
