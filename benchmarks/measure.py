@@ -517,9 +517,9 @@ def train_section(store: Path, cfg: SSCCConfig, work: Path, use_gpu: bool) -> di
     tiles = training_tiles(str(store), cfg.train.protocol, cfg.tile.tile_size)
     udf = TilePatches(str(store), pre.to_state(), to_dict(cfg))
     batch = {k: np.array([t[k] for t in tiles]) for k in ("row", "col", "y0", "y1", "x0", "x1")}
-    udf(batch)  # warm-up
+    udf(batch, 0)  # warm-up
     start = time.perf_counter()
-    n_views = len(udf(batch)["view_a"])
+    n_views = len(udf(batch, 0)["view_a"])
     out["data_samples_per_s"] = n_views / (time.perf_counter() - start)
     cube, valid, labels = _open(store)
     mask = training_mask(np.asarray(valid[:]), np.asarray(labels[:]), cfg.train.protocol)

@@ -170,8 +170,8 @@ class TilePatches:
     """Ray Data UDF: tile descriptors of one line -> two augmented views of each training
     pixel's patch.
 
-    Each worker reopens the line's Zarr store itself (nothing large crosses the object store)
-    and asks the clock for the epoch; the views of a tile are
+    Each worker reopens the line's Zarr store itself (nothing large crosses the object store);
+    the views of a tile are
     :func:`sscc_core.training.views.tile_views`, which depend on nothing but the run seed, the
     epoch, the line and the tile.
 
@@ -179,12 +179,10 @@ class TilePatches:
         store: The line's cube store.
         pre_state: The run's pre-processing (:meth:`Preprocessor.to_state`).
         cfg: The run configuration (:func:`sscc_core.config.to_dict`).
-        clock: The :class:`EpochClock` actor (``None``: epoch 0).
         line: The line's index in the run (its tiles' random streams).
     """
 
-    def __init__(self, store: str, pre_state: dict[str, Any], cfg: dict[str, Any], clock: Any = None,
-                 line: int = 0) -> None:
+    def __init__(self, store: str, pre_state: dict[str, Any], cfg: dict[str, Any], line: int = 0) -> None:
         import zarr
 
         group = zarr.open_group(store, mode="r")
@@ -193,17 +191,11 @@ class TilePatches:
         self.labels = group["labels"] if "labels" in group else None
         self.pre = Preprocessor.from_state(pre_state)
         self.cfg = from_dict(SSCCConfig, cfg)
-        self.clock = clock
         self.line = line
 
-    def epoch(self) -> int:
-        """The epoch being produced (0 without a clock)."""
-        return clock_epoch(self.clock)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray], epoch: int) -> dict[str, np.ndarray]:
         """Map tile descriptors (columns row, col, y0, y1, x0, x1) to rows ``view_a``, ``view_b``
-        (:func:`sscc_core.training.views.tile_views` of each tile)."""
-        epoch = self.epoch()
+        (:func:`sscc_core.training.views.tile_views` of each tile in ``epoch``)."""
         views_a, views_b = [], []
         for i in range(len(batch["row"])):
             tile = descriptor_tile({k: v[i] for k, v in batch.items()})
@@ -214,24 +206,17 @@ class TilePatches:
         return {"view_a": np.concatenate(views_a), "view_b": np.concatenate(views_b)}
 
 
-def clock_epoch(clock: Any) -> int:
-    """The epoch the data tasks produce, from the :class:`EpochClock` (0 without one)."""
-    import ray
-
-    return 0 if clock is None else int(ray.get(clock.get.remote()))
-
-
 _WORKER_UDFS: dict[tuple[tuple[str, ...], str], dict[int, TilePatches]] = {}
 _WORKER_ORDER: dict[tuple[int, int, int], np.ndarray] = {}
 
 
 def tile_views(
     batch: dict[str, np.ndarray], stores: list[str], pre_state: dict[str, Any], cfg: dict[str, Any],
-    clock: Any,
+    epoch: int,
 ) -> dict[str, np.ndarray]:
-    """Ray Data task: a batch of tiles (column ``line`` indexing ``stores``) through the
-    :class:`TilePatches` of each tile's line, built once per line and worker process; rows keep
-    their order.
+    """A batch of tiles (column ``line`` indexing ``stores``) through the :class:`TilePatches`
+    of each tile's line in ``epoch``, built once per line and worker process; rows keep their
+    order.
 
     Plain tasks run in Ray's pooled worker processes, which stay warm across epochs; an actor
     pool would be started anew every time Ray Data re-executes the dataset (every epoch).
@@ -247,9 +232,8 @@ def tile_views(
     for a, b in zip(cuts[:-1], cuts[1:]):
         line = int(lines[a])
         if line not in udfs:
-            udfs[line] = TilePatches(stores[line], pre_state, cfg, clock, line)
-        udfs[line].clock = clock
-        parts.append(udfs[line]({k: v[a:b] for k, v in batch.items()}))
+            udfs[line] = TilePatches(stores[line], pre_state, cfg, line)
+        parts.append(udfs[line]({k: v[a:b] for k, v in batch.items()}, epoch))
     return {k: np.concatenate([part[k] for part in parts]) for k in ("view_a", "view_b")}
 
 
@@ -261,19 +245,23 @@ def ordered_tile_views(
     :func:`tile_views` of the tiles in those slots, in slot order.
 
     The dataset lists slots, not tiles, so that Ray Data re-executing it every epoch reads the
-    tiles in :func:`sscc_core.training.tiles.epoch_tile_order` of that epoch.
+    tiles in :func:`sscc_core.training.tiles.epoch_tile_order` of that epoch. The epoch comes
+    from the clock, read once per task.
 
     Args:
         tiles: ``(n_tiles, 7)`` int64 descriptors, columns ``line`` then :data:`TILE_FIELDS`.
+        clock: The :class:`EpochClock` actor.
     """
-    epoch = clock_epoch(clock)
+    import ray
+
+    epoch = int(ray.get(clock.get.remote()))
     key = (len(tiles), int(cfg["train"]["seed"]), epoch)
     if key not in _WORKER_ORDER:
         _WORKER_ORDER.clear()
         _WORKER_ORDER[key] = epoch_tile_order(len(tiles), key[1], epoch)
     rows = tiles[_WORKER_ORDER[key][batch["id"]]]
     descriptors = {name: rows[:, i] for i, name in enumerate(("line", *TILE_FIELDS))}
-    return tile_views(descriptors, stores, pre_state, cfg, clock)
+    return tile_views(descriptors, stores, pre_state, cfg, epoch)
 
 
 def tile_table(tiles: list[dict[str, int]]) -> np.ndarray:

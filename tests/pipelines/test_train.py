@@ -80,7 +80,7 @@ def test_tile_views_equal_reference_augmentation_of_whole_scene_patches(salinas_
     udf = TilePatches(str(salinas_store), pre.to_state(), to_dict(cfg))
     tiles = training_tiles(str(salinas_store), "labelled", 32)
     batch = {k: np.array([t[k] for t in tiles]) for k in tiles[0]}
-    got = udf(batch)
+    got = udf(batch, 0)
     mask = training_mask(valid, labels, "labelled")
     patches, coords = gather_patches(cube, valid, mask, pre, 11, tile_size=32)
     assert got["view_a"].shape == got["view_b"].shape == (int(mask.sum()), 8, 11, 11)
@@ -95,8 +95,7 @@ def test_tile_views_equal_reference_augmentation_of_whole_scene_patches(salinas_
         np.testing.assert_array_equal(got["view_b"][start : start + n], vb.numpy())
         start += n
     assert not np.array_equal(got["view_a"], got["view_b"])
-    udf.epoch = lambda: 1
-    again = udf(batch)
+    again = udf(batch, 1)
     assert not np.array_equal(again["view_a"], got["view_a"])
 
 
@@ -188,14 +187,14 @@ def test_tile_views_of_several_lines_read_each_line_with_its_own_streams(salinas
     picked = [tiles[0], tiles[1], next(t for t in tiles if t["line"] == 1), tiles[-1]]
     assert [(t["line"], t["row"], t["col"]) for t in picked] == [(0, 0, 0), (0, 0, 1), (1, 0, 0), (1, 5, 2)]
     batch = {k: np.array([t[k] for t in picked]) for k in picked[0]}
-    got = tile_views(batch, stores, pre.to_state(), to_dict(cfg), None)
+    got = tile_views(batch, stores, pre.to_state(), to_dict(cfg), 0)
     groups = [open_cube(s) for s in stores]
     expect = [views.tile_views(groups[t["line"]]["reflectance"].values, groups[t["line"]]["valid"].values,
                                groups[t["line"]]["labels"].values, pre, cfg, descriptor_tile(t), 0, t["line"])
               for t in picked]
     np.testing.assert_array_equal(got["view_a"], np.concatenate([a.numpy() for a, _ in expect]))
     np.testing.assert_array_equal(got["view_b"], np.concatenate([b.numpy() for _, b in expect]))
-    one_line = TilePatches(stores[0], pre.to_state(), to_dict(cfg))({k: v[:1] for k, v in batch.items()})
+    one_line = TilePatches(stores[0], pre.to_state(), to_dict(cfg))({k: v[:1] for k, v in batch.items()}, 0)
     n0, n1 = picked[0]["n_pixels"] + picked[1]["n_pixels"], picked[2]["n_pixels"]
     np.testing.assert_array_equal(got["view_a"][: picked[0]["n_pixels"]], one_line["view_a"])
     same = [views.tile_patches(g["reflectance"].values, g["valid"].values, g["labels"].values, pre, cfg,
