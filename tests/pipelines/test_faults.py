@@ -55,6 +55,7 @@ def payload(store: Path, sub: str) -> dict[str, bytes]:
     return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow  # fault injection, 5-20 s on 2 cores; `make test-slow`
 def test_corrupt_input_chunk_fails_the_tiles_that_read_it(ray_session, scene, capsys):
     root, clean, ckpt = scene
     store = write_cube(read_benchmark("salinasA"), root / "corrupt.zarr", chunk=TILE)

@@ -288,6 +288,7 @@ def test_training_relaunch_continues_only_the_same_work(root, two_cubes, tmp_pat
 
 # --- outputs are whole or absent ----------------------------------------------------------------
 
+@pytest.mark.slow  # fault injection, 5-20 s on 2 cores; `make test-slow`
 def test_damaged_label_chunks_are_named_and_relabelled(ray_session, root, two_cubes, tmp_path,
                                                         capsys):
     """A label chunk deleted from a complete store left it 'complete: true', predict found
@@ -351,6 +352,7 @@ def test_train_worker_errors_are_unwrapped():
     assert user_error(WorkerGroupError("rank 0 failed", {0: RuntimeError("bug")})) is None
 
 
+@pytest.mark.slow  # fault injection, 5-20 s on 2 cores; `make test-slow`
 def test_full_disk_during_export_is_one_line_and_leaves_nothing(root, two_cubes, tmp_path):
     """A file-size limit (EFBIG, like a full disk) mid-export gave a traceback and 4 of 7
     products; now one line names the file and the error, and --out is absent."""
@@ -453,6 +455,7 @@ def test_stale_temporaries_are_removed_by_the_next_write(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, other.name]
 
 
+@pytest.mark.slow  # fault injection, 5-20 s on 2 cores; `make test-slow`
 def test_killed_multi_line_ingest_resumes(ray_session, tmp_path, salinas, capsys):
     """A rerun of a killed multi-line ingest stopped at "output already exists"; now a line
     already ingested from its unchanged source is kept, the rest ingested, the killed run's
