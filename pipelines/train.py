@@ -241,7 +241,7 @@ def ordered_tile_views(
     batch: dict[str, np.ndarray], tiles: np.ndarray, stores: list[str], pre_state: dict[str, Any],
     cfg: dict[str, Any], clock: Any,
 ) -> dict[str, np.ndarray]:
-    """Ray Data task: slots of the epoch's tile order (column ``id`` of ``ray.data.range``) ->
+    """Ray Data task: slots of the epoch's tile order (column ``slot`` of :func:`tile_slots`) ->
     :func:`tile_views` of the tiles in those slots, in slot order.
 
     The dataset lists slots, not tiles, so that Ray Data re-executing it every epoch reads the
@@ -259,9 +259,23 @@ def ordered_tile_views(
     if key not in _WORKER_ORDER:
         _WORKER_ORDER.clear()
         _WORKER_ORDER[key] = epoch_tile_order(len(tiles), key[1], epoch)
-    rows = tiles[_WORKER_ORDER[key][batch["id"]]]
+    rows = tiles[_WORKER_ORDER[key][batch["slot"]]]
     descriptors = {name: rows[:, i] for i, name in enumerate(("line", *TILE_FIELDS))}
     return tile_views(descriptors, stores, pre_state, cfg, epoch)
+
+
+def tile_slots(n_tiles: int) -> Any:
+    """Ray Dataset of the slots ``0 .. n_tiles - 1`` (int64 column ``slot``), in order.
+
+    The blocks (at most 200) are made on the driver by ``ray.data.from_items``, with no Ray
+    task: ``ray.data.range``'s read tasks, like ``from_arrow``'s metadata tasks, each need a
+    whole CPU, and beside training workers that hold all but a fraction of the cluster's CPUs
+    (2 workers at 0.75 CPU on 2 CPUs) they never ran and training waited for ever.
+    """
+    import ray
+
+    return ray.data.from_items([{"slot": slot} for slot in range(n_tiles)],
+                               override_num_blocks=min(n_tiles, 200))
 
 
 def tile_table(tiles: list[dict[str, int]]) -> np.ndarray:
@@ -454,6 +468,22 @@ def check_gpus(num_workers: int) -> None:
                          f"--num-workers={num_workers} needs {needed}; drop --use-gpu to train on CPUs")
 
 
+DATA_TASK_CPUS = 0.25  # logical CPUs of each Ray Data task reading and augmenting tiles
+
+
+def cpu_shortfall(total_cpus: float, num_workers: int, cpus_per_worker: float) -> str | None:
+    """The warning for a cluster whose CPUs cannot hold the training workers and one data task
+    at once (then the tiles are never read and training waits until the cluster grows), else
+    ``None``. A warning, not an error: an autoscaling cluster adds the CPUs when asked."""
+    needed = num_workers * cpus_per_worker + DATA_TASK_CPUS  # local mode (0 workers) trains in the driver
+    if total_cpus >= needed:
+        return None
+    return (f"the Ray cluster has {total_cpus:g} CPUs but {num_workers} training worker(s) at "
+            f"--cpus-per-worker={cpus_per_worker:g} and one {DATA_TASK_CPUS:g}-CPU data task need "
+            f"{needed:g}: training waits until the cluster grows (lower --cpus-per-worker or "
+            f"--num-workers)")
+
+
 def preprocessing(stores: Sequence[str], cfg: SSCCConfig, run_dir: str) -> Preprocessor:
     """The run's pre-processing (:func:`sscc_core.training.run.run_preprocessing`: from its
     latest checkpoint, else fitted on the stores of all lines together), logged as
@@ -594,8 +624,13 @@ def run_training(
                   n_tiles=len(mine), n_pixels=sum(mine))
     check_training_size(n_train, cfg, " + ".join(stores))
     ensure_ray()
+    shortfall = None if use_gpu else cpu_shortfall(ray.cluster_resources().get("CPU", 0.0), num_workers,
+                                                    cpus_per_worker)
+    if shortfall:
+        log.warning(shortfall)
+        print(f"warning: {shortfall}", flush=True)
     clock = ray.remote(num_cpus=0)(EpochClock).remote()
-    dataset = ray.data.range(len(tiles)).map_batches(  # slots of each epoch's tile order
+    dataset = tile_slots(len(tiles)).map_batches(  # slots of each epoch's tile order
         ordered_tile_views,
         fn_kwargs={
             "tiles": tile_table(tiles),
@@ -606,7 +641,7 @@ def run_training(
         },
         batch_size=1,
         compute=ray.data.TaskPoolStrategy(size=data_tasks),
-        num_cpus=0.25,
+        num_cpus=DATA_TASK_CPUS,
     )
     resources = {"CPU": cpus_per_worker}
     local_dir = tempfile.TemporaryDirectory(prefix="sscc-train-")  # see report_folder

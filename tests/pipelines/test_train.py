@@ -177,6 +177,29 @@ def test_run_storage_may_be_a_url_and_sscc_train_trains_the_reference_trainers_n
     assert [h["total"] for h in ckpt.extra["history"]] == [h["total"] for h in reference.history]
 
 
+@pytest.mark.timeout(120)  # the bug was a wait for ever
+def test_tile_slots_run_beside_workers_holding_all_but_a_quarter_cpu(ray_session) -> None:
+    """With 1.75 of the 2 CPUs held (2 training workers at 0.75, the driver's 0.25 left for data
+    tasks), the training dataset's slots still stream through a 0.25-CPU map, every slot once:
+    ``ray.data.range``'s 1-CPU read tasks never started there and training waited for ever."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    held = placement_group([{"CPU": 1.75}])  # what the workers' placement group reserves
+    try:
+        ray.get(held.ready(), timeout=30)
+        slots = train.tile_slots(3).map_batches(lambda b: b, batch_size=1, num_cpus=train.DATA_TASK_CPUS)
+        assert sorted(int(row["slot"]) for row in slots.iter_rows()) == [0, 1, 2]
+    finally:
+        remove_placement_group(held)
+    # a cluster that cannot hold the workers and one data task at all is named before training
+    assert train.cpu_shortfall(2.0, 2, 0.75) is None and train.cpu_shortfall(0.25, 0, 1.0) is None
+    assert train.cpu_shortfall(2.0, 2, 1.0) == (
+        "the Ray cluster has 2 CPUs but 2 training worker(s) at --cpus-per-worker=1 and one 0.25-CPU "
+        "data task need 2.25: training waits until the cluster grows (lower --cpus-per-worker or "
+        "--num-workers)")
+
+
 def test_tile_views_of_several_lines_read_each_line_with_its_own_streams(salinas_lines) -> None:
     """The Ray Data task reads each tile from its line's store; the same tile position on two
     lines draws other views (line 1's stream), line 0 those of a one-line run."""
