@@ -127,7 +127,11 @@ def render_doc(results: dict[str, Any], commands: dict[str, str]) -> str:
             f"{r['bound']} limit). Pipeline / serial chain = {r['ratio_vs_serial_chain']:.2f}: "
             "the read limit decodes each tile's whole halo window from Zarr (up to 9 chunks), "
             "which the pipeline's stripe-order chunk cache avoids; on CPUs the read tasks and "
-            "the label actors share the same cores, so the serial chain bounds them together.",
+            "the label actors share the same cores, so the serial chain bounds them together: "
+            "on CPUs the ratio above stays near serial chain / min(read, model) = "
+            f"{r['serial_chain_pixels_per_s'] / min(lim['read']['pixels_per_s'], lim['model']['pixels_per_s']):.2f} "
+            "(a little above it at most, by the cache's cheaper reads) whatever the pipeline does; "
+            "the goal needs the model off the read cores (a GPU).",
             "",
             f"k-means' nearest-centroid step alone is {lim['kmeans']['pixels_per_s'] / lim['model']['pixels_per_s']:.0f}x "
             "faster than the model's forward pass, but labelling a mosaic with k-means needs the "
