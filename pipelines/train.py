@@ -114,6 +114,13 @@ class EpochClock:
         return self.failure
 
 
+def warn(message: str, **fields: Any) -> None:
+    """A warning of the run: a ``warning`` record in the log (with ``fields``) and a
+    ``warning: ...`` line on stdout, beside the progress lines."""
+    log.warning(message, extra={"fields": fields} if fields else None)
+    print(f"warning: {message}", flush=True)
+
+
 class EpochMonitor:
     """Driver side: while ``fit()`` runs, log every epoch summary posted to the clock as a JSON
     event (``epoch``) and a progress line on stdout (epoch k/N, loss, clusters, elapsed, ETA),
@@ -157,8 +164,7 @@ class EpochMonitor:
         for summary in ray.get(self.clock.since.remote(self.seen)):
             self.seen += 1
             if "warning" in summary:
-                log.warning(summary["warning"])
-                print(f"warning: {summary['warning']}", flush=True)
+                warn(summary["warning"])
                 continue
             self.epochs_seen += 1
             log_event(log, "epoch", **summary)
@@ -627,8 +633,7 @@ def run_training(
     shortfall = None if use_gpu else cpu_shortfall(ray.cluster_resources().get("CPU", 0.0), num_workers,
                                                     cpus_per_worker)
     if shortfall:
-        log.warning(shortfall)
-        print(f"warning: {shortfall}", flush=True)
+        warn(shortfall)
     clock = ray.remote(num_cpus=0)(EpochClock).remote()
     dataset = tile_slots(len(tiles)).map_batches(  # slots of each epoch's tile order
         ordered_tile_views,
@@ -691,9 +696,7 @@ def run_training(
     history_list = (ckpt.extra or {}).get("history", [])
     warning = clusters_warning(history_list[-1], cfg.model.n_clusters) if history_list else None
     if warning:
-        log.warning(warning, extra={"fields": {"clusters_used": history_list[-1]["clusters_used"],
-                                               "n_clusters": cfg.model.n_clusters}})
-        print(f"warning: {warning}", flush=True)
+        warn(warning, clusters_used=history_list[-1]["clusters_used"], n_clusters=cfg.model.n_clusters)
     history = json.dumps(history_list, indent=1)
     storage.write_bytes(storage.join(run_dir, "history.json"), history.encode())
     storage.write_bytes(storage.join(run_dir, "config.yaml"), dump_config(cfg).encode())
