@@ -183,6 +183,15 @@ def user_error(exc: BaseException) -> BaseException | None:
     return None
 
 
+def output_failed(out: object, action: str, error: OSError, left: str) -> ValueError:
+    """The user error for an OS error (full disk, file-size limit, ...) while writing ``out``:
+    ``OUT: <action> failed ([FILE: ]File too large, EFBIG); <left>``, where ``left`` says what
+    stays behind (for example ``nothing was written``)."""
+    where = f"{error.filename}: " if error.filename else ""
+    return ValueError(f"{out}: {action} failed ({where}{error.strerror}, "
+                      f"{errno.errorcode[error.errno]}); {left}")
+
+
 def error_line(error: BaseException) -> str:
     """One line for a user error; an OS error reads ``[PATH: ]<strerror> (ENOSPC)``."""
     if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:

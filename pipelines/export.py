@@ -23,7 +23,6 @@ every product is written: the folder holds one whole export or none.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import sys
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 import xarray as xr
 
 from pipelines.common import (
-    add_logging_args, label_provenance, log_event, run_stage, setup_logging,
+    add_logging_args, label_provenance, log_event, output_failed, run_stage, setup_logging,
 )
 from sscc_core import storage
 from sscc_core.labelling.export import export_all
@@ -146,8 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
         if exc.errno is None:
             raise
         left = "the previous export is kept" if storage.is_dir(out) else "nothing was written"
-        raise ValueError(f"{out}: export failed ({exc.strerror}, {errno.errorcode[exc.errno]}); "
-                         f"{left}") from exc
+        raise output_failed(out, "export", exc, left) from exc
     paths = {name: storage.join(out, path.relative_to(tmp).as_posix())
              if storage.is_url(out) else out / path.relative_to(tmp)
              for name, path in written.items()}

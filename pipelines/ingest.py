@@ -28,7 +28,9 @@ from typing import Any
 
 import ray
 
-from pipelines.common import ensure_ray, gather_tasks, run_stage
+from pipelines.common import (
+    ENVIRONMENT_ERRNOS, ensure_ray, gather_tasks, output_failed, run_stage, user_error,
+)
 from sscc_core import storage
 from sscc_core.io import matlab, mosaic, store
 from sscc_core.io.readers import read_any
@@ -182,9 +184,30 @@ def ingest(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def left_behind(args: argparse.Namespace) -> str:
+    """What a failed ingest leaves at ``--out`` (every store is written whole or not at all)."""
+    if len(args.inputs) > 1 and not args.mosaic:
+        return "the lines ingested before the failure are kept; rerun the same command"
+    kept = "the previous store is kept" if storage.is_dir(args.out) else "nothing was written"
+    if args.mosaic:
+        return f"{kept} (the lines ingested are kept; rerun the same command)"
+    return kept
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Ingest, then print the summary line; returns the summary."""
-    summary = ingest(args)
+    """Ingest, then print the summary line; returns the summary.
+
+    Raises:
+        ValueError: An OS error of the environment (full disk, file-size limit, read-only
+            volume), also from a Ray task, naming ``--out`` and what is left there.
+    """
+    try:
+        summary = ingest(args)
+    except Exception as exc:
+        error = user_error(exc)
+        if not (isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS):
+            raise
+        raise output_failed(args.out, "ingest", error, left_behind(args)) from exc
     print(f"summary: store {summary['store']}: shape {summary['shape']}, bands {summary['bands']}, "
           f"valid pixels {summary['valid']}, nonfinite pixels {summary['nonfinite']}", flush=True)
     return summary

@@ -398,8 +398,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
-        for part in parents:
+        for depth, part in enumerate(parents, 1):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                section = ".".join(parents[:depth])
+                raise ConfigError(f"{dotted}: {section} is a field (= {node!r}), not a section")
         node[leaf] = value
     return from_dict(SSCCConfig, data)
 

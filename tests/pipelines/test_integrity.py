@@ -117,6 +117,16 @@ def test_truncated_hdf5(root, capsys):
     )
 
 
+def test_a_setting_under_a_field_is_one_line(root, capsys):
+    """``--set model.n_clusters.x=3`` gave a TypeError traceback (the override walked into the
+    YAML's int); now the config names the field that is not a section."""
+    argv = ["--store", str(root / "unused.zarr"), "--run-name", "x",
+            "--set", "model.n_clusters.x=3"]
+    assert train.main(argv) == 2
+    assert one_line_error(capsys, "train") == (
+        "model.n_clusters.x: model.n_clusters is a field (= 16), not a section")
+
+
 # --- numbers are checked ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("value", ["inf", "nan", "-.inf"])
@@ -353,28 +363,35 @@ def test_train_worker_errors_are_unwrapped():
 
 
 @pytest.mark.slow  # fault injection, 5-20 s on 2 cores; `make test-slow`
-def test_full_disk_during_export_is_one_line_and_leaves_nothing(root, two_cubes, tmp_path):
-    """A file-size limit (EFBIG, like a full disk) mid-export gave a traceback and 4 of 7
-    products; now one line names the file and the error, and --out is absent."""
+@pytest.mark.parametrize("stage", ["ingest", "export"])
+def test_full_disk_during_ingest_or_export_is_one_line_and_leaves_nothing(root, two_cubes,
+                                                                         tmp_path, stage):
+    """A file-size limit (EFBIG, like a full disk) mid-ingest or mid-export gave a traceback
+    (and 4 of 7 export products); now one line names the output, the error and what is left,
+    and --out is absent."""
     first, _ = two_cubes
-    labels = relabelled_store(first, root / "efbig_labels.zarr", np.arange(7))
     out = tmp_path / "products"
+    if stage == "export":
+        labels = relabelled_store(first, root / "efbig_labels.zarr", np.arange(7))
+        argv = ["export", "--labels", str(labels.path), "--store", str(first), "--out", str(out)]
+    else:
+        argv = ["ingest", "--benchmark", "salinasA", "--out", str(out)]
     script = (
         "import resource, signal, sys\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
         "from pipelines import cli\n"
-        f"sys.exit(cli.main(['export', '--labels', {str(labels.path)!r}, '--store', "
-        f"{str(first)!r}, '--out', {str(out)!r}]))\n"
+        f"sys.exit(cli.main({argv!r}))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[2], timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == (
-        f"sscc export: error: {out}: export failed (File too large, EFBIG); nothing was written")
-    # only the stage's log is left beside the output, and it records the failure
+        f"sscc {stage}: error: {out}: {stage} failed (File too large, EFBIG); nothing was written")
     assert "Traceback" not in done.stderr
-    assert [p.name for p in tmp_path.iterdir()] == ["products.log.jsonl"]
+    # only export's log is left beside the output, and it records the failure
+    logs = ["products.log.jsonl"] if stage == "export" else []
+    assert [p.name for p in tmp_path.iterdir()] == logs
 
 
 # --- crash recovery without hand work ----------------------------------------------------------
