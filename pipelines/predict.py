@@ -73,6 +73,7 @@ import numpy as np
 import torch
 
 from pipelines.common import add_logging_args, ensure_ray, log_event, run_stage, setup_logging
+from pipelines.stderr_filter import RAY_DATA_ACTOR_ARGS, dropping_lines
 from sscc_core import storage
 from sscc_core.model.checkpoint import load_checkpoint
 from sscc_core.config import to_dict
@@ -493,7 +494,8 @@ def label_lines(args: argparse.Namespace, lines: list[Line], outs: list[str | Pa
         for r in runs:
             if r.plan.todo:
                 r.labels.mark_incomplete()
-        tallies = _label_on_ray(runs, labeller.reader, args, log)
+        with dropping_lines(RAY_DATA_ACTOR_ARGS):  # Ray core's line per Ray Data map actor
+            tallies = _label_on_ray(runs, labeller.reader, args, log)
     seconds = time.perf_counter() - start
     for r, tally in zip(runs, tallies):
         if not tally.failed:
