@@ -18,6 +18,7 @@ Conventions of every stage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -63,14 +64,25 @@ def ensure_ray(**options: Any) -> None:
 
 
 def gather_tasks(refs: list[Any], on_done: Callable[[int, Any], None]) -> None:
-    """Wait for Ray tasks, calling ``on_done(index, result)`` as each finishes (progress)."""
+    """Wait for Ray tasks, calling ``on_done(index, result)`` as each finishes (progress).
+
+    When one task fails, the others still run to their end (their results are reported the
+    same way, their errors dropped) before the first error is raised, so every output they
+    finish is whole and Ray prints no "Unhandled error" traceback for a task nobody awaited.
+    """
     import ray
 
     index = {ref: i for i, ref in enumerate(refs)}
     pending = list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        on_done(index[done[0]], ray.get(done[0]))
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            on_done(index[done[0]], ray.get(done[0]))
+    except Exception:
+        for ref in pending:
+            with contextlib.suppress(Exception):
+                on_done(index[ref], ray.get(ref))
+        raise
 
 
 class JsonLinesFormatter(logging.Formatter):

@@ -186,12 +186,14 @@ def ingest(args: argparse.Namespace) -> dict[str, Any]:
 
 def left_behind(args: argparse.Namespace) -> str:
     """What a failed ingest leaves at ``--out`` (every store is written whole or not at all)."""
-    if len(args.inputs) > 1 and not args.mosaic:
-        return "the lines ingested before the failure are kept; rerun the same command"
-    kept = "the previous store is kept" if storage.is_dir(args.out) else "nothing was written"
-    if args.mosaic:
-        return f"{kept} (the lines ingested are kept; rerun the same command)"
-    return kept
+    previous = storage.exists(storage.join(args.out, "zarr.json"))
+    kept = "the previous store is kept" if previous else "nothing was written"
+    if len(args.inputs) < 2 and not args.mosaic:
+        return kept
+    lines = [t for t in _stores_for(args.inputs, Path(args.out), args.mosaic) if t.is_dir()]
+    whole = (f"{len(lines)} of {len(args.inputs)} line stores are whole and kept; rerun the same "
+             "command to ingest the rest" if lines else "no line store was written")
+    return f"mosaic: {kept}; {whole}" if args.mosaic else whole
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
