@@ -5,6 +5,7 @@ documented handling). One test per case; each asserts the exact message."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import subprocess
@@ -30,6 +31,7 @@ from sscc_core.model.checkpoint import (
 from sscc_core.config import load_config
 from sscc_core.io.matlab import read_benchmark
 from sscc_core.io.store import cube_identity, open_cube, write_cube
+from sscc_core.labelling.labelstore import LabelStore, open_label_store
 from tests.helpers import relabelled_store
 from tests.pipelines.test_ingest import write_line
 from tests.sscc_core.io.test_readers import write_envi
@@ -392,6 +394,34 @@ def test_full_disk_during_ingest_or_export_is_one_line_and_leaves_nothing(root, 
     # only export's log is left beside the output, and it records the failure
     logs = ["products.log.jsonl"] if stage == "export" else []
     assert [p.name for p in tmp_path.iterdir()] == logs
+
+
+@pytest.mark.slow  # fault injection, 5-20 s on 2 cores; `make test-slow`
+def test_full_disk_while_labelling_is_one_line_and_the_rerun_finishes(ray_session, root,
+                                                                      two_cubes, tmp_path,
+                                                                      monkeypatch, capsys):
+    """A full disk when the driver records finished tiles ended in 'No space left on device
+    (ENOSPC)' without the store or what was left; now the line names both, the store is left
+    incomplete, and the same command finishes it once there is room."""
+    first, _ = two_cubes
+    ckpt = make_checkpoint(root, first, "fcn", seed=0)
+    out = tmp_path / "labels.zarr"
+    argv = ["--checkpoint", str(ckpt), "--store", str(first), "--out", str(out),
+            "--tile-size", str(TILE), "--actors", "1"]
+
+    def full_disk(self, records):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(LabelStore, "record_tiles", full_disk)
+        assert predict.main(argv) == 2
+    assert one_line_error(capsys, "predict") == (
+        f"{out}: labelling failed (No space left on device, ENOSPC); the label store is left "
+        "incomplete with the tiles recorded so far; free space and rerun the same command (it "
+        "labels the rest)")
+    assert not open_label_store(out).complete
+    assert predict.main(argv) == 0
+    assert open_label_store(out).complete
 
 
 # --- crash recovery without hand work ----------------------------------------------------------
