@@ -50,7 +50,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipelines.common import add_logging_args, ensure_ray, log_event, run_stage, setup_logging
+from pipelines.common import (
+    ENVIRONMENT_ERRNOS, add_logging_args, ensure_ray, log_event, output_failed, run_stage,
+    setup_logging, user_error,
+)
 from pipelines.options import DEFAULT_CONFIG, add_config_args, load_cli_config
 from sscc_core import storage
 from sscc_core.config import SSCCConfig, dump_config, from_dict, to_dict
@@ -364,6 +367,13 @@ def rank_batches(
         yield mine[:, 0], mine[:, 1]
 
 
+def training_failed(run_dir: str, error: OSError) -> ValueError:
+    """The one-line error for a full disk (or another :data:`ENVIRONMENT_ERRNOS` error) while
+    the run writes its checkpoints."""
+    return output_failed(run_dir, "training", error, "the run keeps its last whole checkpoint; "
+                         "free space and relaunch the same command to resume from it")
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """The per-worker training function (runs inside Ray Train workers).
 
@@ -371,14 +381,28 @@ def train_loop(config: dict[str, Any]) -> None:
     diverged loss, a checkpoint that cannot be resumed) end every worker normally and rank 0
     records the error on the clock, for the driver to raise: raised from the workers they would
     be retried ``max_failures`` times from the same checkpoint, to the same end.
+
+    An OS error of the environment (a full disk or read-only volume while writing a
+    checkpoint, :data:`pipelines.common.ENVIRONMENT_ERRNOS`) is recorded the same way and then
+    raised; a retried worker group of this launch finds it recorded and ends at once, so Ray
+    Train's retries do not train the epoch again into the same full disk.
     """
     import ray.train
 
+    clock = config["clock"]
+    if ray.get(clock.failed.remote()) is not None:
+        return
+    rank = ray.train.get_context().get_world_rank()
     try:
         run_epochs(config)
     except RANK_SYMMETRIC_ERRORS as exc:
-        if ray.train.get_context().get_world_rank() == 0:
-            ray.get(config["clock"].fail.remote(exc))
+        if rank == 0:
+            ray.get(clock.fail.remote(exc))
+    except Exception as exc:
+        error = user_error(exc)
+        if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
+            ray.get(clock.fail.remote(error))
+        raise
 
 
 def run_epochs(config: dict[str, Any]) -> None:
@@ -683,9 +707,17 @@ def run_training(
             datasets_to_split=[], execution_options=ray.data.ExecutionOptions(preserve_order=True)),
     )
     with local_dir:
-        with EpochMonitor(clock, cfg.model.n_clusters, cfg.train.epochs):
-            result = trainer.fit()
+        try:
+            with EpochMonitor(clock, cfg.model.n_clusters, cfg.train.epochs):
+                result = trainer.fit()
+        except Exception as exc:
+            failure = ray.get(clock.failed.remote()) or user_error(exc)
+            if isinstance(failure, OSError) and failure.errno in ENVIRONMENT_ERRNOS:
+                raise training_failed(run_dir, failure) from exc
+            raise
         failure = ray.get(clock.failed.remote())
+        if isinstance(failure, OSError):
+            raise training_failed(run_dir, failure)
         if failure is not None:
             raise failure
         reported, ckpt = reported_checkpoint(result, run_dir)

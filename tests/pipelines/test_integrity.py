@@ -424,6 +424,29 @@ def test_full_disk_while_labelling_is_one_line_and_the_rerun_finishes(ray_sessio
     assert open_label_store(out).complete
 
 
+@pytest.mark.slow  # fault injection, 5-20 s on 2 cores; `make test-slow`
+def test_full_disk_while_checkpointing_is_one_line_naming_the_run(root, two_cubes, tmp_path,
+                                                                  monkeypatch, capsys):
+    """A full disk while an epoch's checkpoint was written ended, after Ray Train had retried
+    the epoch into the same disk twice, in a line naming neither the run nor what was kept; now
+    the first failure is recorded, a retried worker group ends at once, and the line says so."""
+    first, _ = two_cubes
+    argv = ["--store", str(first), "--run-name", "full", "--storage-path", str(tmp_path),
+            "--num-workers", "0", "--log-file", str(tmp_path / "log.jsonl"),
+            *[f"--set={k}={v}" for k, v in {**TINY, "train.epochs": 1}.items()]]
+
+    def full_disk(checkpoint, folder):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+
+    monkeypatch.setattr(train, "save_checkpoint", full_disk)
+    assert train.main(argv) == 2
+    message = one_line_error(capsys, "train")
+    assert message.startswith(f"{tmp_path / 'full'}: training failed (")
+    assert message.endswith(": No space left on device, ENOSPC); the run keeps its last whole "
+                            "checkpoint; free space and relaunch the same command to resume "
+                            "from it")
+
+
 # --- crash recovery without hand work ----------------------------------------------------------
 
 def test_resume_falls_back_to_the_newest_loadable_checkpoint(root, two_cubes):
