@@ -22,7 +22,8 @@ import numpy as np
 import xarray as xr
 
 from pipelines.common import (
-    add_logging_args, label_provenance, log_event, run_stage, setup_logging,
+    ENVIRONMENT_ERRNOS, add_logging_args, label_provenance, log_event, output_failed, run_stage,
+    setup_logging,
 )
 from sscc_core import storage
 from sscc_core.labelling.export import write_metrics_json
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         FileNotFoundError: A store is missing.
     """
     log = setup_logging("evaluate", args.log_file, output=args.out)
-    for url in (args.labels, args.store):
+    for url in (args.labels, args.store, *([args.out] if args.out else [])):
         storage.check_url(url)
     store = open_label_store(resolve_labels(args.labels))
     store.require_complete()
@@ -124,7 +125,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log_event(log, "metrics", labels=args.labels, store=args.store,
               **{k: metrics[k] for k in ("n_labelled", *TABLE)})
     if args.out:
-        write_metrics_json(metrics, args.out, label_provenance(store, args.store))
+        try:
+            write_metrics_json(metrics, args.out, label_provenance(store, args.store))
+        except OSError as exc:
+            if exc.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            left = ("the previous file is kept" if storage.exists(args.out)
+                    else "nothing was written")
+            raise output_failed(args.out, "evaluate", exc, left) from exc
         print(f"evaluate: wrote {args.out}")
     return metrics
 

@@ -112,8 +112,12 @@ def write_bytes(path: str | Path, data: bytes) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    except BaseException:  # a full disk: no partial temporary is left either
+        tmp.unlink(missing_ok=True)
+        raise
     return str(target)
 
 

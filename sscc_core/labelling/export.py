@@ -28,6 +28,7 @@ import rioxarray  # noqa: F401  (registers the ``.rio`` accessor used for CRS/tr
 import xarray as xr
 
 import sscc_core
+from sscc_core import storage
 from sscc_core.config import config_hash
 from sscc_core.model.preprocess import merge_moments
 from sscc_core.io.tiling import tile_grid
@@ -586,13 +587,14 @@ def _write_counts_csv(table: np.ndarray, path: Path) -> Path:
 
 def write_metrics_json(
     metrics: Mapping[str, Any], path: str | Path, provenance: Mapping[str, Any]
-) -> Path:
-    """Write ``{"metrics": ..., "provenance": ...}`` as indented JSON (numpy values converted)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+) -> Path | str:
+    """Write ``{"metrics": ..., "provenance": ...}`` as indented JSON (numpy values converted),
+    whole or not at all, at a local path or URL (:func:`sscc_core.storage.write_bytes`);
+    returns where (a ``Path`` for a local path)."""
     doc = {"metrics": dict(metrics), "provenance": dict(provenance)}
-    path.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
-    return path
+    text = json.dumps(doc, indent=2, default=_json_default) + "\n"
+    written = storage.write_bytes(path, text.encode())
+    return written if storage.is_url(written) else Path(written)
 
 
 def export_all(

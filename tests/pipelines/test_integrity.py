@@ -365,23 +365,25 @@ def test_train_worker_errors_are_unwrapped():
 
 
 @pytest.mark.slow  # fault injection, 5-20 s on 2 cores; `make test-slow`
-@pytest.mark.parametrize("stage", ["ingest", "export"])
-def test_full_disk_during_ingest_or_export_is_one_line_and_leaves_nothing(root, two_cubes,
+@pytest.mark.parametrize("stage", ["ingest", "export", "report", "evaluate"])
+def test_full_disk_while_writing_an_output_is_one_line_and_leaves_nothing(root, two_cubes,
                                                                          tmp_path, stage):
-    """A file-size limit (EFBIG, like a full disk) mid-ingest or mid-export gave a traceback
-    (and 4 of 7 export products); now one line names the output, the error and what is left,
-    and --out is absent."""
+    """A file-size limit (EFBIG, like a full disk) mid-ingest, -export, -report or -evaluate
+    gave a traceback (and 4 of 7 export products), or a line without the output, or a partial
+    metrics file; now one line names the output, the error and what is left, and --out is
+    absent."""
     first, _ = two_cubes
     out = tmp_path / "products"
-    if stage == "export":
-        labels = relabelled_store(first, root / "efbig_labels.zarr", np.arange(7))
-        argv = ["export", "--labels", str(labels.path), "--store", str(first), "--out", str(out)]
-    else:
+    if stage == "ingest":
         argv = ["ingest", "--benchmark", "salinasA", "--out", str(out)]
+    else:
+        labels = relabelled_store(first, root / f"efbig_{stage}_labels.zarr", np.arange(7))
+        argv = [stage, "--labels", str(labels.path), "--store", str(first), "--out", str(out)]
+    limit = 1000 if stage == "evaluate" else 20000  # bytes: its metrics JSON is about 2 KB
     script = (
         "import resource, signal, sys\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-        "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
         "from pipelines import cli\n"
         f"sys.exit(cli.main({argv!r}))\n"
     )
@@ -391,8 +393,8 @@ def test_full_disk_during_ingest_or_export_is_one_line_and_leaves_nothing(root, 
     assert done.stderr.strip().splitlines()[-1] == (
         f"sscc {stage}: error: {out}: {stage} failed (File too large, EFBIG); nothing was written")
     assert "Traceback" not in done.stderr
-    # only export's log is left beside the output, and it records the failure
-    logs = ["products.log.jsonl"] if stage == "export" else []
+    # only the stage's log is left beside the output (ingest keeps none)
+    logs = [] if stage == "ingest" else ["products.log.jsonl"]
     assert [p.name for p in tmp_path.iterdir()] == logs
 
 
