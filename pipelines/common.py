@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -202,6 +202,20 @@ def output_failed(out: object, action: str, error: OSError, left: str) -> ValueE
     where = f"{error.filename}: " if error.filename else ""
     return ValueError(f"{out}: {action} failed ({where}{error.strerror}, "
                       f"{errno.errorcode[error.errno]}); {left}")
+
+
+@contextlib.contextmanager
+def failing_output(out: object, action: str, left: Callable[[], str]) -> Iterator[None]:
+    """Turn an OS error of the environment (:data:`ENVIRONMENT_ERRNOS`; also from a Ray task or
+    worker) raised in the block into :func:`output_failed` for ``out``; ``left()`` says what
+    stays behind, asked after the failure."""
+    try:
+        yield
+    except Exception as exc:
+        error = user_error(exc)
+        if not (isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS):
+            raise
+        raise output_failed(out, action, error, left()) from exc
 
 
 def error_line(error: BaseException) -> str:

@@ -22,8 +22,7 @@ import numpy as np
 import xarray as xr
 
 from pipelines.common import (
-    ENVIRONMENT_ERRNOS, add_logging_args, label_provenance, log_event, output_failed, run_stage,
-    setup_logging,
+    add_logging_args, failing_output, label_provenance, log_event, run_stage, setup_logging,
 )
 from sscc_core import storage
 from sscc_core.labelling.export import write_metrics_json
@@ -125,14 +124,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log_event(log, "metrics", labels=args.labels, store=args.store,
               **{k: metrics[k] for k in ("n_labelled", *TABLE)})
     if args.out:
-        try:
+        def left() -> str:
+            return "the previous file is kept" if storage.exists(args.out) else "nothing was written"
+
+        with failing_output(args.out, "evaluate", left):
             write_metrics_json(metrics, args.out, label_provenance(store, args.store))
-        except OSError as exc:
-            if exc.errno not in ENVIRONMENT_ERRNOS:
-                raise
-            left = ("the previous file is kept" if storage.exists(args.out)
-                    else "nothing was written")
-            raise output_failed(args.out, "evaluate", exc, left) from exc
         print(f"evaluate: wrote {args.out}")
     return metrics
 

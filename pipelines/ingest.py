@@ -28,9 +28,7 @@ from typing import Any
 
 import ray
 
-from pipelines.common import (
-    ENVIRONMENT_ERRNOS, ensure_ray, gather_tasks, output_failed, run_stage, user_error,
-)
+from pipelines.common import ensure_ray, failing_output, gather_tasks, run_stage
 from sscc_core import storage
 from sscc_core.io import matlab, mosaic, store
 from sscc_core.io.readers import read_any
@@ -203,13 +201,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ValueError: An OS error of the environment (full disk, file-size limit, read-only
             volume), also from a Ray task, naming ``--out`` and what is left there.
     """
-    try:
+    with failing_output(args.out, "ingest", lambda: left_behind(args)):
         summary = ingest(args)
-    except Exception as exc:
-        error = user_error(exc)
-        if not (isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS):
-            raise
-        raise output_failed(args.out, "ingest", error, left_behind(args)) from exc
     print(f"summary: store {summary['store']}: shape {summary['shape']}, bands {summary['bands']}, "
           f"valid pixels {summary['valid']}, nonfinite pixels {summary['nonfinite']}", flush=True)
     return summary

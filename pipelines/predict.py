@@ -73,8 +73,7 @@ import numpy as np
 import torch
 
 from pipelines.common import (
-    ENVIRONMENT_ERRNOS, add_logging_args, ensure_ray, log_event, output_failed, run_stage,
-    setup_logging,
+    add_logging_args, ensure_ray, failing_output, log_event, run_stage, setup_logging,
 )
 from pipelines.stderr_filter import RAY_DATA_ACTOR_ARGS, dropping_lines
 from sscc_core import storage
@@ -497,16 +496,11 @@ def label_lines(args: argparse.Namespace, lines: list[Line], outs: list[str | Pa
         for r in runs:
             if r.plan.todo:
                 r.labels.mark_incomplete()
-        try:
-            with dropping_lines(RAY_DATA_ACTOR_ARGS):  # Ray core's line per Ray Data map actor
-                tallies = _label_on_ray(runs, labeller.reader, args, log)
-        except OSError as exc:  # the driver's record writes: a full disk, a read-only volume
-            if exc.errno not in ENVIRONMENT_ERRNOS:
-                raise
-            raise output_failed(
-                args.out, "labelling", exc, "the label store is left incomplete with the tiles "
-                "recorded so far; free space and rerun the same command (it labels the rest)",
-            ) from exc
+        left = ("the label store is left incomplete with the tiles recorded so far; free space "
+                "and rerun the same command (it labels the rest)")
+        with failing_output(args.out, "labelling", lambda: left), \
+                dropping_lines(RAY_DATA_ACTOR_ARGS):  # Ray core's line per Ray Data map actor
+            tallies = _label_on_ray(runs, labeller.reader, args, log)
     seconds = time.perf_counter() - start
     for r, tally in zip(runs, tallies):
         if not tally.failed:

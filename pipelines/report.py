@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from pipelines.common import (
-    ENVIRONMENT_ERRNOS, add_logging_args, log_event, output_failed, run_stage, setup_logging,
+    add_logging_args, failing_output, log_event, run_stage, setup_logging,
 )
 from pipelines.export import check_input
 from sscc_core import storage
@@ -131,15 +131,13 @@ def run(args: argparse.Namespace) -> ReportResult:
     store = open_finished(args.labels)
     training, missing = find_training(args.run, args.labels)
     previous = open_finished(args.previous) if args.previous else None
-    try:
+    def left() -> str:
+        return "the previous report is kept" if is_report(args.out) else "nothing was written"
+
+    with failing_output(args.out, "report", left):
         result = report_into(Path(args.out), store, args.store, training=training,
                              training_missing=missing, previous=previous,
                              overwrite=args.overwrite, spectra_pixels=args.spectra_pixels)
-    except OSError as exc:
-        if exc.errno not in ENVIRONMENT_ERRNOS:
-            raise
-        left = "the previous report is kept" if is_report(args.out) else "nothing was written"
-        raise output_failed(args.out, "report", exc, left) from exc
     for section, note in result.notes.items():
         print(f"report: note: {section}: {note}")
     print(f"report: {result.index}", flush=True)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +18,17 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
+
+
+@pytest.fixture(autouse=True)
+def ray_data_console_on_this_tests_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray Data's console log handler keeps the stream it was made with, in the first test
+    that ran a dataset: that test's stderr capture, closed when it ended. A later test's
+    dataset would then print a "--- Logging error ---" traceback into its own stderr (and fail
+    the one-line-error assertions); each test points such a handler at its own stderr."""
+    for handler in logging.getLogger("ray.data").handlers:
+        if getattr(getattr(handler, "stream", None), "closed", False):
+            monkeypatch.setattr(handler, "stream", sys.stderr)
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,8 @@ def one_line_error(capsys, stage: str) -> str:
     lines = capsys.readouterr().err.splitlines()
     prefix = f"sscc {stage}: error: "
     assert lines and lines[-1].startswith(prefix), lines[-20:]
-    assert not any("Traceback" in line or line.startswith(prefix) for line in lines[:-1])
+    assert not any("Traceback" in line or line.startswith(prefix) for line in lines[:-1]), \
+        lines[-20:]
     return lines[-1].removeprefix(prefix)
 
 
