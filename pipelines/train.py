@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from pipelines.common import (
-    ENVIRONMENT_ERRNOS, add_logging_args, ensure_ray, log_event, output_failed, run_stage,
+    ENVIRONMENT_ERRNOS, add_logging_args, ensure_ray, failing_output, log_event, run_stage,
     setup_logging, user_error,
 )
 from pipelines.options import DEFAULT_CONFIG, add_config_args, load_cli_config
@@ -367,11 +367,9 @@ def rank_batches(
         yield mine[:, 0], mine[:, 1]
 
 
-def training_failed(run_dir: str, error: OSError) -> ValueError:
-    """The one-line error for a full disk (or another :data:`ENVIRONMENT_ERRNOS` error) while
-    the run writes its checkpoints."""
-    return output_failed(run_dir, "training", error, "the run keeps its last whole checkpoint; "
-                         "free space and relaunch the same command to resume from it")
+TRAINING_LEFT = ("the run keeps its last whole checkpoint; free space and relaunch the same "
+                 "command to resume from it")
+"""What a run stopped by a full disk (or another environment OS error) leaves behind."""
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -707,19 +705,12 @@ def run_training(
             datasets_to_split=[], execution_options=ray.data.ExecutionOptions(preserve_order=True)),
     )
     with local_dir:
-        try:
+        with failing_output(run_dir, "training", lambda: TRAINING_LEFT):
             with EpochMonitor(clock, cfg.model.n_clusters, cfg.train.epochs):
                 result = trainer.fit()
-        except Exception as exc:
-            failure = ray.get(clock.failed.remote()) or user_error(exc)
-            if isinstance(failure, OSError) and failure.errno in ENVIRONMENT_ERRNOS:
-                raise training_failed(run_dir, failure) from exc
-            raise
-        failure = ray.get(clock.failed.remote())
-        if isinstance(failure, OSError):
-            raise training_failed(run_dir, failure)
-        if failure is not None:
-            raise failure
+            failure = ray.get(clock.failed.remote())
+            if failure is not None:
+                raise failure
         reported, ckpt = reported_checkpoint(result, run_dir)
     ckpt = readout_post_step(ckpt, stores, tiles)
     path = save_checkpoint(ckpt, final_checkpoint(run_dir))
