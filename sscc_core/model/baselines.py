@@ -8,8 +8,8 @@ pixels) mean ACC 0.77 vs 0.69 over seeds 0..2, so feed the baseline
 :class:`~sklearn.cluster.MiniBatchKMeans`, fitted on a pixel set that fits in memory (labelled
 or sampled pixels) and then applied tile by tile to a whole scene (:func:`fit_kmeans_baseline`,
 :func:`label_kmeans_baseline`: the one k-means baseline of the accuracy harness, the demo and the
-benchmarks). Labels are the nearest centroid (:func:`nearest_centroid`, the same function the
-k-means readout of SSCC uses).
+benchmarks). Labels are the nearest centroid (:func:`sscc_core.model.readout.nearest_centroid`,
+the k-means readout of SSCC).
 """
 
 from __future__ import annotations
@@ -23,34 +23,8 @@ from torch import Tensor
 
 from sscc_core.model.postprocess import NODATA
 from sscc_core.model.preprocess import Preprocessor
+from sscc_core.model.readout import nearest_centroid
 from sscc_core.io.tiling import tile_grid, tile_valid
-
-
-def nearest_centroid(features: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
-    """Nearest-centroid labels of feature vectors (Euclidean, in float64), and a confidence.
-
-    Args:
-        features: (N, D) feature vectors.
-        centroids: (K, D) k-means centroids, K >= 2.
-
-    Returns:
-        ``(labels, confidence)``: (N,) int64 in ``[0, K)`` and (N,) float32
-        ``1 - d_nearest / d_second`` in ``[0, 1]`` (0 = equidistant from two centroids).
-
-    Raises:
-        ValueError: Shapes do not match.
-    """
-    if features.ndim != 2 or centroids.ndim != 2 or features.shape[1] != centroids.shape[1]:
-        raise ValueError(f"nearest_centroid: expected (N, D) features and (K, D) centroids, got "
-                         f"{tuple(features.shape)} and {tuple(centroids.shape)}")
-    if centroids.shape[0] < 2:
-        raise ValueError(f"nearest_centroid: need at least 2 centroids, got {centroids.shape[0]}")
-    f, c = features.double(), centroids.double()
-    dist2 = (f * f).sum(1, keepdim=True) - 2.0 * f @ c.T + (c * c).sum(1)  # (N, K)
-    two = dist2.clamp(min=0.0).topk(2, dim=1, largest=False)
-    d = two.values.sqrt()
-    conf = torch.where(d[:, 1] > 0, 1.0 - d[:, 0] / d[:, 1].clamp(min=1e-300), 0.0)
-    return two.indices[:, 0].long(), conf.float()
 
 
 def fit_kmeans(

@@ -37,7 +37,6 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from sscc_core.model.baselines import nearest_centroid
 from sscc_core.config import PostprocessConfig
 
 Kind = Literal["head", "kmeans", "spectral"]
@@ -56,6 +55,32 @@ def standardise(vectors: Tensor, state: dict[str, Tensor]) -> Tensor:
         z = z * state["weights"].double()
     return z.float()
 
+
+def nearest_centroid(features: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
+    """Nearest-centroid labels of feature vectors (Euclidean, in float64), and a confidence.
+
+    Args:
+        features: (N, D) feature vectors.
+        centroids: (K, D) k-means centroids, K >= 2.
+
+    Returns:
+        ``(labels, confidence)``: (N,) int64 in ``[0, K)`` and (N,) float32
+        ``1 - d_nearest / d_second`` in ``[0, 1]`` (0 = equidistant from two centroids).
+
+    Raises:
+        ValueError: Shapes do not match.
+    """
+    if features.ndim != 2 or centroids.ndim != 2 or features.shape[1] != centroids.shape[1]:
+        raise ValueError(f"nearest_centroid: expected (N, D) features and (K, D) centroids, got "
+                         f"{tuple(features.shape)} and {tuple(centroids.shape)}")
+    if centroids.shape[0] < 2:
+        raise ValueError(f"nearest_centroid: need at least 2 centroids, got {centroids.shape[0]}")
+    f, c = features.double(), centroids.double()
+    dist2 = (f * f).sum(1, keepdim=True) - 2.0 * f @ c.T + (c * c).sum(1)  # (N, K)
+    two = dist2.clamp(min=0.0).topk(2, dim=1, largest=False)
+    d = two.values.sqrt()
+    conf = torch.where(d[:, 1] > 0, 1.0 - d[:, 0] / d[:, 1].clamp(min=1e-300), 0.0)
+    return two.indices[:, 0].long(), conf.float()
 
 
 @dataclass(frozen=True)

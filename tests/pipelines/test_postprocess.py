@@ -18,7 +18,7 @@ from sscc_core.model.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from sscc_core.model.baselines import nearest_centroid
+from sscc_core.model.readout import nearest_centroid
 from sscc_core.config import ModelConfig, PostprocessConfig, SSCCConfig, TrainConfig
 from sscc_core.labelling.inference import Labeller, label_scene
 from sscc_core.io.matlab import read_benchmark
