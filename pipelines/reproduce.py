@@ -5,7 +5,10 @@
     sscc reproduce --dataset salinas_a --method kmeans_pca --protocol all --seeds 0 1 2
     python -m pipelines.reproduce ... --set train.epochs=5 --json runs/ip.json
 
-Runs in this process (no Ray): :func:`sscc_core.accuracy.experiment.run_one` per seed. Prints one line
+Runs in this process (no Ray): :func:`sscc_core.accuracy.experiment.run_one` per seed, with
+``configs/default.yaml`` unless ``--config`` says otherwise and each method's settings in the suite
+(:func:`sscc_core.accuracy.suite.method_overrides`; ``--set`` overrides them), so any cell of the
+suite's tables reruns with its ``--dataset``, ``--protocol``, ``--method`` and ``--seeds``. Prints one line
 per seed, then a Markdown table row of mean ± std (ACC, NMI, ARI, kappa) with the mean CPU and
 wall seconds per run; ``--json`` also writes every per-seed row and the summary.
 
@@ -29,8 +32,8 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from pipelines.common import run_stage
-from pipelines.options import DEFAULT_CONFIG, add_config_args, load_cli_config
-from sscc_core.config import to_dict
+from pipelines.options import DEFAULT_CONFIG, add_config_args, load_cli_config, parse_overrides
+from sscc_core.config import load_config, to_dict
 from sscc_core.accuracy.experiment import (
     METHODS,
     Scene,
@@ -68,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "postprocess.smooth_sigma/spectral_neighbors/readout_sample apply)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="labelled",
                    help="labelled: train on labelled pixels (authors); all: on every valid pixel")
-    add_config_args(p)
+    add_config_args(p, DEFAULT_CONFIG)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--data-dir", default=None, help="directory of the benchmark .mat files")
@@ -80,8 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_suite(args: argparse.Namespace, command: str) -> None:
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    if args.config is None:
-        args.config = str(DEFAULT_CONFIG)
     cfg = load_cli_config(args)
     if not Path(args.doc).is_file():
         raise FileNotFoundError(f"--doc {args.doc}: no such file")
@@ -126,7 +127,9 @@ def _run(args: argparse.Namespace) -> None:
         raise ValueError("--dataset is required (or --suite)")
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)
-    cfg = load_cli_config(args)
+    # the method's settings in the suite, under the command line's own overrides: a suite cell
+    # reruns with the same --dataset, --protocol, --method and --seeds
+    cfg = load_config(args.config, {**suite.method_overrides(args.method), **parse_overrides(args.overrides)})
     scene = load_scene(args.dataset, args.data_dir)
     check_k_override(args.overrides, cfg.model.n_clusters, scene)
     print(f"{scene.name}: {scene.cube.shape[0]} bands x {scene.cube.shape[1]} x "

@@ -14,7 +14,7 @@ import pytest
 
 from pipelines.reproduce import main as reproduce_main
 from sscc_core.accuracy import suite
-from sscc_core.config import load_config
+from sscc_core.config import load_config, to_dict
 from sscc_core.accuracy.experiment import Scene, load_scene, run_one, scene_config
 
 DATA = Path(__file__).resolve().parents[3] / "data"
@@ -110,3 +110,26 @@ def test_bad_scenes_fail_in_one_line_naming_the_value() -> None:
     labels_k[1] = [3, 4]
     with pytest.raises(ValueError, match=r"^tiny: 2 training pixels \(protocol 'labelled'\) are fewer than model.n_clusters=4$"):
         run_one(Scene("tiny", tiny.cube, np.array([[True, True], [False, False]]), labels_k), "kmeans", "labelled", 0, cfg)
+
+
+def test_a_cell_of_the_suite_reruns_from_sscc_reproduce_with_its_settings(tmp_path: Path) -> None:
+    """``sscc reproduce --dataset ... --method ...`` without ``--config`` ran the authors' recipe
+    (and the spectral_pca baseline without its published smoothing) while ``--suite`` ran
+    ``configs/default.yaml``: the same command line gave another cell's number. Now a single
+    run takes the suite's configuration for its method, and ``--set`` still overrides it."""
+    scene = load_scene("samson")
+    shipped = load_config("configs/default.yaml")
+    out = tmp_path / "r.json"
+    argv = ["--dataset", "samson", "--method", "spectral_pca", "--protocol", "all", "--seeds", "0",
+            "--threads", "1", "--json", str(out)]
+    assert reproduce_main(argv) == 0
+    doc = json.loads(out.read_text())
+    in_suite = suite.method_config(shipped, "spectral_pca")
+    assert doc["config"] == to_dict(scene_config(in_suite, scene, "all", 0))
+    assert doc["config"]["postprocess"]["smooth_sigma"] == 2.0
+    assert doc["runs"][0]["acc"] == run_one(scene, "spectral_pca", "all", 0, in_suite).metrics["acc"]
+    assert reproduce_main([*argv, "--set", "postprocess.smooth_sigma=1.5"]) == 0
+    assert json.loads(out.read_text())["config"]["postprocess"]["smooth_sigma"] == 1.5
+    assert reproduce_main(["--dataset", "samson", "--method", "kmeans_pca", "--seeds", "0",
+                           "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["config"] == to_dict(scene_config(shipped, scene, "labelled", 0))
