@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="directory of the benchmark .mat files")
     p.add_argument("--json", default=None, help="write per-seed rows and the summary here")
     p.add_argument("--verbose", action="store_true", help="print one line per SSCC epoch")
+    p.add_argument("--device", default="cpu",
+                   help="where the SSCC network trains and runs: cpu (default), cuda or cuda:N "
+                        "(single runs; e.g. configs/paper.yaml on a GPU)")
     return p
 
 
@@ -116,11 +120,32 @@ def check_k_override(overrides: list[str], k: int, scene: Scene) -> None:
                          f"takes any K)")
 
 
+def torch_device(name: str) -> torch.device:
+    """The torch device ``--device`` names, checked against what this machine has.
+
+    Raises:
+        ValueError: Not ``cpu``, ``cuda`` or ``cuda:N``, or no such CUDA device here.
+    """
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise ValueError(f"--device {name}: expected cpu, cuda or cuda:N")
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ValueError(f"--device {name}: torch sees {count} CUDA device(s) on this machine; "
+                             f"use --device cpu")
+    return device
+
+
 def _run(args: argparse.Namespace) -> None:
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     command = "sscc reproduce " + " ".join(args.argv)
+    device = torch_device(args.device)
     if args.suite:
+        if device.type != "cpu":
+            raise ValueError(f"--device {args.device}: the suite runs on the CPU (its tables report "
+                             f"CPU seconds); use --device with single runs")
         _run_suite(args, command)
         return
     if args.dataset is None:
@@ -137,7 +162,7 @@ def _run(args: argparse.Namespace) -> None:
           f"{scene.n_classes} classes; method {args.method}, protocol {args.protocol}", flush=True)
     results = []
     for seed in args.seeds:
-        r = run_one(scene, args.method, args.protocol, seed, cfg, verbose=args.verbose)
+        r = run_one(scene, args.method, args.protocol, seed, cfg, verbose=args.verbose, device=device)
         results.append(r)
         m = r.metrics
         print(f"seed {seed}: ACC {m['acc']:.4f} NMI {m['nmi']:.4f} ARI {m['ari']:.4f} "

@@ -332,7 +332,8 @@ def rank_batches(
     uses (:func:`sscc_core.training.batches.shuffled_batches`, generator
     ``epoch_generator(seed, epoch)``) and scatters slice r of each to rank r, so the global
     batches, and with the gathered loss the whole training, do not depend on the number of
-    workers.
+    workers. The batches are composed on the CPU, as the reference trainer composes them, and
+    each rank's rows are moved to its training device (``ray.train.torch.get_device()``).
 
     Args:
         shard: This worker's iterator of the whole dataset (only rank 0 reads it).
@@ -349,8 +350,10 @@ def rank_batches(
     import torch.distributed as dist
 
     local = cfg.train.batch_size // world_size
+    device = ray.train.torch.get_device()
     source = shuffled_batches(
-        ((b["view_a"], b["view_b"]) for b in shard.iter_torch_batches(batch_size=cfg.train.batch_size)),
+        ((b["view_a"], b["view_b"])
+         for b in shard.iter_torch_batches(batch_size=cfg.train.batch_size, device="cpu")),
         cfg.train.batch_size, cfg.train.shuffle_buffer, epoch_generator(cfg.train.seed, epoch),
     ) if rank == 0 else None
     p = cfg.preprocess.patch_size
@@ -359,10 +362,10 @@ def rank_batches(
         if rank == 0 and batch is None:
             raise RuntimeError(f"epoch {epoch}: the dataset gave {i} of {config['n_batches']} batches")
         if world_size == 1:
-            yield batch
+            yield batch[0].to(device), batch[1].to(device)
             continue
-        pairs = torch.stack(batch, dim=1) if rank == 0 else None
-        mine = torch.empty((local, 2, config["in_channels"], p, p), device=ray.train.torch.get_device())
+        pairs = torch.stack(batch, dim=1).to(device) if rank == 0 else None
+        mine = torch.empty((local, 2, config["in_channels"], p, p), device=device)
         dist.scatter(mine, list(pairs.split(local)) if rank == 0 else None, src=0)
         yield mine[:, 0], mine[:, 1]
 
@@ -417,7 +420,8 @@ def run_epochs(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     resume = resumed_state(ray.train.get_checkpoint(), config, rank)
-    training = build_training(cfg, config["in_channels"], resume, sync_batchnorm=world_size > 1)
+    training = build_training(cfg, config["in_channels"], resume, sync_batchnorm=world_size > 1,
+                              device=ray.train.torch.get_device())
     twin = ray.train.torch.prepare_model(TwinForward(training.model))
     loss = SSCCLoss(cfg.loss, gather_distributed=True)
     shard = ray.train.get_dataset_shard("train")

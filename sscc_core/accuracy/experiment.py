@@ -28,8 +28,8 @@ Methods:
   pixels (``spectral_neighbors``, ``readout_sample``) extended to every valid pixel by the
   fitted logistic regression; then the ``cfg.postprocess`` mode filter.
 
-Each run reports its process CPU seconds (all threads) and wall seconds. :func:`run_seeds`
-repeats a run over seeds and :func:`summarise` gives mean and std of every score.
+Each run reports its process CPU seconds (all threads) and wall seconds; :func:`summarise` gives
+the mean and std of every score over the seeds of one setting.
 """
 
 from __future__ import annotations
@@ -202,10 +202,12 @@ def _readout_pca_map(scene: Scene, pre: Preprocessor, train_mask: np.ndarray,
 
 
 def _sscc_map(scene: Scene, pre: Preprocessor, train_mask: np.ndarray, cfg: SSCCConfig,
-              verbose: bool) -> tuple[np.ndarray, list[dict[str, float]], dict[str, Any] | None]:
+              verbose: bool, device: torch.device | str = "cpu",
+              ) -> tuple[np.ndarray, list[dict[str, float]], dict[str, Any] | None]:
     """Train SSCC on ``train_mask``'s pixels as ``sscc train`` does (the reference trainer: the
-    same tiles, views and batches), fit the ``cfg.postprocess`` readout (as ``sscc train``
-    does) and label every valid pixel (before filtering)."""
+    same tiles, views and batches) on ``device``, fit the ``cfg.postprocess`` readout (as
+    ``sscc train`` does) and label every valid pixel (before filtering); the network runs on
+    ``device`` throughout, the clustering of the readout on the CPU."""
 
     def log(epoch: int, summary: dict[str, float]) -> None:
         if verbose:
@@ -213,7 +215,7 @@ def _sscc_map(scene: Scene, pre: Preprocessor, train_mask: np.ndarray, cfg: SSCC
                   f"lr {summary['lr']:.2e} {summary['seconds']:.1f}s", flush=True)
 
     views = scene_views(scene.cube, scene.valid, scene.labels, pre, cfg)
-    training = train_reference(views, pre.n_components, cfg, on_epoch=log)
+    training = train_reference(views, pre.n_components, cfg, on_epoch=log, device=device)
     model = training.model
     readout = fit_readout(model, pre, scene.cube, scene.valid, train_mask, cfg)
     labeller = Labeller(model, pre, readout=readout)
@@ -223,7 +225,7 @@ def _sscc_map(scene: Scene, pre: Preprocessor, train_mask: np.ndarray, cfg: SSCC
 
 def run_one(
     scene: Scene, method: Method, protocol: str, seed: int, cfg: SSCCConfig,
-    verbose: bool = False,
+    verbose: bool = False, device: torch.device | str = "cpu",
 ) -> RunResult:
     """One run of the protocol; see the module docstring.
 
@@ -234,6 +236,8 @@ def run_one(
         seed: Seed of the pre-processing sample, weights, sampling, augmentation and k-means.
         cfg: Run configuration; K, protocol and seed are overridden per run.
         verbose: Print one line per SSCC epoch.
+        device: Where the SSCC network trains and runs (``"cuda"`` on a GPU; the other methods
+            ignore it).
 
     Returns:
         A :class:`RunResult` scored on the labelled pixels.
@@ -256,7 +260,7 @@ def run_one(
     if method in ("sscc", "sscc_untrained"):
         if method == "sscc_untrained":
             cfg = replace(cfg, train=replace(cfg.train, epochs=1, lr=UNTRAINED_LR))
-        label_map, history, selection = _sscc_map(scene, pre, train_mask, cfg, verbose)
+        label_map, history, selection = _sscc_map(scene, pre, train_mask, cfg, verbose, device)
     elif method == "readout_pca":
         label_map, selection = _readout_pca_map(scene, pre, train_mask, cfg)
     elif method == "spectral_pca":
@@ -271,14 +275,6 @@ def run_one(
     scored = scene.labels > 0
     metrics = evaluate(scene.labels[scored], label_map[scored])
     return RunResult(scene.name, method, protocol, seed, metrics, cpu, wall, label_map, history, selection)
-
-
-def run_seeds(
-    scene: Scene, method: Method, protocol: str, seeds: list[int], cfg: SSCCConfig,
-    verbose: bool = False,
-) -> list[RunResult]:
-    """:func:`run_one` for each seed, in order."""
-    return [run_one(scene, method, protocol, s, cfg, verbose) for s in seeds]
 
 
 def summarise(results: list[RunResult]) -> dict[str, Any]:

@@ -395,7 +395,8 @@ def recalibrate_batchnorm(model: SSCCNet, patches: Tensor, batch_size: int = 204
 
     Args:
         model: The trained network (left in eval mode).
-        patches: (N, C, P, P) clean patches, e.g. the training pixels' patches.
+        patches: (N, C, P, P) clean patches, e.g. the training pixels' patches (moved to the
+            model's device batch by batch).
         batch_size: Patches per forward pass.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -404,9 +405,10 @@ def recalibrate_batchnorm(model: SSCCNet, patches: Tensor, batch_size: int = 204
         m.reset_running_stats()
         m.momentum = None
     model.train()
+    device = next(model.parameters()).device
     with torch.no_grad():
         for batch in patches.split(batch_size):
-            model.features(batch)
+            model.features(batch.to(device))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.eval()

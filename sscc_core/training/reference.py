@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from sscc_core.config import SSCCConfig
@@ -79,6 +80,7 @@ def train_reference(
     cfg: SSCCConfig,
     resume: Checkpoint | None = None,
     on_epoch: EpochCallback | None = None,
+    device: torch.device | str = "cpu",
 ) -> Training:
     """Train SSCC for ``cfg.train.epochs`` epochs on the views of :func:`scene_views` or
     :func:`patch_views`.
@@ -89,16 +91,18 @@ def train_reference(
         cfg: Run configuration.
         resume: Continue from this checkpoint's epoch.
         on_epoch: Called after every epoch with ``(epoch, summary)`` (logging, checkpoints).
+        device: Where the network trains (``"cuda"`` on a GPU); the views are drawn on the CPU
+            as in ``sscc train`` and each batch is moved there. The trained model stays there.
 
     A run whose last epoch used fewer than K clusters logs :func:`clusters_warning` (logger
     ``sscc_core.training.reference``).
     """
-    training = build_training(cfg, in_channels, resume)
+    training = build_training(cfg, in_channels, resume, device=device)
     twin, loss = TwinForward(training.model), SSCCLoss(cfg.loss)
     while training.epoch < cfg.train.epochs:
         batches = shuffled_batches(views(training.epoch), cfg.train.batch_size, cfg.train.shuffle_buffer,
                                    epoch_generator(cfg.train.seed, training.epoch))
-        summary = train_epoch(training, twin, loss, batches, cfg)
+        summary = train_epoch(training, twin, loss, ((a.to(device), b.to(device)) for a, b in batches), cfg)
         if on_epoch is not None:
             on_epoch(training.epoch, summary)
     if training.history:

@@ -58,7 +58,8 @@ class Training:
 
 
 def build_training(
-    cfg: SSCCConfig, in_channels: int, resume: Checkpoint | None = None, sync_batchnorm: bool = False
+    cfg: SSCCConfig, in_channels: int, resume: Checkpoint | None = None, sync_batchnorm: bool = False,
+    device: torch.device | str = "cpu",
 ) -> Training:
     """Model, Adam and StepLR of the recipe, seeded; restored from ``resume`` when given.
 
@@ -68,11 +69,15 @@ def build_training(
         resume: A checkpoint to continue from (weights, optimiser, scheduler, epoch).
         sync_batchnorm: Use :class:`sscc_core.model.network.SyncBatchNorm2d` (data-parallel training:
             BatchNorm statistics over the global batch); same weights and state-dict keys.
+        device: Where the model trains. The model moves there before the optimiser is built and
+            a resumed optimiser state is loaded, so Adam's moments sit on the same device as
+            the weights (moving the model afterwards would leave them behind).
     """
     torch.manual_seed(cfg.train.seed)
-    model = SSCCNet(cfg.model, in_channels, cfg.preprocess.patch_size)
+    model = SSCCNet(cfg.model, in_channels, cfg.preprocess.patch_size)  # initialised on the CPU
     if sync_batchnorm:
         convert_sync_batchnorm(model)
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.train.step_size, cfg.train.gamma)
     training = Training(model, optimizer, scheduler)

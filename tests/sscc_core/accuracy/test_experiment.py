@@ -245,6 +245,14 @@ def test_reproduce_cli_user_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert parse_overrides(["model.widths=[8, 16]", "train.lr=1e-3"]) == {
         "model.widths": [8, 16], "train.lr": "1e-3"}  # YAML 1.1; the config reads it as 1e-3
     assert load_config(overrides={"train.lr": "1e-3"}).train.lr == 1e-3
+    assert reproduce_main(["--dataset", "salinas_a", "--device", "gpu"]) == 2
+    assert capsys.readouterr().err == "sscc reproduce: error: --device gpu: expected cpu, cuda or cuda:N\n"
+    assert reproduce_main(["--suite", "--device", "cuda:0"]) == 2
+    if torch.cuda.is_available():
+        assert "--device cuda:0: the suite runs on the CPU" in capsys.readouterr().err
+    else:
+        assert capsys.readouterr().err == ("sscc reproduce: error: --device cuda:0: torch sees 0 CUDA "
+                                           "device(s) on this machine; use --device cpu\n")
 
 
 @pytest.mark.slow

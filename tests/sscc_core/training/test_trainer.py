@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from sscc_core.config import LossConfig, load_config
+from sscc_core.model.checkpoint import Checkpoint
 from sscc_core.model.loss import LOSS_PARTS, sscc_loss
+from sscc_core.model.network import TwinForward
 from sscc_core.training.reference import patch_views, train_reference
-from sscc_core.training.trainer import EpochStats, clusters_warning, progress_line
+from sscc_core.training.trainer import EpochStats, build_training, clusters_warning, progress_line
 
 K = 5
 
@@ -65,3 +67,37 @@ def test_reference_trainer_reports_health_and_warns_on_unused_clusters(
     assert 1 <= last["clusters_used"] <= 32
     assert 0 <= last["assign_entropy"] <= np.log(40)
     assert [r.getMessage() for r in caplog.records] == [clusters_warning(last, 40)]
+
+
+TINY_NET = {"model.widths": [4, 4, 4], "model.stem_channels": 4, "model.head_hidden": 8,
+            "model.n_clusters": 3, "preprocess.patch_size": 7, "train.batch_size": 8}
+
+
+@pytest.mark.filterwarnings("ignore:.*copying from a non-meta parameter:UserWarning")
+def test_a_resumed_training_keeps_weights_and_adam_moments_on_its_device() -> None:
+    """``sscc train --use-gpu`` built the model on the CPU, loaded the resumed Adam state there
+    and let ``prepare_model`` move only the weights to the GPU, so the first step of a resumed
+    GPU run would mix devices. The model now moves before the optimiser loads its state; the
+    ``meta`` device stands in for a GPU here (no data, but real device placement)."""
+    cfg = load_config(overrides=TINY_NET)
+    first = build_training(cfg, 4)
+    x = torch.randn(8, 4, 7, 7)
+    loss = sscc_loss(*TwinForward(first.model)(x, x.flip(-1)), cfg.loss).total
+    loss.backward()
+    first.optimizer.step()
+    resume = Checkpoint(cfg, 4, 10, first.model.state_dict(), {}, epoch=1,
+                        optimizer_state=first.optimizer.state_dict(),
+                        scheduler_state=first.scheduler.state_dict())
+    moved = build_training(cfg, 4, resume, device="meta")
+    assert {p.device.type for p in moved.model.parameters()} == {"meta"}
+    moments = [v for state in moved.optimizer.state.values() for k, v in state.items() if k != "step"]
+    assert moments and {m.device.type for m in moments} == {"meta"}
+    assert moved.epoch == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_reference_trainer_trains_on_a_gpu() -> None:
+    cfg = load_config(overrides={**TINY_NET, "train.epochs": 1})
+    views = patch_views(torch.randn(32, 4, 7, 7), cfg)
+    training = train_reference(views, 4, cfg, device="cuda")
+    assert next(training.model.parameters()).is_cuda and len(training.history) == 1
