@@ -33,8 +33,9 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from pipelines.common import run_stage
+from sscc_core import storage
 from pipelines.options import DEFAULT_CONFIG, add_config_args, load_cli_config, parse_overrides
-from sscc_core.config import load_config, to_dict
+from sscc_core.config import MAX_SEED, load_config, to_dict
 from sscc_core.accuracy.experiment import (
     METHODS,
     Scene,
@@ -90,6 +91,9 @@ def _run_suite(args: argparse.Namespace, command: str) -> None:
     cfg = load_cli_config(args)
     if not Path(args.doc).is_file():
         raise FileNotFoundError(f"--doc {args.doc}: no such file")
+    suite.generated_block(args.doc)
+    check_output("--doc", args.doc, Path(args.doc).parent)  # replaced by a rename there
+    check_output("--out", args.out, Path(args.out))
     start = time.perf_counter()
 
     def progress(done: int, total: int, run: suite.Run, row: dict) -> None:
@@ -137,11 +141,26 @@ def torch_device(name: str) -> torch.device:
     return device
 
 
+def check_output(option: str, value: str, directory: Path) -> None:
+    """Refuse, before any run, an output the runs' results could not be written to.
+
+    Raises:
+        ValueError: ``directory`` (where ``option``'s files go) cannot be written.
+    """
+    try:
+        storage.check_writable(directory)
+    except OSError as exc:
+        raise ValueError(f"{option} {value}: cannot write in {exc.filename} ({exc.strerror})") from exc
+
+
 def _run(args: argparse.Namespace) -> None:
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     command = "sscc reproduce " + " ".join(args.argv)
     device = torch_device(args.device)
+    bad = [s for s in args.seeds if not 0 <= s <= MAX_SEED]
+    if bad:
+        raise ValueError(f"--seeds: a seed is an integer in [0, {MAX_SEED}], got {bad[0]}")
     if args.suite:
         if device.type != "cpu":
             raise ValueError(f"--device {args.device}: the suite runs on the CPU (its tables report "
@@ -150,6 +169,10 @@ def _run(args: argparse.Namespace) -> None:
         return
     if args.dataset is None:
         raise ValueError("--dataset is required (or --suite)")
+    if args.json and storage.is_url(args.json):
+        storage.check_url(args.json)
+    elif args.json:
+        check_output("--json", args.json, Path(args.json).parent)
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)
     # the method's settings in the suite, under the command line's own overrides: a suite cell
@@ -174,8 +197,7 @@ def _run(args: argparse.Namespace) -> None:
     if args.json:
         doc = {"command": command,
                "config": to_dict(scene_config(cfg, scene, args.protocol, args.seeds[0])), "runs": [r.row() for r in results], "summary": summary}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(doc, indent=2))
+        storage.write_bytes(args.json, json.dumps(doc, indent=2).encode())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -316,6 +316,9 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     return obj
 
 
+MAX_SEED = 2**31 - 1  # seeds feed numpy, torch and scikit-learn (random_state < 2**32) alike
+
+
 def _validate(obj: Any, prefix: str) -> None:
     """Range checks that types alone cannot express."""
     def fail(name: str, msg: str) -> None:
@@ -328,6 +331,8 @@ def _validate(obj: Any, prefix: str) -> None:
             fail("patch_size", f"must be a positive odd number, got {obj.patch_size}")
         if obj.sample_pixels < 1:
             fail("sample_pixels", f"must be >= 1, got {obj.sample_pixels}")
+        if not 0 <= obj.seed <= MAX_SEED:
+            fail("seed", f"must be in [0, {MAX_SEED}], got {obj.seed}")
     elif isinstance(obj, ModelConfig):
         if obj.n_clusters < 2:
             fail("n_clusters", f"must be >= 2, got {obj.n_clusters}")
@@ -339,6 +344,8 @@ def _validate(obj: Any, prefix: str) -> None:
                 fail(name, f"must be >= 1, got {getattr(obj, name)}")
         if obj.lr <= 0:
             fail("lr", f"must be > 0, got {obj.lr}")
+        if not 0 <= obj.seed <= MAX_SEED:
+            fail("seed", f"must be in [0, {MAX_SEED}], got {obj.seed}")
     elif isinstance(obj, TileConfig):
         if obj.tile_size < 1:
             fail("tile_size", f"must be >= 1, got {obj.tile_size}")

@@ -13,8 +13,10 @@ target at the same time are not supported (the later one would remove the earlie
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import fsspec
@@ -119,6 +121,27 @@ def write_bytes(path: str | Path, data: bytes) -> str:
         tmp.unlink(missing_ok=True)
         raise
     return str(target)
+
+
+def check_writable(directory: str | Path) -> None:
+    """Fail fast when files cannot be created in a local ``directory``, which need not exist yet:
+    a temporary file is created and removed in it, or in its nearest existing ancestor (where the
+    missing folders would be created). Nothing is left behind.
+
+    Raises:
+        OSError: The probe failed; ``filename`` is the directory probed.
+    """
+    probe = Path(directory).absolute()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(probe))
+    try:
+        fd, name = tempfile.mkstemp(dir=probe, prefix=".sscc-write-probe-")
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, str(probe)) from exc
+    os.close(fd)
+    os.unlink(name)
 
 
 def resolve(path: str | Path) -> str:

@@ -246,6 +246,20 @@ def render(rows: list[dict[str, Any]], seconds: float, sscc_cpu: float, command:
     return "\n".join(lines)
 
 
+def generated_block(path: str | Path) -> tuple[str, int, int]:
+    """The text of the document at ``path`` and the offsets of its :data:`BEGIN` and :data:`END`
+    markers (checked before a suite starts, and again when it writes).
+
+    Raises:
+        ValueError: The markers are missing or out of order.
+    """
+    doc = Path(path).read_text()
+    start, stop = doc.find(BEGIN), doc.find(END)
+    if start < 0 or stop < start:
+        raise ValueError(f"{path}: no generated block (lines {BEGIN!r} ... {END!r})")
+    return doc, start, stop
+
+
 def update_document(path: str | Path, text: str) -> None:
     """Replace the generated block of ``path`` (between :data:`BEGIN` and :data:`END`) with
     ``text``, atomically (temporary file, then rename).
@@ -254,8 +268,5 @@ def update_document(path: str | Path, text: str) -> None:
         ValueError: The markers are missing or out of order.
     """
     path = Path(path)
-    doc = path.read_text()
-    start, stop = doc.find(BEGIN), doc.find(END)
-    if start < 0 or stop < start:
-        raise ValueError(f"{path}: no generated block (lines {BEGIN!r} ... {END!r})")
+    doc, start, stop = generated_block(path)
     storage.write_bytes(path, (doc[: start + len(BEGIN)] + "\n" + text + "\n" + doc[stop:]).encode())

@@ -214,8 +214,11 @@ def test_pickled_object_is_refused_without_running_code(root, salinas, capsys):
         ("model:\n  n_clusters: 1\n", "model.n_clusters: must be >= 2, got 1"),
         ("postprocess:\n  smooth_sigma: -1\n", "postprocess.smooth_sigma: must be >= 0 pixels, got -1"),
         ("postprocess:\n  readout: dbscan\n", "postprocess.readout: expected one of"),
+        ("train:\n  seed: -1\n", "train.seed: must be in [0, 2147483647], got -1"),
+        ("preprocess:\n  seed: 4294967296\n", "preprocess.seed: must be in [0, 2147483647], got 4294967296"),
     ],
-    ids=["wrong-type", "unknown-field", "bad-yaml", "out-of-range", "negative-sigma", "bad-readout"],
+    ids=["wrong-type", "unknown-field", "bad-yaml", "out-of-range", "negative-sigma", "bad-readout",
+         "negative-seed", "huge-seed"],
 )
 def test_malformed_config_through_the_cli(root, yaml_text, message, capsys):
     config = root / "bad.yaml"

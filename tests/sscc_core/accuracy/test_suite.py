@@ -133,3 +133,29 @@ def test_a_cell_of_the_suite_reruns_from_sscc_reproduce_with_its_settings(tmp_pa
     assert reproduce_main(["--dataset", "samson", "--method", "kmeans_pca", "--seeds", "0",
                            "--json", str(out)]) == 0
     assert json.loads(out.read_text())["config"] == to_dict(scene_config(shipped, scene, "labelled", 0))
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_any_run(tmp_path: Path, capsys) -> None:
+    """``--suite --out /proc/...`` ran its first SSCC run before failing to write it, ``--doc``
+    without the generated block failed after the whole suite, and ``--json`` under /proc (or a
+    negative seed) after every seed of a single run. Each is now one line before any run."""
+    bare = tmp_path / "bare.md"
+    bare.write_text("no markers\n")
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text(f"{suite.BEGIN}\nold\n{suite.END}\n")
+    cases = [
+        (["--suite", "--doc", str(doc), "--out", "/proc/sscc-suite"],
+         "--out /proc/sscc-suite: cannot write in /proc (No such file or directory)"),
+        (["--suite", "--doc", str(bare), "--out", str(tmp_path / "out")],
+         f"{bare}: no generated block (lines {suite.BEGIN!r} ... {suite.END!r})"),
+        (["--dataset", "samson", "--method", "kmeans", "--json", "/proc/sscc.json"],
+         "--json /proc/sscc.json: cannot write in /proc (No such file or directory)"),
+        (["--dataset", "samson", "--method", "kmeans", "--seeds", "0", "-1"],
+         "--seeds: a seed is an integer in [0, 2147483647], got -1"),
+    ]
+    for argv, message in cases:
+        assert reproduce_main(argv) == 2
+        captured = capsys.readouterr()
+        assert captured.err == f"sscc reproduce: error: {message}\n"
+        assert "seed 0" not in captured.out and "[1/" not in captured.out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RESULTS.md", "bare.md"]
