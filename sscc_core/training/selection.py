@@ -45,13 +45,16 @@ dimensions is standardised over the sample:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Callable, Literal
 
 import numpy as np
 import torch
 from sklearn.cluster import SpectralClustering
+from scipy.sparse.csgraph import connected_components
 from sklearn.metrics import adjusted_rand_score
+from sklearn.neighbors import kneighbors_graph
 from torch import Tensor
 
 from sscc_core.model.baselines import fit_kmeans
@@ -137,10 +140,25 @@ def standardiser(vectors: Tensor, weights: Tensor | None) -> dict[str, Tensor]:
 
 
 def spectral_clusters(vectors: np.ndarray, n_clusters: int, neighbors: int, seed: int) -> np.ndarray:
-    """Spectral clustering of (M, D) vectors on a k-nearest-neighbour graph -> (M,) int64 ids."""
+    """Spectral clustering of (M, D) vectors on a k-nearest-neighbour graph -> (M,) int64 ids.
+
+    A graph in several separate parts is expected (fields far apart in the scene and in feature
+    space), so scikit-learn's "Graph is not fully connected" warning is not passed on; how many
+    parts a candidate's graph has is in the selection's provenance (:func:`graph_parts`).
+    """
     model = SpectralClustering(n_clusters, affinity="nearest_neighbors", n_neighbors=neighbors,
                                assign_labels="cluster_qr", random_state=seed)
-    return model.fit_predict(vectors).astype(np.int64)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Graph is not fully connected", category=UserWarning)
+        return model.fit_predict(vectors).astype(np.int64)
+
+
+def graph_parts(vectors: np.ndarray, neighbors: int) -> int:
+    """Connected parts of the symmetric k-nearest-neighbour graph of (M, D) vectors that
+    :func:`spectral_clusters` clusters (each vector joined to its ``neighbors`` nearest, itself
+    included, as scikit-learn builds it)."""
+    graph = kneighbors_graph(vectors, neighbors, include_self=True)
+    return int(connected_components(graph + graph.T, directed=False)[0])
 
 
 def cluster(z: np.ndarray, kind: Kind, n_clusters: int, neighbors: int, seed: int) -> np.ndarray:
@@ -162,7 +180,8 @@ class Selection:
         z: (M, V) the sample's standardised vectors under the choice.
         state: ``{"mean", "std"[, "weights"]}`` standardiser of the choice.
         table: One dict per candidate: ``kind``, ``smooth_sigma``, ``spectra_scale``,
-            ``stability`` (mean pairwise ARI), ``clusters`` (distinct ids in ``L0``).
+            ``stability`` (mean pairwise ARI), ``clusters`` (distinct ids in ``L0``) and, for
+            the spectral kind, ``graph_parts`` (:func:`graph_parts` of the sample).
     """
 
     choice: Candidate
@@ -230,6 +249,8 @@ def select(
         value = stability(z, labels, cand.kind, n_clusters, post.spectral_neighbors,
                           post.select_resamples, seed, lambda zf, lf: extend(zf, lf)(z))
         row = {**asdict(cand), "stability": round(value, 6), "clusters": int(len(np.unique(labels)))}
+        if cand.kind == "spectral":
+            row["graph_parts"] = graph_parts(z, post.spectral_neighbors)
         table.append(row)
         if log is not None:
             log(row)

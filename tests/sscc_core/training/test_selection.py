@@ -7,11 +7,14 @@ network, as in test_postprocess_pipeline."""
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+from scipy.sparse.csgraph import connected_components
+from sklearn.cluster import SpectralClustering
 from sklearn.metrics import adjusted_rand_score
 
 from sscc_core.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -22,7 +25,9 @@ from sscc_core.io.store import write_cube
 from sscc_core.model.preprocess import fit_preprocessor
 from sscc_core.training.final_readout import fit_final_readout
 from sscc_core.training.readout_fit import extension, fit_readout
-from sscc_core.training.selection import Candidate, candidates, cluster, select, spectra_weights, stability
+from sscc_core.training.selection import (
+    Candidate, candidates, cluster, graph_parts, select, spectra_weights, spectral_clusters, stability,
+)
 from sscc_core.training.tiles import training_tiles
 from sscc_core.training.trainer import build_training, training_mask
 
@@ -119,6 +124,26 @@ def test_select_keeps_the_most_stable_candidate_and_records_every_value() -> Non
     assert adjusted_rand_score(sel.labels, np.repeat([0, 1, 2], 150)) == 1.0
     again = select(lambda sigma: vectors, 4, np.array([3.0, 1.0]), 3, post, 0, lambda zf, lf: _extend(zf, lf, 3))
     assert again.table == sel.table and (again.labels == sel.labels).all()
+    assert [("graph_parts" in row) for row in sel.table] == [row["kind"] == "spectral" for row in sel.table]
+
+
+def test_spectral_clusters_pass_no_warning_on_a_graph_in_parts_and_its_parts_are_counted() -> None:
+    """``make demo`` printed scikit-learn's "Graph is not fully connected" UserWarning (with its
+    site-packages path) for the readout: a graph in parts is expected for fields far apart, so
+    the warning is not passed on, and the parts are counted as scikit-learn's graph has them."""
+    rng = np.random.default_rng(4)
+    truth = np.repeat([0, 1, 2], 100)
+    vectors = (rng.normal(scale=50.0, size=(3, 5))[truth] + rng.normal(size=(300, 5))).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        labels = spectral_clusters(vectors, 3, 8, seed=0)
+    assert adjusted_rand_score(labels, truth) == 1.0
+    reference = SpectralClustering(3, affinity="nearest_neighbors", n_neighbors=8, random_state=0)
+    with pytest.warns(UserWarning, match="Graph is not fully connected"):
+        reference.fit(vectors)
+    assert graph_parts(vectors, 8) == connected_components(reference.affinity_matrix_)[0] == 3
+    joined = np.concatenate([vectors, np.linspace(vectors[truth == 0].mean(0), vectors[truth == 1].mean(0), 400)])
+    assert graph_parts(joined, 8) == 2
 
 
 @pytest.fixture(scope="module")
