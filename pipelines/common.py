@@ -177,6 +177,17 @@ def _wrapped(exc: BaseException) -> BaseException | None:
     return next((c for c in candidates if isinstance(c, BaseException)), None)
 
 
+def is_environment_error(error: BaseException | None) -> bool:
+    """Whether ``error`` is an OS error of the environment (:data:`ENVIRONMENT_ERRNOS`)."""
+    return isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS
+
+
+def environment_error(exc: BaseException) -> OSError | None:
+    """The OS error of the environment behind ``exc`` (:func:`user_error`), else ``None``."""
+    error = user_error(exc)
+    return error if is_environment_error(error) else None  # type: ignore[return-value]
+
+
 def user_error(exc: BaseException) -> BaseException | None:
     """The user-facing error behind ``exc`` (following Ray's wrapping and ``__cause__``), or
     ``None`` when it is neither one of :data:`USER_ERRORS` nor an OS error of the environment
@@ -188,8 +199,7 @@ def user_error(exc: BaseException) -> BaseException | None:
         if wrapped is not None:
             exc = wrapped
             continue
-        if isinstance(exc, USER_ERRORS) or (isinstance(exc, OSError)
-                                            and exc.errno in ENVIRONMENT_ERRNOS):
+        if isinstance(exc, USER_ERRORS) or is_environment_error(exc):
             return exc
         exc = exc.__cause__
     return None
@@ -212,15 +222,15 @@ def failing_output(out: object, action: str, left: Callable[[], str]) -> Iterato
     try:
         yield
     except Exception as exc:
-        error = user_error(exc)
-        if not (isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS):
+        error = environment_error(exc)
+        if error is None:
             raise
         raise output_failed(out, action, error, left()) from exc
 
 
 def error_line(error: BaseException) -> str:
     """One line for a user error; an OS error reads ``[PATH: ]<strerror> (ENOSPC)``."""
-    if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
+    if is_environment_error(error):
         where = f"{error.filename}: " if error.filename else ""
         return f"{where}{error.strerror} ({errno.errorcode[error.errno]})"
     return " ".join(str(error).split("\n"))

@@ -51,8 +51,8 @@ import numpy as np
 import torch
 
 from pipelines.common import (
-    ENVIRONMENT_ERRNOS, add_logging_args, ensure_ray, failing_output, log_event, run_stage,
-    setup_logging, user_error,
+    add_logging_args, ensure_ray, environment_error, failing_output, log_event, run_stage,
+    setup_logging,
 )
 from pipelines.options import DEFAULT_CONFIG, add_config_args, load_cli_config
 from sscc_core import storage
@@ -400,8 +400,8 @@ def train_loop(config: dict[str, Any]) -> None:
         if rank == 0:
             ray.get(clock.fail.remote(exc))
     except Exception as exc:
-        error = user_error(exc)
-        if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
+        error = environment_error(exc)
+        if error is not None:
             ray.get(clock.fail.remote(error))
         raise
 
