@@ -56,7 +56,7 @@ def fit_spectral(vectors: Tensor, n_clusters: int, neighbors: int, seed: int,
     """
     state = standardiser(vectors, weights)
     z = standardise(vectors, state).numpy()
-    return {**state, **fit_extension(z, spectral_clusters(z, n_clusters, neighbors, seed), n_clusters, seed)}
+    return {**state, **fit_extension(z, spectral_clusters(z, n_clusters, neighbors, seed)[0], n_clusters, seed)}
 
 
 def fit_extension(z: np.ndarray, labels: np.ndarray, n_clusters: int, seed: int) -> dict[str, Tensor]:

@@ -54,7 +54,6 @@ import torch
 from sklearn.cluster import SpectralClustering
 from scipy.sparse.csgraph import connected_components
 from sklearn.metrics import adjusted_rand_score
-from sklearn.neighbors import kneighbors_graph
 from torch import Tensor
 
 from sscc_core.model.baselines import fit_kmeans
@@ -139,33 +138,36 @@ def standardiser(vectors: Tensor, weights: Tensor | None) -> dict[str, Tensor]:
     return state
 
 
-def spectral_clusters(vectors: np.ndarray, n_clusters: int, neighbors: int, seed: int) -> np.ndarray:
-    """Spectral clustering of (M, D) vectors on a k-nearest-neighbour graph -> (M,) int64 ids.
+def spectral_clusters(vectors: np.ndarray, n_clusters: int, neighbors: int, seed: int) -> tuple[np.ndarray, int]:
+    """Spectral clustering of (M, D) vectors on a k-nearest-neighbour graph.
 
     A graph in several separate parts is expected (fields far apart in the scene and in feature
-    space), so scikit-learn's "Graph is not fully connected" warning is not passed on; how many
-    parts a candidate's graph has is in the selection's provenance (:func:`graph_parts`).
+    space), so scikit-learn's "Graph is not fully connected" warning is not passed on; the
+    number of parts is returned instead (the selection's provenance records it).
+
+    Returns:
+        ``(labels, parts)``: (M,) int64 cluster ids and the connected parts of the symmetric
+        graph scikit-learn clustered (each vector joined to its ``neighbors`` nearest, itself
+        included).
     """
     model = SpectralClustering(n_clusters, affinity="nearest_neighbors", n_neighbors=neighbors,
                                assign_labels="cluster_qr", random_state=seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Graph is not fully connected", category=UserWarning)
-        return model.fit_predict(vectors).astype(np.int64)
+        labels = model.fit_predict(vectors).astype(np.int64)
+    return labels, int(connected_components(model.affinity_matrix_, directed=False)[0])
 
 
-def graph_parts(vectors: np.ndarray, neighbors: int) -> int:
-    """Connected parts of the symmetric k-nearest-neighbour graph of (M, D) vectors that
-    :func:`spectral_clusters` clusters (each vector joined to its ``neighbors`` nearest, itself
-    included, as scikit-learn builds it)."""
-    graph = kneighbors_graph(vectors, neighbors, include_self=True)
-    return int(connected_components(graph + graph.T, directed=False)[0])
+def cluster(z: np.ndarray, kind: Kind, n_clusters: int, neighbors: int, seed: int) -> tuple[np.ndarray, int | None]:
+    """Cluster (M, V) standardised vectors: k-means (k-means++, several inits) or spectral
+    clustering on a k-nearest-neighbour graph (QR assignment).
 
-
-def cluster(z: np.ndarray, kind: Kind, n_clusters: int, neighbors: int, seed: int) -> np.ndarray:
-    """(M,) int64 cluster ids of (M, V) standardised vectors: k-means (k-means++, several
-    inits) or spectral clustering on a k-nearest-neighbour graph (QR assignment)."""
+    Returns:
+        ``(labels, parts)``: (M,) int64 cluster ids, and the graph's connected parts for the
+        spectral kind (``None`` for k-means).
+    """
     if kind == "kmeans":
-        return fit_kmeans(z, n_clusters, seed).labels_.astype(np.int64)
+        return fit_kmeans(z, n_clusters, seed).labels_.astype(np.int64), None
     return spectral_clusters(z, n_clusters, neighbors, seed)
 
 
@@ -181,7 +183,8 @@ class Selection:
         state: ``{"mean", "std"[, "weights"]}`` standardiser of the choice.
         table: One dict per candidate: ``kind``, ``smooth_sigma``, ``spectra_scale``,
             ``stability`` (mean pairwise ARI), ``clusters`` (distinct ids in ``L0``) and, for
-            the spectral kind, ``graph_parts`` (:func:`graph_parts` of the sample).
+            the spectral kind, ``graph_parts`` (the connected parts of its graph of the
+            sample, :func:`spectral_clusters`).
     """
 
     choice: Candidate
@@ -206,7 +209,7 @@ def stability(z: np.ndarray, labels: np.ndarray, kind: Kind, n_clusters: int, ne
     runs = [labels]
     for r in range(resamples):
         half = np.sort(rng.choice(len(z), len(z) // 2, replace=False))
-        sub = cluster(z[half], kind, n_clusters, neighbors, seed + 1 + r)
+        sub = cluster(z[half], kind, n_clusters, neighbors, seed + 1 + r)[0]
         runs.append(extend(z[half], sub) if len(np.unique(sub)) > 1 else np.zeros(len(z), np.int64))
     pairs = [adjusted_rand_score(runs[i], runs[j]) for i in range(len(runs)) for j in range(i + 1, len(runs))]
     return float(np.mean(pairs))
@@ -245,12 +248,12 @@ def select(
         state = standardiser(vectors, spectra_weights(vectors, feature_dim, comp_std, cand.spectra_scale,
                                                       post.readout_spectra, n_clusters))
         z = standardise(vectors, state).numpy()
-        labels = cluster(z, cand.kind, n_clusters, post.spectral_neighbors, seed)
+        labels, parts = cluster(z, cand.kind, n_clusters, post.spectral_neighbors, seed)
         value = stability(z, labels, cand.kind, n_clusters, post.spectral_neighbors,
                           post.select_resamples, seed, lambda zf, lf: extend(zf, lf)(z))
         row = {**asdict(cand), "stability": round(value, 6), "clusters": int(len(np.unique(labels)))}
-        if cand.kind == "spectral":
-            row["graph_parts"] = graph_parts(z, post.spectral_neighbors)
+        if parts is not None:
+            row["graph_parts"] = parts
         table.append(row)
         if log is not None:
             log(row)

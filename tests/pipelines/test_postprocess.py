@@ -299,7 +299,7 @@ def test_spectral_readout_fits_smoothed_features_and_labels_in_the_pipeline(scen
     np.testing.assert_allclose(state["mean"].numpy(), vectors.mean(0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(state["std"].numpy(), vectors.std(0), rtol=1e-3, atol=1e-5)
     z_sample = (vectors - state["mean"].numpy()) / state["std"].numpy() * weights
-    clusters = spectral_clusters(z_sample.astype(np.float32), 6, 8, seed=5)
+    clusters, _ = spectral_clusters(z_sample.astype(np.float32), 6, 8, seed=5)
     assert (readout.assign(torch.from_numpy(vectors))[0].numpy() == clusters).mean() > 0.95
 
     ckpt = load_checkpoint(save_checkpoint(checkpoint(pre, cube, model, cfg, state), tmp_path / "sp"))

@@ -26,7 +26,7 @@ from sscc_core.model.preprocess import fit_preprocessor
 from sscc_core.training.final_readout import fit_final_readout
 from sscc_core.training.readout_fit import extension, fit_readout
 from sscc_core.training.selection import (
-    Candidate, candidates, cluster, graph_parts, select, spectra_weights, spectral_clusters, stability,
+    Candidate, candidates, cluster, select, spectra_weights, spectral_clusters, stability,
 )
 from sscc_core.training.tiles import training_tiles
 from sscc_core.training.trainer import build_training, training_mask
@@ -95,16 +95,16 @@ def test_stability_is_high_on_clusters_and_low_on_a_structureless_cloud() -> Non
     blobs = np.concatenate([c + rng.normal(size=(200, 4)) for c in centres])
     noise = rng.uniform(size=(600, 4))
     for data, low, high in ((blobs, 0.99, 1.0), (noise, -1.0, 0.9)):
-        labels = cluster(data, "kmeans", 3, 8, 0)
+        labels, _ = cluster(data, "kmeans", 3, 8, 0)
         value = stability(data, labels, "kmeans", 3, 8, 2, 0, lambda zf, lf: _extend(zf, lf, 3)(data))
         assert low <= value <= high, value
     # the criterion is the mean pairwise ARI of the three clusterings
-    labels = cluster(noise, "kmeans", 3, 8, 0)
+    labels, _ = cluster(noise, "kmeans", 3, 8, 0)
     runs = [labels]
     rng2 = np.random.default_rng(0 + 7919)
     for r in range(2):
         half = np.sort(rng2.choice(600, 300, replace=False))
-        runs.append(_extend(noise[half], cluster(noise[half], "kmeans", 3, 8, 1 + r), 3)(noise))
+        runs.append(_extend(noise[half], cluster(noise[half], "kmeans", 3, 8, 1 + r)[0], 3)(noise))
     expect = np.mean([adjusted_rand_score(runs[i], runs[j]) for i, j in ((0, 1), (0, 2), (1, 2))])
     assert stability(noise, labels, "kmeans", 3, 8, 2, 0, lambda zf, lf: _extend(zf, lf, 3)(noise)) == pytest.approx(expect)
 
@@ -136,14 +136,14 @@ def test_spectral_clusters_pass_no_warning_on_a_graph_in_parts_and_its_parts_are
     vectors = (rng.normal(scale=50.0, size=(3, 5))[truth] + rng.normal(size=(300, 5))).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        labels = spectral_clusters(vectors, 3, 8, seed=0)
+        labels, parts = spectral_clusters(vectors, 3, 8, seed=0)
     assert adjusted_rand_score(labels, truth) == 1.0
     reference = SpectralClustering(3, affinity="nearest_neighbors", n_neighbors=8, random_state=0)
     with pytest.warns(UserWarning, match="Graph is not fully connected"):
         reference.fit(vectors)
-    assert graph_parts(vectors, 8) == connected_components(reference.affinity_matrix_)[0] == 3
+    assert parts == connected_components(reference.affinity_matrix_)[0] == 3
     joined = np.concatenate([vectors, np.linspace(vectors[truth == 0].mean(0), vectors[truth == 1].mean(0), 400)])
-    assert graph_parts(joined, 8) == 2
+    assert spectral_clusters(joined, 3, 8, seed=0)[1] == 2
 
 
 @pytest.fixture(scope="module")
