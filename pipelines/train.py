@@ -332,8 +332,9 @@ def rank_batches(
     uses (:func:`sscc_core.training.batches.shuffled_batches`, generator
     ``epoch_generator(seed, epoch)``) and scatters slice r of each to rank r, so the global
     batches, and with the gathered loss the whole training, do not depend on the number of
-    workers. The batches are composed on the CPU, as the reference trainer composes them, and
-    each rank's rows are moved to its training device (``ray.train.torch.get_device()``).
+    workers. The batches are composed on the CPU, as the reference trainer composes them; with
+    several ranks the scattered rows land on each rank's training device
+    (``ray.train.torch.get_device()``).
 
     Args:
         shard: This worker's iterator of the whole dataset (only rank 0 reads it).
@@ -362,7 +363,7 @@ def rank_batches(
         if rank == 0 and batch is None:
             raise RuntimeError(f"epoch {epoch}: the dataset gave {i} of {config['n_batches']} batches")
         if world_size == 1:
-            yield batch[0].to(device), batch[1].to(device)
+            yield batch  # train_epoch moves it to the model's device
             continue
         pairs = torch.stack(batch, dim=1).to(device) if rank == 0 else None
         mine = torch.empty((local, 2, config["in_channels"], p, p), device=device)

@@ -92,7 +92,8 @@ def train_reference(
         resume: Continue from this checkpoint's epoch.
         on_epoch: Called after every epoch with ``(epoch, summary)`` (logging, checkpoints).
         device: Where the network trains (``"cuda"`` on a GPU); the views are drawn on the CPU
-            as in ``sscc train`` and each batch is moved there. The trained model stays there.
+            as in ``sscc train`` and each batch is moved there by the epoch. The trained model
+            stays there.
 
     A run whose last epoch used fewer than K clusters logs :func:`clusters_warning` (logger
     ``sscc_core.training.reference``).
@@ -102,7 +103,7 @@ def train_reference(
     while training.epoch < cfg.train.epochs:
         batches = shuffled_batches(views(training.epoch), cfg.train.batch_size, cfg.train.shuffle_buffer,
                                    epoch_generator(cfg.train.seed, training.epoch))
-        summary = train_epoch(training, twin, loss, ((a.to(device), b.to(device)) for a, b in batches), cfg)
+        summary = train_epoch(training, twin, loss, batches, cfg)
         if on_epoch is not None:
             on_epoch(training.epoch, summary)
     if training.history:

@@ -241,7 +241,8 @@ def train_epoch(training: Training, twin: nn.Module, loss: SSCCLoss, batches: It
         twin: The :class:`sscc_core.model.network.TwinForward` of ``training.model`` (or its
             data-parallel wrapper).
         loss: The objective.
-        batches: This rank's ``(view_a, view_b)`` of each batch, each (n, C, P, P).
+        batches: This rank's ``(view_a, view_b)`` of each batch, each (n, C, P, P), on any
+            device (each is moved to the model's).
         cfg: Run configuration (``model.n_clusters``, ``train.batch_size``).
         after_step: Called with the steps done so far after every step (fault drills).
 
@@ -255,10 +256,11 @@ def train_epoch(training: Training, twin: nn.Module, loss: SSCCLoss, batches: It
     """
     start = time.perf_counter()
     training.model.train()
+    device = next(training.model.parameters()).device
     stats = EpochStats(cfg.model.n_clusters)
     for xa, xb in batches:
-        stats.add(train_step(twin, training.optimizer, xa, xb, loss, epoch=training.epoch,
-                             step=stats.batches))
+        stats.add(train_step(twin, training.optimizer, xa.to(device), xb.to(device), loss,
+                             epoch=training.epoch, step=stats.batches))
         if after_step is not None:
             after_step(stats.batches)
     if not stats.batches:
