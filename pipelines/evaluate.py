@@ -26,6 +26,7 @@ from pipelines.common import (
 )
 from sscc_core import storage
 from sscc_core.labelling.export import write_metrics_json
+from sscc_core.io.ground_truth import require_ground_truth
 from sscc_core.io.store import open_cube
 from sscc_core.labelling.labelstore import open_label_store
 from sscc_core.metrics import evaluate
@@ -48,17 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the metrics and provenance as JSON here")
     add_logging_args(p, beside="OUT (stderr without --out)")
     return p
-
-
-def ground_truth(cube: xr.Dataset, store: str | Path) -> xr.DataArray:
-    """The cube's ``labels`` (ground truth) variable.
-
-    Raises:
-        ValueError: The cube store has no ground truth.
-    """
-    if "labels" not in cube:
-        raise ValueError(f"{store}: cube store has no ground-truth `labels` variable to score")
-    return cube["labels"]
 
 
 def labelled_pairs(
@@ -113,7 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     store.require_complete()
     store.require_intact()
     cube = open_cube(args.store)
-    y_true, y_pred, missing = labelled_pairs(ground_truth(cube, args.store), store.labels(),
+    y_true, y_pred, missing = labelled_pairs(require_ground_truth(cube, args.store), store.labels(),
                                              store.nodata)
     metrics = evaluate(y_true, y_pred)
     metrics["n_gt_without_label"] = missing

@@ -4,10 +4,13 @@ Usage::
 
     sscc ingest --benchmark indian_pines --out runs/ip.zarr
     sscc ingest scene.hdr --out runs/scene.zarr [--chunk 256] [--shard 1024] [--overwrite]
+    sscc ingest scene.tif --labels classes.tif --out runs/scene.zarr   # with its ground truth
     sscc ingest line1.hdr line2.hdr --out runs/lines/            # one store per line
     sscc ingest line1.hdr line2.hdr --out runs/mosaic.zarr --mosaic
 
-One input is ingested in this process. Several inputs are ingested in parallel as Ray tasks, each
+One input is ingested in this process; ``--labels`` attaches its ground truth, a class map on the
+cube's pixel grid (:mod:`sscc_core.io.ground_truth`), so that ``sscc evaluate`` and ``sscc
+reproduce --store`` can score clusterings of it. Several inputs are ingested in parallel as Ray tasks, each
 into ``OUT/<stem>.zarr``; with ``--mosaic`` the lines go to ``<OUT>.lines/<stem>.zarr`` and are
 then mosaicked onto their union grid (first valid line wins where they overlap) into ``OUT``,
 window by window in Ray tasks that each write whole chunk- (shard-) aligned regions.
@@ -30,7 +33,7 @@ import ray
 
 from pipelines.common import ensure_ray, failing_output, gather_tasks, run_stage
 from sscc_core import storage
-from sscc_core.io import matlab, mosaic, store
+from sscc_core.io import ground_truth, matlab, mosaic, store
 from sscc_core.io.readers import read_any
 
 WINDOWS_PER_TASK = 16
@@ -53,19 +56,31 @@ def build_parser() -> argparse.ArgumentParser:
                    "--chunk; default: no sharding)")
     p.add_argument("--overwrite", action="store_true", help="replace existing stores")
     p.add_argument("--mosaic", action="store_true", help="mosaic several lines onto one grid")
+    p.add_argument("--labels", default=None, metavar="GT",
+                   help="ground truth of the single INPUT: a class map on its pixel grid "
+                        "(single-band GeoTIFF/ENVI/NetCDF or a .mat variable; 0, nodata and NaN "
+                        "= unlabelled)")
+    p.add_argument("--labels-var", default=None, metavar="VAR",
+                   help="the .mat variable holding the --labels class map (default: the only "
+                        "2-D one)")
     return p
 
 
 def summarize(ds: Any) -> dict[str, Any]:
-    """Shape, band count, valid-pixel and nonfinite-pixel counts of a (lazy) cube."""
+    """Shape, band count, valid-pixel and nonfinite-pixel counts of a (lazy) cube, and its
+    labelled-pixel and class counts when it has ground truth."""
     refl = ds["reflectance"]
-    return {
+    summary = {
         "shape": tuple(int(s) for s in refl.shape),
         "bands": int(refl.sizes["band"]),
         "valid": int(ds["valid"].sum().compute()),
         "nonfinite": int(ds.attrs.get("n_nonfinite", 0)),
         "dtype": str(refl.dtype),
     }
+    if "labels" in ds:
+        summary["labelled"] = int((ds["labels"] > 0).sum().compute())
+        summary["classes"] = len(ds["labels"].attrs.get("source_class_ids", []))
+    return summary
 
 
 def _line(label: str, s: dict[str, Any]) -> str:
@@ -74,9 +89,13 @@ def _line(label: str, s: dict[str, Any]) -> str:
             f"{s['nonfinite']} with NaN/inf")
 
 
-def ingest_file(path: str, out: str, chunk: int, shard: int | None, overwrite: bool) -> dict:
-    """Read one input, write its store, and return its :func:`summarize` (plus ``store``)."""
+def ingest_file(path: str, out: str, chunk: int, shard: int | None, overwrite: bool,
+                labels: str | None = None, labels_var: str | None = None) -> dict:
+    """Read one input (and its ``labels`` class map, if given), write its store, and return its
+    :func:`summarize` (plus ``store``)."""
     ds = read_any(path)
+    if labels is not None:
+        ds = ground_truth.attach_ground_truth(ds, ground_truth.read_class_map(labels, labels_var))
     ds = ds.assign_attrs({store.SOURCE_STAMP: store.source_stamp(ds.attrs["source"], chunk, shard)})
     written = store.write_cube(ds, out, chunk=chunk, shard=shard, overwrite=overwrite)
     return {"store": str(written), **summarize(store.open_cube(written))}
@@ -153,6 +172,11 @@ def ingest(args: argparse.Namespace) -> dict[str, Any]:
     """Execute a parsed command line; returns the summary of the final store(s)."""
     if bool(args.inputs) == bool(args.benchmark):
         raise ValueError("give INPUT files or --benchmark NAME (exactly one of them)")
+    if args.labels_var is not None and args.labels is None:
+        raise ValueError("--labels-var names a variable of the --labels file; give --labels too")
+    if args.labels is not None and (len(args.inputs) != 1 or args.mosaic):
+        raise ValueError("--labels is the ground truth of one INPUT: give exactly one input file, "
+                         "without --mosaic (a benchmark scene brings its own)")
     if args.inputs and (len(args.inputs) > 1 or args.mosaic):
         store.require_local(args.out, "several flight lines or --mosaic: Ray tasks write the "
                             "line stores in place")
@@ -162,11 +186,12 @@ def ingest(args: argparse.Namespace) -> dict[str, Any]:
         out = store.write_cube(ds, args.out, chunk=args.chunk, shard=args.shard,
                                overwrite=args.overwrite)
         return {"store": str(out), **summarize(store.open_cube(out))}
-    for path in args.inputs:
+    for path in [*args.inputs, *([args.labels] if args.labels else [])]:
         if not Path(path).exists():
             raise FileNotFoundError(f"{path}: no such file")
     if len(args.inputs) == 1 and not args.mosaic:
-        return ingest_file(args.inputs[0], args.out, args.chunk, args.shard, args.overwrite)
+        return ingest_file(args.inputs[0], args.out, args.chunk, args.shard, args.overwrite,
+                           args.labels, args.labels_var)
     ensure_ray()
     targets = _stores_for(args.inputs, Path(args.out), args.mosaic)
     _ingest_lines(args.inputs, targets, args)
@@ -204,7 +229,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with failing_output(args.out, "ingest", lambda: left_behind(args)):
         summary = ingest(args)
     print(f"summary: store {summary['store']}: shape {summary['shape']}, bands {summary['bands']}, "
-          f"valid pixels {summary['valid']}, nonfinite pixels {summary['nonfinite']}", flush=True)
+          f"valid pixels {summary['valid']}, nonfinite pixels {summary['nonfinite']}"
+          + (f", labelled pixels {summary['labelled']} in {summary['classes']} classes"
+             if "labelled" in summary else ""), flush=True)
     return summary
 
 

@@ -4,6 +4,10 @@
         --config configs/indian_pines.yaml --seeds 0 1 2
     sscc reproduce --dataset salinas_a --method kmeans_pca --protocol all --seeds 0 1 2
     python -m pipelines.reproduce ... --set train.epochs=5 --json runs/ip.json
+    sscc reproduce --store runs/my_scene.zarr --method sscc --protocol all --seeds 0 1 2
+
+``--store`` runs on one's own labelled scene instead of a bundled one: a cube store ingested with
+its ground truth (``sscc ingest INPUT --labels GT --out CUBE``), K = its class count.
 
 Runs in this process (no Ray): :func:`sscc_core.accuracy.experiment.run_one` per seed, with
 ``configs/default.yaml`` unless ``--config`` says otherwise and each method's settings in the suite
@@ -42,6 +46,7 @@ from sscc_core.accuracy.experiment import (
     PROTOCOLS,
     format_summary,
     load_scene,
+    load_store_scene,
     run_one,
     scene_config,
     summarise,
@@ -67,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--doc", default="docs/RESULTS.md", help="--suite: document to regenerate")
     p.add_argument("--dataset", default=None,
                    help="benchmark scene: indian_pines, salinas_a (salinasA), samson, jasper_ridge")
+    p.add_argument("--store", default=None, metavar="CUBE",
+                   help="instead of --dataset: a cube store with ground truth (sscc ingest "
+                        "INPUT --labels GT)")
     p.add_argument("--method", choices=METHODS, default="sscc",
                    help="sscc, kmeans (recipe features), kmeans_pca (PCA scores, not whitened) or "
                         "spectral_pca (spectral clustering of the smoothed recipe features; "
@@ -162,13 +170,16 @@ def _run(args: argparse.Namespace) -> None:
     if bad:
         raise ValueError(f"--seeds: a seed is an integer in [0, {MAX_SEED}], got {bad[0]}")
     if args.suite:
+        if args.store is not None:
+            raise ValueError("--store runs single settings on one's own scene; the suite runs "
+                             "the bundled scenes (drop --suite or --store)")
         if device.type != "cpu":
             raise ValueError(f"--device {args.device}: the suite runs on the CPU (its tables report "
                              f"CPU seconds); use --device with single runs")
         _run_suite(args, command)
         return
-    if args.dataset is None:
-        raise ValueError("--dataset is required (or --suite)")
+    if (args.dataset is None) == (args.store is None):
+        raise ValueError("give --dataset NAME or --store CUBE (exactly one of them), or --suite")
     if args.json and storage.is_url(args.json):
         storage.check_url(args.json)
     elif args.json:
@@ -178,7 +189,7 @@ def _run(args: argparse.Namespace) -> None:
     # the method's settings in the suite, under the command line's own overrides: a suite cell
     # reruns with the same --dataset, --protocol, --method and --seeds
     cfg = load_config(args.config, {**suite.method_overrides(args.method), **parse_overrides(args.overrides)})
-    scene = load_scene(args.dataset, args.data_dir)
+    scene = load_scene(args.dataset, args.data_dir) if args.store is None else load_store_scene(args.store)
     check_k_override(args.overrides, cfg.model.n_clusters, scene)
     print(f"{scene.name}: {scene.cube.shape[0]} bands x {scene.cube.shape[1]} x "
           f"{scene.cube.shape[2]}, {int((scene.labels > 0).sum())} labelled pixels, "

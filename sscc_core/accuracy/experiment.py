@@ -44,7 +44,9 @@ import torch
 from sscc_core.model.baselines import fit_kmeans_baseline, label_kmeans_baseline
 from sscc_core.config import SSCCConfig, replace
 from sscc_core.labelling.inference import Labeller, label_scene
+from sscc_core.io.ground_truth import require_ground_truth
 from sscc_core.io.matlab import read_benchmark
+from sscc_core.io.store import open_cube
 from sscc_core.metrics import evaluate
 from sscc_core.model.network import recalibrate_batchnorm  # noqa: F401 (re-exported, harness API)
 from sscc_core.model.postprocess import NODATA, mode_filter, smooth
@@ -71,7 +73,7 @@ class Scene:
     """A benchmark scene in memory.
 
     Attributes:
-        name: Registry name (``sscc_core.io.matlab.BENCHMARKS``).
+        name: Registry name (``sscc_core.io.matlab.BENCHMARKS``), or a cube store's scene name.
         cube: (B, H, W) raw cube in its source dtype.
         valid: (H, W) bool, True where the pixel has data.
         labels: (H, W) int64 ground truth, 0 = unlabelled, classes 1..C.
@@ -143,6 +145,24 @@ def load_scene(name: str, data_dir: str | None = None) -> Scene:
         cube=np.asarray(ds["reflectance"].values),
         valid=np.asarray(ds["valid"].values, dtype=bool),
         labels=np.asarray(ds["labels"].values, dtype=np.int64),
+    )
+
+
+def load_store_scene(path: str) -> Scene:
+    """Read a cube store that carries ground truth (``sscc ingest INPUT --labels GT``) into memory,
+    to score clusterings of one's own labelled scene as the bundled ones are scored.
+
+    Raises:
+        FileNotFoundError: No cube store at ``path``.
+        ValueError: The store has no ground-truth ``labels``.
+    """
+    ds = open_cube(path)
+    labels = require_ground_truth(ds, path)
+    return Scene(
+        name=str(ds.attrs.get("name") or path.rstrip("/").rsplit("/", 1)[-1]),
+        cube=np.asarray(ds["reflectance"].values),
+        valid=np.asarray(ds["valid"].values, dtype=bool),
+        labels=np.asarray(labels.values, dtype=np.int64),
     )
 
 

@@ -95,8 +95,20 @@ def load_mat(path: str | Path) -> dict[str, np.ndarray]:
     return {k: v for k, v in raw.items() if not k.startswith("__")}
 
 
-def _pick(variables: dict[str, np.ndarray], var: str | None, path: Path, ndim: set[int]) -> str:
-    """Name of the requested variable, or of the only numeric one of rank in ``ndim``."""
+def pick_variable(variables: dict[str, np.ndarray], var: str | None, path: Path, ndim: set[int],
+                  what: str = "the cube") -> str:
+    """Name of the requested variable, or of the only numeric one of rank in ``ndim``.
+
+    Args:
+        variables: The file's variables (:func:`load_mat`).
+        var: The requested name, or ``None`` to pick the only candidate.
+        path: The file, for messages.
+        ndim: The ranks a candidate may have.
+        what: What the variable holds, for messages ("the cube", "the class map").
+
+    Raises:
+        ValueError: ``var`` is not in the file, or not exactly one variable is a candidate.
+    """
     if var is not None:
         if var not in variables:
             raise ValueError(f"{path}: no variable {var!r} (has {sorted(variables)})")
@@ -108,7 +120,7 @@ def _pick(variables: dict[str, np.ndarray], var: str | None, path: Path, ndim: s
     ]
     if len(candidates) != 1:
         raise ValueError(
-            f"{path}: cannot tell which variable is the cube (candidates {candidates}); pass var="
+            f"{path}: cannot tell which variable is {what} (candidates {candidates}); name it"
         )
     return candidates[0]
 
@@ -193,7 +205,7 @@ def read_mat(
     """
     p = Path(path)
     variables = load_mat(p)
-    key = _pick(variables, var, p, {3} if layout == "hwb" else {2})
+    key = pick_variable(variables, var, p, {3} if layout == "hwb" else {2})
     raw = variables[key]
     if layout == "hwb":
         if raw.ndim != 3:
@@ -206,7 +218,7 @@ def read_mat(
     if gt_path is not None:
         gp = Path(gt_path)
         gt_vars = load_mat(gp)
-        gt = gt_vars[_pick(gt_vars, gt_var, gp, {2})]
+        gt = gt_vars[pick_variable(gt_vars, gt_var, gp, {2}, "the ground truth")]
         labels, ids = compact_labels(_labels_from(gt, gt_kind, *data.shape[1:], gp))
     sources = [str(p)] + ([str(gt_path)] if gt_path is not None else [])
     ds = make_cube(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from pipelines import ingest
+from pipelines.reproduce import main as reproduce_main
+from sscc_core.accuracy.experiment import load_scene, load_store_scene
 from sscc_core.io import matlab, store
 
 DATA = Path(__file__).resolve().parents[2] / "data"
@@ -125,3 +128,61 @@ def test_mismatched_band_counts_name_both_files(ray_session, tmp_path: Path,
     err = capsys.readouterr().err
     assert err.startswith("sscc ingest: error: ") and "bogus.dat: unknown format" in err
     assert "Traceback" not in err
+
+
+def test_ones_own_labelled_scene_is_ingested_and_scored_as_the_bundled_one(tmp_path: Path, capsys) -> None:
+    """Salinas-A written as a user would have it (a GeoTIFF cube and a GeoTIFF class map on its
+    grid) ingests into the store the benchmark reader makes, and `sscc reproduce --store` scores
+    it exactly as `--dataset salinasA`."""
+    cube, classes = reference("salinasA")
+    tif, gt = tmp_path / "cube.tif", tmp_path / "classes.tif"
+    for path, data in ((tif, cube), (gt, classes[None].astype(np.uint8))):
+        with rasterio.open(path, "w", driver="GTiff", height=83, width=86, count=data.shape[0],
+                           dtype=data.dtype, crs="EPSG:32610", transform=T) as dst:
+            dst.write(data)
+    out = tmp_path / "mine.zarr"
+    assert ingest.main([str(tif), "--labels", str(gt), "--out", str(out), "--chunk", "32"]) == 0
+    assert "labelled pixels 5348 in 6 classes" in capsys.readouterr().out
+    mine, bundled = load_store_scene(str(out)), load_scene("salinasA")
+    for field in ("cube", "valid", "labels"):
+        np.testing.assert_array_equal(getattr(mine, field), getattr(bundled, field))
+    assert store.open_cube(out).attrs["source"] == [str(tif), str(gt)]
+    for method in ("kmeans_pca", "readout_pca"):
+        rows = []
+        for scene in (["--store", str(out)], ["--dataset", "salinasA"]):
+            path = tmp_path / f"{method}{len(rows)}.json"
+            assert reproduce_main([*scene, "--method", method, "--protocol", "all", "--seeds", "0",
+                                   "--threads", "1", "--json", str(path)]) == 0
+            rows.append(json.loads(path.read_text())["runs"][0])
+        assert {k: rows[0][k] for k in ("acc", "nmi", "choice")} == {
+            k: rows[1][k] for k in ("acc", "nmi", "choice")}
+
+
+def test_labels_option_errors(tmp_path: Path, capsys) -> None:
+    out = str(tmp_path / "o.zarr")
+    tif = tmp_path / "cube.tif"
+    with rasterio.open(tif, "w", driver="GTiff", height=4, width=5, count=2, dtype="int16",
+                       crs="EPSG:32610", transform=T) as dst:
+        dst.write(np.ones((2, 4, 5), np.int16))
+    cases = [
+        (["--benchmark", "salinasA", "--labels", str(tif), "--out", out],
+         "--labels is the ground truth of one INPUT: give exactly one input file, without --mosaic"),
+        ([str(tif), "--labels-var", "gt", "--out", out],
+         "--labels-var names a variable of the --labels file; give --labels too"),
+        ([str(tif), "--labels", str(tmp_path / "gt.tif"), "--out", out], "gt.tif: no such file"),
+        ([str(tif), "--labels", str(DATA / "salinasA/SalinasA_gt.mat"), "--out", out],
+         "SalinasA_gt.mat: class map is 83 x 86 pixels, the cube 4 x 5"),
+    ]
+    for argv, message in cases:
+        assert ingest.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("sscc ingest: error: ") and message in err, err
+    assert not Path(out).exists()
+    assert reproduce_main(["--store", str(tmp_path / "none.zarr"), "--dataset", "samson"]) == 2
+    assert "give --dataset NAME or --store CUBE (exactly one of them), or --suite" in capsys.readouterr().err
+    assert ingest.main([str(tif), "--out", out]) == 0
+    capsys.readouterr()
+    assert reproduce_main(["--store", out, "--method", "kmeans_pca"]) == 2
+    assert capsys.readouterr().err == (f"sscc reproduce: error: {out}: cube store has no ground-truth "
+                                       "`labels` to score against; ingest the scene with `sscc "
+                                       "ingest INPUT --labels GT`\n")
