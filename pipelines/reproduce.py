@@ -7,7 +7,8 @@
     sscc reproduce --store runs/my_scene.zarr --method sscc --protocol all --seeds 0 1 2
 
 ``--store`` runs on one's own labelled scene instead of a bundled one: a cube store ingested with
-its ground truth (``sscc ingest INPUT --labels GT --out CUBE``), K = its class count.
+its ground truth (``sscc ingest INPUT --labels GT --out CUBE``), K = its class count; with
+``--suite``, the whole suite runs on one or more such stores instead of the bundled scenes.
 
 Runs in this process (no Ray): :func:`sscc_core.accuracy.experiment.run_one` per seed, with
 ``configs/default.yaml`` unless ``--config`` says otherwise and each method's settings in the suite
@@ -22,6 +23,10 @@ otherwise, its ablations and the three baselines), ``--jobs`` runs at a time, pe
 ``--out``, and regenerates the tables of ``--doc`` (``docs/RESULTS.md``) once every run succeeded:
 
     sscc reproduce --suite            # = make accuracy
+    sscc reproduce --suite --store runs/mine.zarr --out runs/mine-suite   # on one's own scenes
+
+The suite's tables are also written to ``OUT/tables.md``. With ``--store`` no document is
+regenerated unless ``--doc`` names one.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from sscc_core.accuracy.experiment import (
 )
 from sscc_core.accuracy import suite
 
+DEFAULT_DOC = "docs/RESULTS.md"
 TABLE_HEADER = ("| dataset | method | protocol | ACC | NMI | ARI | kappa | CPU s/run | wall s/run |\n"
                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 
@@ -69,12 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "regenerate the tables of --doc")
     p.add_argument("--out", default="runs/accuracy", help="--suite: per-seed JSON directory")
     p.add_argument("--jobs", type=int, default=2, help="--suite: runs at a time (default 2)")
-    p.add_argument("--doc", default="docs/RESULTS.md", help="--suite: document to regenerate")
+    p.add_argument("--doc", default=None,
+                   help="--suite: document to regenerate (default docs/RESULTS.md; none with "
+                        "--store)")
     p.add_argument("--dataset", default=None,
                    help="benchmark scene: indian_pines, salinas_a (salinasA), samson, jasper_ridge")
-    p.add_argument("--store", default=None, metavar="CUBE",
+    p.add_argument("--store", nargs="+", default=None, metavar="CUBE",
                    help="instead of --dataset: a cube store with ground truth (sscc ingest "
-                        "INPUT --labels GT)")
+                        "INPUT --labels GT); with --suite, one or more, run instead of the "
+                        "bundled scenes")
     p.add_argument("--method", choices=METHODS, default="sscc",
                    help="sscc, kmeans (recipe features), kmeans_pca (PCA scores, not whitened) or "
                         "spectral_pca (spectral clustering of the smoothed recipe features; "
@@ -96,11 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_suite(args: argparse.Namespace, command: str) -> None:
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.store and args.dataset:
+        raise ValueError("--suite runs the bundled scenes, or the --store stores; --dataset does "
+                         "not apply")
     cfg = load_cli_config(args)
-    if not Path(args.doc).is_file():
-        raise FileNotFoundError(f"--doc {args.doc}: no such file")
-    suite.generated_block(args.doc)
-    check_output("--doc", args.doc, Path(args.doc).parent)  # replaced by a rename there
+    doc = args.doc or (None if args.store else DEFAULT_DOC)
+    if doc is not None:
+        if not Path(doc).is_file():
+            raise FileNotFoundError(f"--doc {doc}: no such file")
+        suite.generated_block(doc)
+        check_output("--doc", doc, Path(doc).parent)  # replaced by a rename there
     check_output("--out", args.out, Path(args.out))
     start = time.perf_counter()
 
@@ -109,14 +123,18 @@ def _run_suite(args: argparse.Namespace, command: str) -> None:
               f"ACC {row['acc']:.3f} clusters {row['n_clusters_used']} CPU {row['cpu_seconds']:.0f} s",
               flush=True)
 
-    rows = suite.run_suite(cfg, args.out, args.seeds, args.jobs, args.data_dir, progress)
+    rows = suite.run_suite(cfg, args.out, args.seeds, args.jobs, args.data_dir, progress, args.store)
     seconds = time.perf_counter() - start
     sscc_cpu = sum(r["cpu_seconds"] for r in rows
                    if r["method"].startswith("sscc") and not r.get("reused_from"))
     text = suite.render(rows, seconds, sscc_cpu, command)
-    suite.update_document(args.doc, text)
+    tables = Path(args.out) / "tables.md"
+    storage.write_bytes(tables, (text + "\n").encode())
+    if doc is not None:
+        suite.update_document(doc, text)
     print(text)
-    print(f"suite: {len(rows)} rows in {seconds / 60:.1f} min; {args.doc} regenerated")
+    print(f"suite: {len(rows)} rows in {seconds / 60:.1f} min; tables in {tables}"
+          + (f"; {doc} regenerated" if doc is not None else ""))
 
 
 def check_k_override(overrides: list[str], k: int, scene: Scene) -> None:
@@ -170,9 +188,6 @@ def _run(args: argparse.Namespace) -> None:
     if bad:
         raise ValueError(f"--seeds: a seed is an integer in [0, {MAX_SEED}], got {bad[0]}")
     if args.suite:
-        if args.store is not None:
-            raise ValueError("--store runs single settings on one's own scene; the suite runs "
-                             "the bundled scenes (drop --suite or --store)")
         if device.type != "cpu":
             raise ValueError(f"--device {args.device}: the suite runs on the CPU (its tables report "
                              f"CPU seconds); use --device with single runs")
@@ -180,6 +195,11 @@ def _run(args: argparse.Namespace) -> None:
         return
     if (args.dataset is None) == (args.store is None):
         raise ValueError("give --dataset NAME or --store CUBE (exactly one of them), or --suite")
+    if args.doc is not None:
+        raise ValueError("--doc is regenerated by --suite only; a single setting writes --json")
+    if args.store is not None and len(args.store) > 1:
+        raise ValueError(f"--store: a single setting runs on one store, got {len(args.store)} "
+                         f"(--suite runs several)")
     if args.json and storage.is_url(args.json):
         storage.check_url(args.json)
     elif args.json:
@@ -189,7 +209,7 @@ def _run(args: argparse.Namespace) -> None:
     # the method's settings in the suite, under the command line's own overrides: a suite cell
     # reruns with the same --dataset, --protocol, --method and --seeds
     cfg = load_config(args.config, {**suite.method_overrides(args.method), **parse_overrides(args.overrides)})
-    scene = load_scene(args.dataset, args.data_dir) if args.store is None else load_store_scene(args.store)
+    scene = load_scene(args.dataset, args.data_dir) if args.store is None else load_store_scene(args.store[0])
     check_k_override(args.overrides, cfg.model.n_clusters, scene)
     print(f"{scene.name}: {scene.cube.shape[0]} bands x {scene.cube.shape[1]} x "
           f"{scene.cube.shape[2]}, {int((scene.labels > 0).sum())} labelled pixels, "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -29,7 +30,9 @@ import numpy as np
 
 from sscc_core import storage
 from sscc_core.config import SSCCConfig, dump_config, from_dict, replace, to_dict
-from sscc_core.accuracy.experiment import BASELINES, PROTOCOLS, Scene, load_scene, run_one
+from sscc_core.accuracy.experiment import (
+    BASELINES, PROTOCOLS, Scene, load_scene, load_store_scene, run_one,
+)
 from sscc_core.training.trainer import training_mask
 
 SCENES: tuple[str, ...] = ("indian_pines", "salinasA", "samson", "jasper_ridge")
@@ -84,13 +87,24 @@ def method_config(cfg: SSCCConfig, method: str) -> SSCCConfig:
     return replace(cfg, postprocess=replace(cfg.postprocess, **fields)) if fields else cfg
 
 
-def load_scenes(data_dir: str | None) -> dict[str, Scene]:
-    """Every suite scene, loaded before any run starts so that a missing file fails first.
+def load_scenes(data_dir: str | None, stores: list[str] | None = None) -> dict[str, Scene]:
+    """Every suite scene, loaded before any run starts so that a missing file fails first: the
+    bundled scenes, or the cube stores with ground truth ``stores`` (one's own scenes) instead.
 
     Raises:
-        FileNotFoundError: A scene file is missing (the message names it).
+        FileNotFoundError: A scene file or store is missing (the message names it).
+        ValueError: A store has no ground truth, or two stores hold scenes of one name.
     """
-    return {name: load_scene(name, data_dir) for name in SCENES}
+    if not stores:
+        return {name: load_scene(name, data_dir) for name in SCENES}
+    scenes: dict[str, Scene] = {}
+    for path in stores:
+        scene = load_store_scene(path)
+        if scene.name in scenes:
+            raise ValueError(f"{path}: its scene is named {scene.name!r}, as another store's is; "
+                             f"the suite's files and tables are keyed by scene name")
+        scenes[scene.name] = scene
+    return scenes
 
 
 def same_protocols(scene: Scene) -> bool:
@@ -99,16 +113,18 @@ def same_protocols(scene: Scene) -> bool:
                                training_mask(scene.valid, scene.labels, "all")))
 
 
-def _execute(run: Run, cfg_dict: dict[str, Any], data_dir: str | None, out: str, key: str) -> dict[str, Any]:
-    """Worker: one run, one thread, its JSON written atomically; returns the row."""
+def _execute(run: Run, cfg_dict: dict[str, Any], data_dir: str | None, store: str | None, out: str,
+             key: str) -> dict[str, Any]:
+    """Worker: one run (of a bundled scene, or of the cube store ``store``), one thread, its JSON
+    written atomically; returns the row."""
     import torch
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
     cfg = from_dict(SSCCConfig, cfg_dict)
     with threadpool_limits(1):
-        result = run_one(load_scene(run.scene, data_dir), run.method, run.protocol, run.seed,
-                         method_config(cfg, run.method))
+        scene = load_scene(run.scene, data_dir) if store is None else load_store_scene(store)
+        result = run_one(scene, run.method, run.protocol, run.seed, method_config(cfg, run.method))
     row = {**result.row(), "config_fingerprint": key, "history": result.history,
            "selection": result.selection}
     storage.write_bytes(run.path(Path(out)), json.dumps(row, indent=1).encode())
@@ -126,8 +142,12 @@ def plan(scenes: dict[str, Scene], seeds: list[int]) -> list[Run]:
 
 def run_suite(cfg: SSCCConfig, out: str | Path, seeds: list[int], jobs: int = 2,
               data_dir: str | None = None,
-              progress: Callable[[int, int, Run, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+              progress: Callable[[int, int, Run, dict[str, Any]], None] | None = None,
+              stores: list[str] | None = None) -> list[dict[str, Any]]:
     """Run (or resume) the suite and return every row, the reused ``all`` cells included.
+
+    The runs go to processes started fresh (``spawn``), never forked from this one: a process
+    forked after torch has started its thread pool can hang in its first parallel operation.
 
     Args:
         cfg: The shipped configuration (K is set per scene).
@@ -136,14 +156,17 @@ def run_suite(cfg: SSCCConfig, out: str | Path, seeds: list[int], jobs: int = 2,
         jobs: Runs at a time (processes, one thread each).
         data_dir: Directory of the scene files (default: the repository's ``data/``).
         progress: Called as ``(done, total, run, row)`` after each run.
+        stores: Cube stores with ground truth to run instead of the bundled scenes.
 
     Raises:
-        FileNotFoundError: A scene file is missing.
-        ValueError: ``out`` holds a run of another configuration.
+        FileNotFoundError: A scene file or store is missing.
+        ValueError: ``out`` holds a run of another configuration, or :func:`load_scenes`
+            refuses a store.
         RuntimeError: A run failed (the message names it); finished runs stay on disk.
     """
     out, key = Path(out), fingerprint(cfg)
-    scenes = load_scenes(data_dir)
+    scenes = load_scenes(data_dir, stores)
+    store_of = dict(zip(scenes, stores)) if stores else {}
     runs = plan(scenes, seeds)
     rows: dict[Run, dict[str, Any]] = {}
     for run in runs:
@@ -155,8 +178,10 @@ def run_suite(cfg: SSCCConfig, out: str | Path, seeds: list[int], jobs: int = 2,
                                  f"{row.get('config_fingerprint')}, this one {key}); use another --out")
             rows[run] = row
     todo = [r for r in runs if r not in rows]
-    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {pool.submit(_execute, r, to_dict(cfg), data_dir, str(out), key): r for r in todo}
+    with ProcessPoolExecutor(max_workers=max(1, jobs),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_execute, r, to_dict(cfg), data_dir, store_of.get(r.scene), str(out),
+                               key): r for r in todo}
         for future in as_completed(futures):
             run = futures[future]
             try:
@@ -203,7 +228,8 @@ def render(rows: list[dict[str, Any]], seconds: float, sscc_cpu: float, command:
     """The generated part of ``docs/RESULTS.md``: the targets table, the per-method table and
     how it was produced."""
     stats = summarise_rows(rows)
-    cells = [(s, p) for s in SCENES for p in PROTOCOLS if (s, p, "sscc") in stats]
+    scenes = dict.fromkeys([*SCENES, *(r["dataset"] for r in rows)])
+    cells = [(s, p) for s in scenes for p in PROTOCOLS if (s, p, "sscc") in stats]
     lines = ["### Targets: SSCC against the best baseline in every cell", "",
              "| scene | protocol | SSCC ACC | best baseline (ACC) | SSCC - best | untrained net | PCA scores alone | readout chosen (seeds in order) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -218,7 +244,7 @@ def render(rows: list[dict[str, Any]], seconds: float, sscc_cpu: float, command:
             per_base[b].append(base[b])
         reused = " (= labelled: every pixel is labelled)" if s["reused"] else ""
         lines.append(
-            f"| {SCENE_TITLES[scene]} | {protocol}{reused} | {s['acc']:.3f} ± {s['acc_std']:.3f} | "
+            f"| {SCENE_TITLES.get(scene, scene)} | {protocol}{reused} | {s['acc']:.3f} ± {s['acc_std']:.3f} | "
             f"{base[best]:.3f} ({best}) | {s['acc'] - base[best]:+.3f} | "
             f"{stats[(scene, protocol, 'sscc_untrained')]['acc']:.3f} | "
             f"{stats[(scene, protocol, 'readout_pca')]['acc']:.3f} | "
@@ -235,7 +261,7 @@ def render(rows: list[dict[str, Any]], seconds: float, sscc_cpu: float, command:
     for scene, protocol in cells:
         for method in METHODS:
             s = stats[(scene, protocol, method)]
-            lines.append(f"| {SCENE_TITLES[scene]} | {protocol} | {METHOD_TITLES[method]} | "
+            lines.append(f"| {SCENE_TITLES.get(scene, scene)} | {protocol} | {METHOD_TITLES[method]} | "
                          f"{s['acc']:.3f} ± {s['acc_std']:.3f} | {s['nmi']:.3f} ± {s['nmi_std']:.3f} | "
                          f"{s['kappa']:.3f} ± {s['kappa_std']:.3f} | {s['n_clusters_used']:.1f} | "
                          f"{s['cpu_seconds']:.0f} |")
