@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probability that a row of a flight line is dropped (default 0.002)")
     p.add_argument("--nan-fraction", type=float, default=0.0,
                    help="fraction of NaN pixels (float32 only; default 0)")
+    p.add_argument("--texture-length", type=float, default=0.0,
+                   help="correlation length of the within-field texture, pixels (default 0: "
+                        "every pixel an independent draw from its class's real pixels)")
     p.add_argument("--chunk", type=int, default=256, help="chunk side in pixels (default 256)")
     p.add_argument("--shard", type=int, default=None,
                    help="shard side in pixels (multiple of --chunk; default: no sharding)")
@@ -87,7 +90,7 @@ def spec_from_args(
         height=height, width=width, seed=args.seed, source=args.source, dtype=args.dtype,
         snr=args.snr, field_size=args.field_size, mix_width=args.mix_width,
         line_width=args.line_width, max_gap=args.max_gap, drop_line_p=args.drop_line_p,
-        nan_fraction=args.nan_fraction,
+        nan_fraction=args.nan_fraction, texture_length=args.texture_length,
     )
 
 

@@ -17,6 +17,12 @@ labelled pixels**, so within-class variability is real, not modelled:
   The edge is the nearest bisector between the pixel's point and a point of another class, which
   is the true field edge except near junctions of three fields (measured: 99.98 % of mixed pixels
   lie within ``mix_width + 1`` pixels of a pixel of their second class).
+- **Texture** (``texture_length`` L > 0; 0, the default, draws pool pixels independently): each
+  class's pool is ordered along its first principal component (:attr:`ClassLibrary.order`), and
+  the pixel drawn at a position is the pool's quantile ``u`` of a smooth random field ``u(y, x)``,
+  uniform on [0, 1] at every pixel and correlated over about L pixels (:func:`texture_field`), so
+  neighbouring pixels of a field carry similar real spectra and a field varies gradually, as a
+  crop's vigour or a soil's moisture does, instead of changing pixel to pixel.
 - **Noise**: additive Gaussian with one standard deviation for all bands,
   ``sigma = rms(class mean spectra) / snr`` in raw units (``snr = inf``: none).
 - **Nodata**: the mosaic is cut into flight lines (vertical strips of ``line_width`` columns);
@@ -52,6 +58,7 @@ from typing import Literal
 
 import dask.array as da
 import numpy as np
+import scipy.special
 import xarray as xr
 
 from sscc_core import __version__
@@ -62,7 +69,7 @@ NODATA = -9999
 GB = 1e9  # --size-gb counts decimal gigabytes of reflectance
 
 # Independent random streams (first entropy word after the seed).
-_CELL, _GAP, _DROP, _PIXELS = 1, 2, 3, 4
+_CELL, _GAP, _DROP, _PIXELS, _TEXTURE = 1, 2, 3, 4, 5
 _DTYPES = {"int16": np.int16, "float32": np.float32}
 
 
@@ -80,6 +87,8 @@ class ClassLibrary:
         source_class_ids: Source label id of each class 1..C.
         source: Input paths of the scene.
         source_dtype: Raw dtype of the scene (``"int16"``, ``"uint8"``, ...).
+        order: (N,) int64; ``pixels[order]`` holds each class's pool (same offsets) sorted by
+            the pixels' scores on the pool's first principal component (textured mosaics).
     """
 
     name: str
@@ -91,6 +100,7 @@ class ClassLibrary:
     source_class_ids: tuple[int, ...]
     source: tuple[str, ...]
     source_dtype: str
+    order: np.ndarray
 
     @property
     def n_classes(self) -> int:
@@ -134,13 +144,28 @@ def class_library(source: str = "salinasA", data_dir: str | Path | None = None) 
     means = np.stack([pixels[offsets[c] : offsets[c + 1]].mean(axis=0, dtype=np.float64)
                       for c in range(n_classes)])
     wavelength = ds["wavelength"].values if "wavelength" in ds.coords else None
+    order = np.concatenate([offsets[c] + _first_component_order(pixels[offsets[c]: offsets[c + 1]])
+                            for c in range(n_classes)])
     return ClassLibrary(
         name=source, pixels=pixels, offsets=offsets, means=means, wavelength=wavelength,
         scale=float(ds["reflectance"].attrs.get("reflectance_scale", 1.0)),
         source_class_ids=tuple(ds["labels"].attrs.get("source_class_ids", range(1, n_classes + 1))),
         source=tuple(ds.attrs.get("source") or ()),
         source_dtype=str(refl.dtype),
+        order=order.astype(np.int64),
     )
+
+
+def _first_component_order(pool: np.ndarray) -> np.ndarray:
+    """Indices that sort an (n, B) pool by its pixels' scores on the pool's first principal
+    component (the sign fixed so the score grows with the pixel's mean value), stable on ties."""
+    centred = pool.astype(np.float64) - pool.mean(axis=0, dtype=np.float64)
+    if len(pool) < 2 or not centred.any():
+        return np.arange(len(pool))
+    axis = np.linalg.svd(centred, full_matrices=False)[2][0]
+    if axis.sum() < 0:
+        axis = -axis
+    return np.argsort(centred @ axis, kind="stable")
 
 
 def check_dtype(spec: SynthSpec, library: ClassLibrary) -> None:
@@ -177,6 +202,8 @@ class SynthSpec:
         max_gap: Most nodata columns at the start of a flight line.
         drop_line_p: Probability that a row of a flight line is a dropped scan line.
         nan_fraction: Fraction of pixels set to NaN (``dtype="float32"`` only).
+        texture_length: Correlation length of the within-field texture, pixels; 0 for none
+            (each pixel an independent draw from its class's pool).
     """
 
     height: int
@@ -191,6 +218,7 @@ class SynthSpec:
     max_gap: int = 8
     drop_line_p: float = 0.002
     nan_fraction: float = 0.0
+    texture_length: float = 0.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -205,6 +233,8 @@ class SynthSpec:
             ("max_gap", 0 <= self.max_gap < self.line_width, "must be in [0, line_width)"),
             ("drop_line_p", 0 <= self.drop_line_p <= 1, "must be a probability in [0, 1]"),
             ("nan_fraction", 0 <= self.nan_fraction <= 1, "must be a fraction in [0, 1]"),
+            ("texture_length", math.isfinite(self.texture_length) and self.texture_length >= 0,
+             "must be >= 0 pixels (0 for no texture)"),
         ]
         for name, ok, msg in checks:
             if not ok:
@@ -331,6 +361,38 @@ def nodata_mask(spec: SynthSpec, y0: int, y1: int, x0: int, x1: int) -> np.ndarr
     return mask
 
 
+def texture_field(spec: SynthSpec, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """(h, w) float64 smooth random field of rows ``y0:y1``, columns ``x0:x1``, uniform on [0, 1]
+    at every pixel; identical whatever the window.
+
+    Independent standard normal values sit on a lattice of spacing ``spec.texture_length``
+    pixels, each drawn from its own generator (seed, lattice row, lattice column); a pixel
+    interpolates its four lattice neighbours with smoothstep weights, is divided by the standard
+    deviation of that weighted sum (so it is exactly N(0, 1)) and mapped through the normal CDF.
+
+    Raises:
+        ValueError: ``spec.texture_length`` is not positive.
+    """
+    L = spec.texture_length
+    if not L > 0:
+        raise ValueError(f"texture_field: needs texture_length > 0, got {L}")
+    gy = (np.arange(y0, y1) + 0.5) / L
+    gx = (np.arange(x0, x1) + 0.5) / L
+    iy, ix = np.floor(gy).astype(np.int64), np.floor(gx).astype(np.int64)
+    lattice = {(i, j): _rng(spec.seed, _TEXTURE, i, j).standard_normal()
+               for i in range(iy.min(), iy.max() + 2) for j in range(ix.min(), ix.max() + 2)}
+    grid = np.array([[lattice[(i, j)] for j in range(ix.min(), ix.max() + 2)]
+                     for i in range(iy.min(), iy.max() + 2)])
+    ty, tx = gy - iy, gx - ix
+    wy1, wx1 = ty * ty * (3 - 2 * ty), tx * tx * (3 - 2 * tx)  # smoothstep
+    wy, wx = np.stack([1 - wy1, wy1]), np.stack([1 - wx1, wx1])  # (2, h), (2, w)
+    ry, rx = iy - iy.min(), ix - ix.min()
+    value = sum(wy[a][:, None] * wx[b][None, :] * grid[ry[:, None] + a, rx[None, :] + b]
+                for a in (0, 1) for b in (0, 1))
+    std = np.sqrt((wy ** 2).sum(0))[:, None] * np.sqrt((wx ** 2).sum(0))[None, :]
+    return scipy.special.ndtr(value / std)
+
+
 def _noise_sigma(spec: SynthSpec, library: ClassLibrary) -> float:
     return 0.0 if math.isinf(spec.snr) else float(np.sqrt((library.means ** 2).mean())) / spec.snr
 
@@ -348,12 +410,17 @@ def _pixel_block(
     near, far, frac = field_layout(spec, library.n_classes, y0, y0 + BLOCK, x0, x0 + BLOCK)
     rng = _rng(spec.seed, _PIXELS, by, bx)
     u_near, u_far, u_nan = rng.random((3, BLOCK, BLOCK))
+    pool_index = np.arange(len(library.pixels))
+    if spec.texture_length > 0:  # both classes of a mixed pixel at the same quantile
+        u_near = u_far = np.minimum(texture_field(spec, y0, y0 + BLOCK, x0, x0 + BLOCK), 1 - 1e-12)
+        pool_index = library.order
     off, counts = library.offsets[:-1], np.diff(library.offsets)
-    values = library.pixels[off[near - 1] + (u_near * counts[near - 1]).astype(np.int64)]
+    values = library.pixels[pool_index[off[near - 1] + (u_near * counts[near - 1]).astype(np.int64)]]
     mixed = far > 0
     if mixed.any():
         fm, idx = frac[mixed][:, None], (u_far[mixed] * counts[far[mixed] - 1]).astype(np.int64)
-        values[mixed] = fm * values[mixed] + (1 - fm) * library.pixels[off[far[mixed] - 1] + idx]
+        values[mixed] = (fm * values[mixed]
+                         + (1 - fm) * library.pixels[pool_index[off[far[mixed] - 1] + idx]])
     sigma = _noise_sigma(spec, library)
     if sigma > 0:
         values += sigma * rng.standard_normal(values.shape, dtype=np.float32)
