@@ -204,13 +204,15 @@ class Preprocessor:
             raise ValueError(f"expected a (band, y, x) block, got shape {block.shape}")
         self.check_bands(block.shape[0])
         _, h, w = block.shape
-        weight, bias = self._affine(whiten)
-        out = weight @ block.reshape(block.shape[0], h * w).astype(np.float64) + bias[:, None]
-        out = out.astype(np.float32).reshape(self.n_components, h, w)
+        pixels = block.reshape(block.shape[0], h * w).astype(np.float64)
         if valid is not None:
             valid = np.asarray(valid, dtype=bool)
             if valid.shape != (h, w):
                 raise ValueError(f"valid mask shape {valid.shape} != block shape {(h, w)}")
+            pixels[:, ~valid.reshape(-1)] = 0.0  # nodata (NaN, inf, fill values) never enters the sums
+        weight, bias = self._affine(whiten)
+        out = (weight @ pixels + bias[:, None]).astype(np.float32).reshape(self.n_components, h, w)
+        if valid is not None:
             out[:, ~valid] = 0.0
         return out
 

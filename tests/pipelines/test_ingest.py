@@ -75,7 +75,7 @@ def write_line(path: Path, data: np.ndarray, y0: int, x0: int) -> Path:
     """A GeoTIFF flight line placed at pixel (y0, x0) of the common UTM grid ``T``."""
     b, h, w = data.shape
     with rasterio.open(path, "w", driver="GTiff", height=h, width=w, count=b, dtype=data.dtype,
-                       crs="EPSG:32610", transform=T * Affine.translation(x0, y0),
+                       crs="EPSG:32610", transform=T @ Affine.translation(x0, y0),
                        nodata=-9999) as dst:
         dst.write(data)
     return path

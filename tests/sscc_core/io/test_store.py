@@ -136,7 +136,7 @@ def test_open_cube_errors(tmp_path: Path) -> None:
 
 def _line(salinas: np.ndarray, y0: int, x0: int, h: int, w: int) -> xr.Dataset:
     """A georeferenced 'flight line': a window of Salinas-A on the common grid T."""
-    t = T * Affine.translation(x0, y0)
+    t = T @ Affine.translation(x0, y0)
     return make_cube(salinas[:, y0 : y0 + h, x0 : x0 + w], crs="EPSG:32610", transform=t,
                      source=f"line_{y0}_{x0}")
 
@@ -144,7 +144,7 @@ def _line(salinas: np.ndarray, y0: int, x0: int, h: int, w: int) -> xr.Dataset:
 def test_mosaic_union_grid_first_valid_wins(salinas: np.ndarray) -> None:
     b_data = salinas[:, 20:83, 30:86].copy() + 1  # differs from a where they overlap
     b_data[:, 5, 5] = -9999  # invalid in b
-    b = make_cube(b_data, nodata=-9999, crs="EPSG:32610", transform=T * Affine.translation(30, 20),
+    b = make_cube(b_data, nodata=-9999, crs="EPSG:32610", transform=T @ Affine.translation(30, 20),
                   source="line_b")
     a_data = salinas[:, :40, :50].copy()
     a_data[:, 30, 40] = -9999  # invalid in a, inside the overlap: b fills it
@@ -174,7 +174,7 @@ def test_mosaic_rejects_incompatible_lines(salinas: np.ndarray) -> None:
     with pytest.raises(ValueError, match="CRS differ"):
         mosaic.plan_mosaic([a, other_crs])
     off = make_cube(salinas[:, :10, :10], crs="EPSG:32610",
-                    transform=T * Affine.translation(0.5, 0), source="half")
+                    transform=T @ Affine.translation(0.5, 0), source="half")
     with pytest.raises(ValueError, match="not on the pixel lattice"):
         mosaic.plan_mosaic([a, off])
     with pytest.raises(ValueError, match="no CRS"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,11 @@ def test_nodata_pixels_are_excluded(indian_pines: np.ndarray) -> None:
     np.testing.assert_allclose(pp.band_std, indian_pines[:, valid].std(axis=1), rtol=1e-10)
     out = pp.transform(cube[:, :50, :70], valid[:50, :70])
     assert np.all(out[:, ~valid[:50, :70]] == 0) and np.all(np.abs(out) < 50)
+    nonfinite = cube.astype(np.float32)
+    nonfinite[:, :20, :60], nonfinite[:, 20:40, :60] = np.nan, np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "invalid value encountered in matmul"
+        np.testing.assert_array_equal(pp.transform(nonfinite[:, :50, :70], valid[:50, :70]), out)
 
 
 def test_sampled_fit_is_seeded_bounded_and_close_to_exact(indian_pines: np.ndarray) -> None:
