@@ -1,0 +1,65 @@
+"""How many directions the backbone features of the readout sample span, trained against untrained.
+
+The figures of docs/RESULTS.md, *Whitening the network features' leading components*. Label-free:
+no ground truth is scored; protocol ``all`` trains on every valid pixel.
+
+Usage (from the repository root)::
+
+    OMP_NUM_THREADS=1 .venv/bin/python docs/experiments/feature_rank.py jasper_ridge samson salinasA indian_pines
+
+For each scene, the network of ``configs/default.yaml`` is trained for seed 0 (and, for the
+untrained column, run for one epoch at the suite's ``UNTRAINED_LR``). The sigma-0 readout vectors
+of the 6,000-pixel readout sample are then split into the 64 backbone features and the first
+K - 1 PCA scores. For each block it prints the participation ratio of the standardised
+covariance, ``(sum eig)^2 / sum eig^2``, which is the block's effective number of dimensions, and
+the variance share of its top direction.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from sscc_core.accuracy.experiment import UNTRAINED_LR, load_scene, scene_config
+from sscc_core.config import load_config, replace
+from sscc_core.labelling.inference import Labeller
+from sscc_core.model.readout import Readout
+from sscc_core.training.readout_fit import sample_mask, sample_vectors
+from sscc_core.training.reference import scene_views, train_reference
+from sscc_core.training.run import fit_scenes_preprocessor
+from sscc_core.training.trainer import training_mask
+
+
+def spread(block: torch.Tensor) -> tuple[float, float]:
+    """(participation ratio, top direction's variance share) of (N, d) vectors, standardised."""
+    z = (block - block.mean(0)) / block.std(0).clamp(min=1e-6)
+    eig = torch.linalg.eigvalsh(z.T @ z / len(z)).clamp(min=0)
+    return float(eig.sum() ** 2 / (eig ** 2).sum()), float(eig.max() / eig.sum())
+
+
+def main(scenes: list[str]) -> None:
+    torch.set_num_threads(1)
+    base = load_config("configs/default.yaml")
+    for name in scenes:
+        scene = load_scene(name)
+        for variant in ("trained", "untrained"):
+            cfg = scene_config(base, scene, "all", 0)
+            if variant == "untrained":
+                cfg = replace(cfg, train=replace(cfg.train, epochs=1, lr=UNTRAINED_LR))
+            torch.manual_seed(0)
+            pre = fit_scenes_preprocessor([(scene.cube, scene.valid)], cfg).preprocessor
+            views = scene_views(scene.cube, scene.valid, scene.labels, pre, cfg)
+            model = train_reference(views, pre.n_components, cfg).model.eval()
+            labeller = Labeller(model, pre, readout=Readout("kmeans", 0.0, cfg.postprocess.readout_spectra))
+            mask = sample_mask(training_mask(scene.valid, scene.labels, "all"), cfg.postprocess.readout_sample, 0)
+            vectors = sample_vectors(labeller, scene.cube, scene.valid, mask).double()
+            d, kept = model.feature_dim, min(scene.n_classes - 1, vectors.shape[1] - model.feature_dim)
+            for block, values in (("features", vectors[:, :d]), ("scores", vectors[:, d:d + kept])):
+                ratio, top = spread(values)
+                print(f"{name:12s} {variant:9s} {block:8s} dims {values.shape[1]:3d} "
+                      f"participation ratio {ratio:6.2f} top direction {top:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
