@@ -57,6 +57,10 @@ class ModelConfig:
         widths: Channels of the three residual stages.
         blocks_per_stage: Residual blocks per stage.
         head_hidden: Hidden width of the cluster head MLP.
+        instance_dim: Output width of an instance head beside the cluster head (Contrastive
+            Clustering, Li et al. 2021): ``Linear(D, head_hidden) -> ReLU -> Linear(head_hidden,
+            instance_dim)`` of the backbone features, trained by NT-Xent between the two views
+            (``loss.instance_weight``) and not used for labelling; 0 = none (the authors' recipe).
     """
 
     n_clusters: int = 16
@@ -65,6 +69,7 @@ class ModelConfig:
     widths: tuple[int, ...] = (64, 128, 256)
     blocks_per_stage: int = 2
     head_hidden: int = 512
+    instance_dim: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,12 +102,15 @@ class LossConfig:
     Attributes:
         offdiag_weight: lambda on the squared off-diagonal cross-correlations.
         ntxent_weight: Weight of the NT-Xent term on the rows.
-        temperature: NT-Xent temperature.
+        temperature: NT-Xent temperature (of both NT-Xent terms).
+        instance_weight: Weight of the NT-Xent term on the instance head's rows (with
+            ``model.instance_dim > 0``).
     """
 
     offdiag_weight: float = 0.005
     ntxent_weight: float = 5e-5
     temperature: float = 0.5
+    instance_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -338,6 +346,11 @@ def _validate(obj: Any, prefix: str) -> None:
             fail("n_clusters", f"must be >= 2, got {obj.n_clusters}")
         if not obj.widths or any(w < 1 for w in obj.widths):
             fail("widths", f"must be positive channel counts, got {obj.widths}")
+        if obj.instance_dim < 0:
+            fail("instance_dim", f"must be >= 0 (0 = no instance head), got {obj.instance_dim}")
+    elif isinstance(obj, LossConfig):
+        if obj.instance_weight < 0:
+            fail("instance_weight", f"must be >= 0, got {obj.instance_weight}")
     elif isinstance(obj, TrainConfig):
         for name in ("epochs", "batch_size", "shuffle_buffer", "step_size"):
             if getattr(obj, name) < 1:

@@ -5,9 +5,11 @@ no ground truth is scored; protocol ``all`` trains on every valid pixel.
 
 Usage (from the repository root)::
 
-    OMP_NUM_THREADS=1 .venv/bin/python docs/experiments/feature_rank.py jasper_ridge samson salinasA indian_pines
+    OMP_NUM_THREADS=1 .venv/bin/python docs/experiments/feature_rank.py [--without-instance-head] \
+        jasper_ridge samson salinasA indian_pines
 
-For each scene, the network of ``configs/default.yaml`` is trained for seed 0 (and, for the
+For each scene, the network of ``configs/default.yaml`` (with ``--without-instance-head``:
+``model.instance_dim = 0``, the configuration before 2026-12-02) is trained for seed 0 (and, for the
 untrained column, run for one epoch at the suite's ``UNTRAINED_LR``). The sigma-0 readout vectors
 of the 6,000-pixel readout sample are then split into the 64 backbone features and the first
 K - 1 PCA scores. For each block it prints the participation ratio of the standardised
@@ -38,9 +40,9 @@ def spread(block: torch.Tensor) -> tuple[float, float]:
     return float(eig.sum() ** 2 / (eig ** 2).sum()), float(eig.max() / eig.sum())
 
 
-def main(scenes: list[str]) -> None:
+def main(scenes: list[str], instance_head: bool = True) -> None:
     torch.set_num_threads(1)
-    base = load_config("configs/default.yaml")
+    base = load_config("configs/default.yaml", None if instance_head else {"model.instance_dim": 0})
     for name in scenes:
         scene = load_scene(name)
         for variant in ("trained", "untrained"):
@@ -62,4 +64,5 @@ def main(scenes: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    flag = "--without-instance-head"
+    main([a for a in sys.argv[1:] if a != flag], instance_head=flag not in sys.argv[1:])

@@ -11,7 +11,10 @@ Given the softmax outputs ``Ya`` and ``Yb`` (N x K) of the two augmented views o
 * ``L_nt`` is SimCLR's NT-Xent on the 2N rows of ``[Ya; Yb]``: cosine similarity divided by the
   temperature, the other view of the same sample as the positive, the remaining 2N - 2 rows as
   negatives, cross-entropy averaged over the 2N rows;
-* total ``= L_cc + ntxent_weight * L_nt``.
+* with an instance head (``model.instance_dim > 0``, Contrastive Clustering), ``L_inst`` is the
+  same NT-Xent on the 2N rows of the two views' instance projections ``[Ha; Hb]``;
+* total ``= L_cc + ntxent_weight * L_nt + instance_weight * L_inst`` (``L_inst = 0`` without
+  an instance head).
 
 Data-parallel training uses :class:`SSCCLoss` with ``gather_distributed=True``: each rank's
 outputs are gathered with gradients (:func:`sscc_core.model.distributed.gather_rows`), so every term is
@@ -30,7 +33,7 @@ from sscc_core.config import LossConfig
 from sscc_core.model.distributed import gather_rows
 
 BN_EPS = 1e-5  # nn.BatchNorm1d's default eps
-LOSS_PARTS = ("total", "cc", "diagonal", "off_diagonal", "ntxent")  # the scalar parts, logged
+LOSS_PARTS = ("total", "cc", "diagonal", "off_diagonal", "ntxent", "instance")  # the scalar parts, logged
 
 
 @dataclass(frozen=True)
@@ -38,11 +41,13 @@ class SSCCLossParts:
     """The SSCC loss and its parts, each a 0-d tensor (``total`` carries the graph).
 
     Attributes:
-        total: ``cc + ntxent_weight * ntxent``; call ``backward()`` on this.
+        total: ``cc + ntxent_weight * ntxent + instance_weight * instance``; call
+            ``backward()`` on this.
         cc: ``diagonal + offdiag_weight * off_diagonal``.
         diagonal: ``sum_k (1 - C_kk)^2``.
         off_diagonal: ``sum_{k != l} C_kl^2`` (unweighted).
         ntxent: NT-Xent on the rows (unweighted).
+        instance: NT-Xent on the instance projections' rows (unweighted; 0 without them).
         probs: (2N, K) detached cluster probabilities the loss saw, view a's rows then view
             b's (the global batch when gathered), for label-free health statistics.
     """
@@ -52,6 +57,7 @@ class SSCCLossParts:
     diagonal: Tensor
     off_diagonal: Tensor
     ntxent: Tensor
+    instance: Tensor
     probs: Tensor
 
     def as_floats(self) -> dict[str, float]:
@@ -106,13 +112,17 @@ def nt_xent(ya: Tensor, yb: Tensor, temperature: float) -> Tensor:
     return F.cross_entropy(sim, positives)
 
 
-def sscc_loss(ya: Tensor, yb: Tensor, cfg: LossConfig) -> SSCCLossParts:
-    """The SSCC objective of two views' cluster probabilities.
+def sscc_loss(ya: Tensor, yb: Tensor, cfg: LossConfig,
+              ha: Tensor | None = None, hb: Tensor | None = None) -> SSCCLossParts:
+    """The SSCC objective of two views' cluster probabilities (and instance projections).
 
     Args:
         ya: Softmax outputs of view a, (N, K), N >= 2.
         yb: Softmax outputs of view b, (N, K).
-        cfg: ``offdiag_weight`` (lambda), ``ntxent_weight`` and ``temperature``.
+        cfg: ``offdiag_weight`` (lambda), ``ntxent_weight``, ``temperature`` and
+            ``instance_weight``.
+        ha: Instance projections of view a, (N, E), or ``None`` (no instance head).
+        hb: Instance projections of view b, (N, E), given with ``ha``.
 
     Returns:
         :class:`SSCCLossParts`.
@@ -120,18 +130,26 @@ def sscc_loss(ya: Tensor, yb: Tensor, cfg: LossConfig) -> SSCCLossParts:
     Raises:
         ValueError: Shapes differ, are not 2-D, or N < 2.
     """
+    if (ha is None) != (hb is None):
+        raise ValueError("SSCC loss: give the instance projections of both views or of neither")
     c = cross_correlation(ya, yb)
     diag = torch.diagonal(c)
     diagonal = ((1.0 - diag) ** 2).sum()
     off_diagonal = (c - torch.diag_embed(diag)).pow(2).sum()
     cc = diagonal + cfg.offdiag_weight * off_diagonal
     ntxent = nt_xent(ya, yb, cfg.temperature)
+    total = cc + cfg.ntxent_weight * ntxent
+    instance = torch.zeros((), dtype=total.dtype, device=total.device)
+    if ha is not None and hb is not None:
+        instance = nt_xent(ha, hb, cfg.temperature)
+        total = total + cfg.instance_weight * instance
     return SSCCLossParts(
-        total=cc + cfg.ntxent_weight * ntxent,
+        total=total,
         cc=cc,
         diagonal=diagonal,
         off_diagonal=off_diagonal,
         ntxent=ntxent,
+        instance=instance,
         probs=torch.cat([ya, yb]).detach(),
     )
 
@@ -140,8 +158,8 @@ class SSCCLoss(nn.Module):
     """The SSCC objective as a module, optionally over the global batch of all ranks.
 
     With ``gather_distributed=True`` and an initialised process group, the (n, K) outputs of
-    every rank are all-gathered with gradients (rank order), so the column standardisation,
-    the cross-correlation and NT-Xent see the global batch of ``world_size * n`` rows and every
+    every rank (and its instance projections, when given) are all-gathered with gradients (rank
+    order), so the column standardisation, the cross-correlation and both NT-Xent terms see the global batch of ``world_size * n`` rows and every
     rank computes the same loss value, which equals the single-process loss on the concatenated
     batch. Gradient scale: the gather's backward sums the ``world_size`` identical ranks'
     gradients (each rank's rows receive ``world_size * dL/dy``) and DistributedDataParallel
@@ -159,8 +177,12 @@ class SSCCLoss(nn.Module):
         self.cfg = cfg
         self.gather_distributed = gather_distributed
 
-    def forward(self, ya: Tensor, yb: Tensor) -> SSCCLossParts:
-        """(n, K) x 2 cluster probabilities of this rank -> :class:`SSCCLossParts`."""
+    def forward(self, ya: Tensor, yb: Tensor, ha: Tensor | None = None,
+                hb: Tensor | None = None) -> SSCCLossParts:
+        """(n, K) x 2 cluster probabilities of this rank, and optionally its (n, E) x 2
+        instance projections -> :class:`SSCCLossParts`."""
         if self.gather_distributed:
             ya, yb = gather_rows(ya), gather_rows(yb)
-        return sscc_loss(ya, yb, self.cfg)
+            if ha is not None and hb is not None:
+                ha, hb = gather_rows(ha), gather_rows(hb)
+        return sscc_loss(ya, yb, self.cfg, ha, hb)

@@ -187,8 +187,22 @@ class ClusterHead(nn.Module):
         return torch.softmax(self.mlp(h), dim=-1)
 
 
+class InstanceHead(nn.Module):
+    """``Linear(D, hidden) -> ReLU -> Linear(hidden, dim)``: the instance projection of
+    Contrastive Clustering (its rows go to NT-Xent, which normalises them)."""
+
+    def __init__(self, in_features: int, hidden: int, dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+
+    def forward(self, h: Tensor) -> Tensor:
+        """(N, D) features -> (N, dim) projections."""
+        return self.mlp(h)
+
+
 class SSCCNet(nn.Module):
-    """The twin network: one backbone and one cluster head, applied to each view in turn.
+    """The twin network: one backbone and one cluster head, applied to each view in turn, and
+    optionally an instance head (``cfg.instance_dim > 0``) that only training uses.
 
     Args:
         cfg: Backbone kind, widths, depth, head width and K.
@@ -211,6 +225,8 @@ class SSCCNet(nn.Module):
         self.patch_size = patch_size
         self.backbone = Backbone(cfg, in_channels, patch_size)
         self.head = ClusterHead(self.backbone.out_channels, cfg.head_hidden, cfg.n_clusters)
+        self.instance = (InstanceHead(self.backbone.out_channels, cfg.head_hidden, cfg.instance_dim)
+                         if cfg.instance_dim > 0 else None)
 
     @property
     def halo(self) -> int:
@@ -295,9 +311,14 @@ class TwinForward(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, xa: Tensor, xb: Tensor) -> tuple[Tensor, Tensor]:
-        """(N, C, P, P) x 2 -> cluster probabilities (N, K) x 2."""
-        return self.net(xa), self.net(xb)
+    def forward(self, xa: Tensor, xb: Tensor) -> tuple[Tensor, ...]:
+        """(N, C, P, P) x 2 -> cluster probabilities (N, K) x 2, then, with an instance head,
+        its projections (N, instance_dim) x 2 (the arguments of :class:`sscc_core.model.loss.SSCCLoss`)."""
+        fa, fb = self.net.features(xa), self.net.features(xb)
+        outputs = (self.net.head(fa), self.net.head(fb))
+        if self.net.instance is None:
+            return outputs
+        return (*outputs, self.net.instance(fa), self.net.instance(fb))
 
 
 @contextmanager

@@ -216,9 +216,11 @@ def test_pickled_object_is_refused_without_running_code(root, salinas, capsys):
         ("postprocess:\n  readout: dbscan\n", "postprocess.readout: expected one of"),
         ("train:\n  seed: -1\n", "train.seed: must be in [0, 2147483647], got -1"),
         ("preprocess:\n  seed: 4294967296\n", "preprocess.seed: must be in [0, 2147483647], got 4294967296"),
+        ("model:\n  instance_dim: -1\n", "model.instance_dim: must be >= 0 (0 = no instance head), got -1"),
+        ("loss:\n  instance_weight: -0.5\n", "loss.instance_weight: must be >= 0, got -0.5"),
     ],
     ids=["wrong-type", "unknown-field", "bad-yaml", "out-of-range", "negative-sigma", "bad-readout",
-         "negative-seed", "huge-seed"],
+         "negative-seed", "huge-seed", "negative-instance-dim", "negative-instance-weight"],
 )
 def test_malformed_config_through_the_cli(root, yaml_text, message, capsys):
     config = root / "bad.yaml"

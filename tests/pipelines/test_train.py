@@ -132,10 +132,11 @@ def test_run_storage_may_be_a_url_and_sscc_train_trains_the_reference_trainers_n
     ``sscc train`` (Ray Data streaming the tiles' views to a Ray Train worker, one thread) and
     the accuracy suite's reference trainer (the same views drawn in memory) end with the same
     weights, bit for bit, on this 3 x 3-tile scene: the same pre-processing, tile order, views,
-    shuffle buffer and steps. With the readout pinned in test_selection, the suite's figures are
-    those of the production path."""
+    shuffle buffer and steps, with the instance head of configs/default.yaml. With the readout
+    pinned in test_selection, the suite's figures are those of the production path."""
     cfg = tiny_config(**{"train.epochs": 1, "postprocess.readout": "spectral",
-                         "postprocess.smooth_sigma": 1.0, "postprocess.readout_spectra": 2.0})
+                         "postprocess.smooth_sigma": 1.0, "postprocess.readout_spectra": 2.0,
+                         "model.instance_dim": 8})  # the shipped config's instance head, too
     url = f"file://{tmp_path}/store"
     setup_logging("train", str(tmp_path / "log.jsonl"))
     final = run_training(str(salinas_store), cfg, "urlrun", url, num_workers=0)
@@ -172,6 +173,7 @@ def test_run_storage_may_be_a_url_and_sscc_train_trains_the_reference_trainers_n
         torch.set_num_threads(threads)
     assert ckpt.epoch == reference.epoch == 1
     assert sorted(ckpt.model_state) == sorted(reference.model.state_dict())
+    assert any(name.startswith("instance.") for name in ckpt.model_state)
     for name, value in reference.model.state_dict().items():
         assert torch.equal(ckpt.model_state[name], value), name
     assert [h["total"] for h in ckpt.extra["history"]] == [h["total"] for h in reference.history]

@@ -15,7 +15,7 @@ import numpy as np
 from sscc_core.labelling.export import ClusterSpectra
 
 MAX_PANELS = 64
-LOSS_PARTS = ("total", "diagonal", "off_diagonal", "ntxent")
+LOSS_PARTS = ("total", "diagonal", "off_diagonal", "ntxent", "instance")
 
 
 def plot_spectra_grid(

@@ -29,6 +29,7 @@ SMALL = {
     "model.stem_channels": 4,
     "model.head_hidden": 16,
     "model.n_clusters": 5,
+    "model.instance_dim": 6,  # the instance head's projections are gathered too
     "preprocess.patch_size": 7,
     "train.lr": 1e-3,
 }

@@ -10,6 +10,19 @@ from sscc_core.config import LossConfig
 from sscc_core.model.loss import SSCCLossParts, cross_correlation, sscc_loss
 
 
+def numpy_ntxent(a: np.ndarray, b: np.ndarray, t: float) -> float:
+    """Reference NT-Xent of the 2N rows of ``[a; b]``: a loop over rows, float64."""
+    n = len(a)
+    z = np.concatenate([a, b])
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    losses = []
+    for i in range(2 * n):
+        pos = (i + n) % (2 * n)
+        logits = np.array([z[i] @ z[j] / t for j in range(2 * n) if j != i])
+        losses.append(-(z[i] @ z[pos] / t) + np.log(np.exp(logits).sum()))
+    return float(np.mean(losses))
+
+
 def numpy_sscc(ya: np.ndarray, yb: np.ndarray, lam: float, w: float, t: float) -> dict[str, float]:
     """Reference: loops over clusters and rows, float64, written from the formula."""
     n, k = ya.shape
@@ -20,14 +33,7 @@ def numpy_sscc(ya: np.ndarray, yb: np.ndarray, lam: float, w: float, t: float) -
     c = bn(ya).T @ bn(yb) / n
     diagonal = sum((1 - c[i, i]) ** 2 for i in range(k))
     off = sum(c[i, j] ** 2 for i in range(k) for j in range(k) if i != j)
-    z = np.concatenate([ya, yb])
-    z = z / np.linalg.norm(z, axis=1, keepdims=True)
-    losses = []
-    for i in range(2 * n):
-        pos = (i + n) % (2 * n)
-        logits = np.array([z[i] @ z[j] / t for j in range(2 * n) if j != i])
-        losses.append(-(z[i] @ z[pos] / t) + np.log(np.exp(logits).sum()))
-    nt = float(np.mean(losses))
+    nt = numpy_ntxent(ya, yb, t)
     cc = diagonal + lam * off
     return {"total": cc + w * nt, "cc": cc, "diagonal": diagonal, "off_diagonal": off, "ntxent": nt}
 
@@ -47,6 +53,25 @@ def test_matches_numpy_reference(cfg: LossConfig) -> None:
                      cfg.temperature)
     for name, value in ref.items():
         assert got[name] == pytest.approx(value, rel=1e-6, abs=1e-6), name
+
+
+def test_instance_term_is_nt_xent_of_the_projections_added_at_its_weight() -> None:
+    """With instance projections, the loss gains ``instance_weight`` x NT-Xent of their rows
+    (the numpy reference); without them the term is 0 and the cluster parts do not change."""
+    cfg = LossConfig(instance_weight=0.6, temperature=0.3)
+    ya, yb = softmax_rows(29, 4, 4), softmax_rows(29, 4, 5)
+    gen = torch.Generator().manual_seed(6)
+    ha = torch.randn(29, 9, generator=gen, dtype=torch.float64)
+    hb = ha + 0.3 * torch.randn(29, 9, generator=gen, dtype=torch.float64)
+    plain = sscc_loss(ya, yb, cfg).as_floats()
+    got = sscc_loss(ya, yb, cfg, ha, hb).as_floats()
+    assert plain["instance"] == 0.0
+    assert got["instance"] == pytest.approx(numpy_ntxent(ha.numpy(), hb.numpy(), 0.3), rel=1e-9)
+    assert got["total"] == pytest.approx(plain["total"] + 0.6 * got["instance"], rel=1e-12)
+    for name in ("cc", "diagonal", "off_diagonal", "ntxent"):
+        assert got[name] == plain[name], name
+    with pytest.raises(ValueError, match=r"^SSCC loss: give the instance projections of both views or of neither$"):
+        sscc_loss(ya, yb, cfg, ha, None)
 
 
 def test_float32_agrees_with_float64() -> None:

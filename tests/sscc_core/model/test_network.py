@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sscc_core.config import ModelConfig, replace
-from sscc_core.model.network import SSCCNet, predict_dense, predict_patches
+from sscc_core.model.network import SSCCNet, TwinForward, predict_dense, predict_patches
 
 C = 8
 K = 6
@@ -69,6 +69,26 @@ def test_one_backbone_and_head_shared_by_both_views(scene: torch.Tensor) -> None
     model.train()
     (model(xa).sum() + model(xb)[:, 0].sum()).backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_instance_head_projects_the_features_each_view_and_leaves_labelling_alone(scene: torch.Tensor) -> None:
+    """``instance_dim > 0`` adds a head on the same backbone features; the twin returns each
+    view's probabilities, then each view's projections; the probabilities and the backbone are
+    those of the network without it (same seed), so labelling does not change."""
+    torch.manual_seed(0)
+    plain = SSCCNet(replace(TINY, backbone="fcn"), C, 11).eval()
+    torch.manual_seed(0)
+    model = SSCCNet(replace(TINY, backbone="fcn", instance_dim=6), C, 11).eval()
+    assert [name for name, _ in model.named_children()] == ["backbone", "head", "instance"]
+    xa = all_patches(scene[:, :13, :13], 11)
+    xb = all_patches(scene[:, 20:33, 30:43], 11)
+    with torch.no_grad():
+        ya, yb, ha, hb = TwinForward(model)(xa, xb)
+        torch.testing.assert_close(ya, plain(xa), rtol=0, atol=0)
+        torch.testing.assert_close(ha, model.instance(model.features(xa)), rtol=0, atol=0)
+        torch.testing.assert_close(hb, model.instance(model.features(xb)), rtol=0, atol=0)
+        assert len(TwinForward(plain)(xa, xb)) == 2
+    assert ha.shape == (len(xa), 6) and yb.shape == (len(xb), K)
 
 
 @pytest.mark.parametrize("patch_size", [7, 11, 15])
