@@ -162,7 +162,8 @@ def test_one_and_two_ray_workers_train_the_same_run(
     A small learning rate keeps Adam from amplifying float32 round-off (at lr 2e-4 the curves
     drift apart by ~1e-3 over 2 epochs; with lr ~0 they agree to 1e-7), so the tolerance can
     catch a per-rank objective, per-rank BatchNorm or a different batch composition."""
-    cfg = tiny_config(**{"train.batch_size": 512, "train.lr": 1e-5})  # 256 rows per worker with 2
+    cfg = tiny_config(**{"train.batch_size": 512, "train.lr": 1e-5,  # 256 rows per worker with 2
+                         "model.instance_dim": 8})  # the shipped instance head, gathered too
     runs = {}
     for workers in (1, 2):
         log_file = tmp_path / f"w{workers}.jsonl"
