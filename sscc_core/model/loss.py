@@ -128,7 +128,8 @@ def sscc_loss(ya: Tensor, yb: Tensor, cfg: LossConfig,
         :class:`SSCCLossParts`.
 
     Raises:
-        ValueError: Shapes differ, are not 2-D, or N < 2.
+        ValueError: Shapes differ, are not 2-D, or N < 2; or only one view's instance
+            projections are given.
     """
     if (ha is None) != (hb is None):
         raise ValueError("SSCC loss: give the instance projections of both views or of neither")
@@ -140,7 +141,7 @@ def sscc_loss(ya: Tensor, yb: Tensor, cfg: LossConfig,
     ntxent = nt_xent(ya, yb, cfg.temperature)
     total = cc + cfg.ntxent_weight * ntxent
     instance = torch.zeros((), dtype=total.dtype, device=total.device)
-    if ha is not None and hb is not None:
+    if ha is not None:
         instance = nt_xent(ha, hb, cfg.temperature)
         total = total + cfg.instance_weight * instance
     return SSCCLossParts(
@@ -159,9 +160,9 @@ class SSCCLoss(nn.Module):
 
     With ``gather_distributed=True`` and an initialised process group, the (n, K) outputs of
     every rank (and its instance projections, when given) are all-gathered with gradients (rank
-    order), so the column standardisation, the cross-correlation and both NT-Xent terms see the global batch of ``world_size * n`` rows and every
-    rank computes the same loss value, which equals the single-process loss on the concatenated
-    batch. Gradient scale: the gather's backward sums the ``world_size`` identical ranks'
+    order), so the column standardisation, the cross-correlation and both NT-Xent terms see the
+    global batch of ``world_size * n`` rows and every rank computes the same loss value, which
+    equals the single-process loss on the concatenated batch. Gradient scale: the gather's backward sums the ``world_size`` identical ranks'
     gradients (each rank's rows receive ``world_size * dL/dy``) and DistributedDataParallel
     averages parameter gradients over the ranks, so the applied gradient is exactly ``dL/dθ`` of
     the single-process run; no further scaling is needed (``tests/sscc_core/model/test_distributed.py``

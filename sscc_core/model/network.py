@@ -173,14 +173,18 @@ class Backbone(nn.Module):
         return self.layers(x)
 
 
+def two_layer_mlp(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
+    """``Linear(in_features, hidden) -> ReLU -> Linear(hidden, out_features)``, the body of both
+    heads."""
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_features))
+
+
 class ClusterHead(nn.Module):
     """``Linear(D, hidden) -> ReLU -> Linear(hidden, K) -> Softmax`` over the last axis."""
 
     def __init__(self, in_features: int, hidden: int, n_clusters: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, n_clusters)
-        )
+        self.mlp = two_layer_mlp(in_features, hidden, n_clusters)
 
     def forward(self, h: Tensor) -> Tensor:
         """(..., D) features -> (..., K) probabilities (each row sums to 1)."""
@@ -193,7 +197,7 @@ class InstanceHead(nn.Module):
 
     def __init__(self, in_features: int, hidden: int, dim: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+        self.mlp = two_layer_mlp(in_features, hidden, dim)
 
     def forward(self, h: Tensor) -> Tensor:
         """(N, D) features -> (N, dim) projections."""
@@ -313,7 +317,8 @@ class TwinForward(nn.Module):
 
     def forward(self, xa: Tensor, xb: Tensor) -> tuple[Tensor, ...]:
         """(N, C, P, P) x 2 -> cluster probabilities (N, K) x 2, then, with an instance head,
-        its projections (N, instance_dim) x 2 (the arguments of :class:`sscc_core.model.loss.SSCCLoss`)."""
+        its projections (N, instance_dim) x 2 (the arguments of
+        :class:`sscc_core.model.loss.SSCCLoss`)."""
         fa, fb = self.net.features(xa), self.net.features(xb)
         outputs = (self.net.head(fa), self.net.head(fb))
         if self.net.instance is None:

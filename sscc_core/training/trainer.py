@@ -206,7 +206,8 @@ def progress_line(summary: dict[str, float], n_clusters: int, epochs: int, elaps
     eta = elapsed / max(done, 1) * max(epochs - epoch, 0)
     return (f"epoch {epoch}/{epochs}  loss {summary['total']:.4f}  "
             f"diag {summary['diagonal']:.4f}  offdiag {summary['off_diagonal']:.4f}  "
-            f"ntxent {summary['ntxent']:.4f}  instance {summary['instance']:.4f}  clusters {int(summary['clusters_used'])}/{n_clusters}  "
+            f"ntxent {summary['ntxent']:.4f}  instance {summary['instance']:.4f}  "
+            f"clusters {int(summary['clusters_used'])}/{n_clusters}  "
             f"entropy {summary['assign_entropy']:.3f}  lr {summary['lr']:.2e}  {summary['seconds']:.1f}s  "
             f"elapsed {_clock(elapsed)}  ETA {_clock(eta)}")
 
