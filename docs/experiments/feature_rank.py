@@ -6,11 +6,14 @@ no ground truth is scored; protocol ``all`` trains on every valid pixel.
 Usage (from the repository root)::
 
     OMP_NUM_THREADS=1 .venv/bin/python docs/experiments/feature_rank.py [--without-instance-head] \
-        jasper_ridge samson salinasA indian_pines
+        [--set SECTION.FIELD=VALUE ...] [--trained-only] jasper_ridge samson salinasA indian_pines
 
-For each scene, the network of ``configs/default.yaml`` (with ``--without-instance-head``:
-``model.instance_dim = 0``, the configuration before 2026-12-02) is trained for seed 0 (and, for the
-untrained column, run for one epoch at the suite's ``UNTRAINED_LR``). The sigma-0 readout vectors
+A scene is a bundled scene's name or a cube store with ground truth (``sscc synth``, ``sscc
+ingest --labels``). For each scene, the network of ``configs/default.yaml`` (with
+``--without-instance-head``: ``model.instance_dim = 0``, the configuration before 2026-12-02; with
+``--set``: overridden as in ``sscc train``, e.g. ``--set loss.spread_weight=10`` after
+``git apply docs/experiments/spread_weight.patch``) is trained for seed 0 (and, for the untrained
+column unless ``--trained-only``, run for one epoch at the suite's ``UNTRAINED_LR``). The sigma-0 readout vectors
 of the 6,000-pixel readout sample are then split into the 64 backbone features and the first
 K - 1 PCA scores. For each block it prints the participation ratio of the standardised
 covariance, ``(sum eig)^2 / sum eig^2``, which is the block's effective number of dimensions, and
@@ -19,11 +22,14 @@ the variance share of its top direction.
 
 from __future__ import annotations
 
-import sys
+import argparse
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from sscc_core.accuracy.experiment import UNTRAINED_LR, load_scene, scene_config
+from pipelines.options import parse_overrides
+from sscc_core.accuracy.experiment import UNTRAINED_LR, load_scene, load_store_scene, scene_config
 from sscc_core.config import load_config, replace
 from sscc_core.labelling.inference import Labeller
 from sscc_core.model.readout import Readout
@@ -40,12 +46,12 @@ def spread(block: torch.Tensor) -> tuple[float, float]:
     return float(eig.sum() ** 2 / (eig ** 2).sum()), float(eig.max() / eig.sum())
 
 
-def main(scenes: list[str], instance_head: bool = True) -> None:
+def main(scenes: list[str], overrides: dict[str, Any], trained_only: bool = False) -> None:
     torch.set_num_threads(1)
-    base = load_config("configs/default.yaml", None if instance_head else {"model.instance_dim": 0})
+    base = load_config("configs/default.yaml", overrides)
     for name in scenes:
-        scene = load_scene(name)
-        for variant in ("trained", "untrained"):
+        scene = load_store_scene(name) if Path(name).exists() else load_scene(name)
+        for variant in ("trained",) if trained_only else ("trained", "untrained"):
             cfg = scene_config(base, scene, "all", 0)
             if variant == "untrained":
                 cfg = replace(cfg, train=replace(cfg.train, epochs=1, lr=UNTRAINED_LR))
@@ -64,5 +70,13 @@ def main(scenes: list[str], instance_head: bool = True) -> None:
 
 
 if __name__ == "__main__":
-    flag = "--without-instance-head"
-    main([a for a in sys.argv[1:] if a != flag], instance_head=flag not in sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenes", nargs="+", help="bundled scene names or cube stores with ground truth")
+    parser.add_argument("--without-instance-head", action="store_true", help="model.instance_dim = 0")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    parser.add_argument("--trained-only", action="store_true", help="skip the untrained column")
+    args = parser.parse_args()
+    overrides = parse_overrides(args.overrides)
+    if args.without_instance_head:
+        overrides["model.instance_dim"] = 0
+    main(args.scenes, overrides, args.trained_only)
