@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 
 from sscc_core.labelling.export import ClusterSpectra
+from sscc_core.model import loss
 
 MAX_PANELS = 64
-LOSS_PARTS = ("total", "diagonal", "off_diagonal", "ntxent", "instance")
+# Every logged loss part but ``cc``, which is ``diagonal + offdiag_weight * off_diagonal``.
+LOSS_PARTS = tuple(part for part in loss.LOSS_PARTS if part != "cc")
 
 
 def plot_spectra_grid(
