@@ -13,8 +13,8 @@ ingest --labels``). For each scene, the network of ``configs/default.yaml`` (wit
 ``--without-instance-head``: ``model.instance_dim = 0``, the configuration before 2026-12-02; with
 ``--set``: overridden as in ``sscc train``, e.g. ``--set loss.spread_weight=10`` after
 ``git apply docs/experiments/spread_weight.patch``) is trained for seed 0 (and, for the untrained
-column unless ``--trained-only``, run for one epoch at the suite's ``UNTRAINED_LR``). The sigma-0 readout vectors
-of the 6,000-pixel readout sample are then split into the 64 backbone features and the first
+column unless ``--trained-only``, run for one epoch at the suite's ``UNTRAINED_LR``). The sigma-0
+readout vectors of the 6,000-pixel readout sample are then split into the 64 backbone features and the first
 K - 1 PCA scores. For each block it prints the participation ratio of the standardised
 covariance, ``(sum eig)^2 / sum eig^2``, which is the block's effective number of dimensions, and
 the variance share of its top direction.

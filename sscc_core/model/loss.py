@@ -162,11 +162,11 @@ class SSCCLoss(nn.Module):
     every rank (and its instance projections, when given) are all-gathered with gradients (rank
     order), so the column standardisation, the cross-correlation and both NT-Xent terms see the
     global batch of ``world_size * n`` rows and every rank computes the same loss value, which
-    equals the single-process loss on the concatenated batch. Gradient scale: the gather's backward sums the ``world_size`` identical ranks'
-    gradients (each rank's rows receive ``world_size * dL/dy``) and DistributedDataParallel
-    averages parameter gradients over the ranks, so the applied gradient is exactly ``dL/dθ`` of
-    the single-process run; no further scaling is needed (``tests/sscc_core/model/test_distributed.py``
-    checks it). Without a process group the module is :func:`sscc_loss`.
+    equals the single-process loss on the concatenated batch. Gradient scale: the gather's
+    backward sums the ``world_size`` identical ranks' gradients (each rank's rows receive
+    ``world_size * dL/dy``) and DistributedDataParallel averages parameter gradients over the
+    ranks, so the applied gradient is exactly ``dL/dθ`` of the single-process run; no further
+    scaling is needed (``tests/sscc_core/model/test_distributed.py`` checks it). Without a process group the module is :func:`sscc_loss`.
 
     Args:
         cfg: Loss weights and temperature.
