@@ -166,7 +166,8 @@ class SSCCLoss(nn.Module):
     backward sums the ``world_size`` identical ranks' gradients (each rank's rows receive
     ``world_size * dL/dy``) and DistributedDataParallel averages parameter gradients over the
     ranks, so the applied gradient is exactly ``dL/dθ`` of the single-process run; no further
-    scaling is needed (``tests/sscc_core/model/test_distributed.py`` checks it). Without a process group the module is :func:`sscc_loss`.
+    scaling is needed (``tests/sscc_core/model/test_distributed.py`` checks it). Without a
+    process group the module is :func:`sscc_loss`.
 
     Args:
         cfg: Loss weights and temperature.
