@@ -5,6 +5,8 @@ Usage::
     sscc synth --out runs/mosaic.zarr --size-gb 1 [--seed 0] [--source salinasA]
     sscc synth --out runs/strip.zarr --size-gb 48 --width 4096 --chunk 256 --shard 1024
     sscc synth --out runs/small.zarr --height 512 --width 512 --snr inf --overwrite
+    sscc synth --out runs/fields.zarr --source indian_pines --layout salinas_gt.mat \
+        --layout-origin 128 0 --height 128 --width 128 --texture-length 6
 
 The store is created once on the driver (metadata and coordinates only), then Ray tasks each
 generate and write groups of whole chunk- (shard-) aligned windows (see
@@ -25,7 +27,7 @@ import ray
 
 from pipelines.common import ensure_ray, gather_tasks, run_stage
 from sscc_core.io import synthetic
-from sscc_core.io import matlab, store
+from sscc_core.io import ground_truth, matlab, store
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--texture-length", type=float, default=0.0,
                    help="correlation length of the within-field texture, pixels (default 0: "
                         "every pixel an independent draw from its class's real pixels)")
+    p.add_argument("--layout", default=None,
+                   help="class map (GeoTIFF/ENVI/.mat ground truth) whose crop is the field map "
+                        "instead of Voronoi fields; its unlabelled pixels are nodata")
+    p.add_argument("--layout-var", default=None, help=".mat variable of the --layout class map")
+    p.add_argument("--layout-origin", type=int, nargs=2, default=(0, 0), metavar=("ROW", "COL"),
+                   help="top-left pixel of the crop in the --layout map (default 0 0); without "
+                        "--height/--width the crop runs to the map's edge")
     p.add_argument("--chunk", type=int, default=256, help="chunk side in pixels (default 256)")
     p.add_argument("--shard", type=int, default=None,
                    help="shard side in pixels (multiple of --chunk; default: no sharding)")
@@ -73,25 +82,42 @@ def build_parser() -> argparse.ArgumentParser:
 def spec_from_args(
     args: argparse.Namespace, library: synthetic.ClassLibrary
 ) -> synthetic.SynthSpec:
-    """The mosaic spec of a parsed command line (shape from --size-gb or --height/--width).
+    """The mosaic spec of a parsed command line (shape from --size-gb or --height/--width, or
+    from the --layout crop).
 
     Raises:
-        ValueError: Neither a size nor both sides, or an invalid size/parameter.
+        ValueError: Neither a size nor both sides, an invalid size/parameter, or a --layout crop
+            that leaves the class map or labels no pixel.
     """
     itemsize = 4 if args.dtype == "float32" else 2
-    if args.size_gb is not None:
+    if args.layout is not None:
+        if args.size_gb is not None:
+            raise ValueError("--size-gb: not with --layout (the crop of the class map sets the "
+                             "shape)")
+        rows, cols = ground_truth.read_class_map(args.layout, args.layout_var).labels.shape
+        row, col = args.layout_origin
+        if not (0 <= row < rows and 0 <= col < cols):
+            raise ValueError(f"--layout-origin: ({row}, {col}) is outside the {rows} x {cols} "
+                             f"class map {args.layout}")
+        height = args.height if args.height is not None else rows - row
+        width = args.width if args.width is not None else cols - col
+    elif args.size_gb is not None:
         height, width = synthetic.shape_for_size(
             args.size_gb, library.n_bands, itemsize, args.height, args.width)
     elif args.height is not None and args.width is not None:
         height, width = args.height, args.width
     else:
         raise ValueError("give --size-gb, or both --height and --width")
-    return synthetic.SynthSpec(
+    spec = synthetic.SynthSpec(
         height=height, width=width, seed=args.seed, source=args.source, dtype=args.dtype,
         snr=args.snr, field_size=args.field_size, mix_width=args.mix_width,
         line_width=args.line_width, max_gap=args.max_gap, drop_line_p=args.drop_line_p,
         nan_fraction=args.nan_fraction, texture_length=args.texture_length,
+        layout=args.layout, layout_var=args.layout_var, layout_origin=tuple(args.layout_origin),
     )
+    if spec.layout is not None:
+        synthetic.layout_fields(spec, library.n_classes)  # refuse a crop off the map before writing
+    return spec
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -10,6 +10,16 @@ labelled pixels**, so within-class variability is real, not modelled:
   ``field_size`` pixels; each point carries a class drawn uniformly from 1..C. A pixel only needs
   the points of the 5 x 5 cells around its own (a point is at most sqrt(2) cells from any pixel of
   its cell, every point two or more cells away is farther), so any window is computed alone.
+- **Layout from a real class map** (``layout``, optional): instead of Voronoi fields, the fields
+  are a crop (``layout_origin``, ``height`` x ``width``) of a real ground-truth map read by
+  :func:`sscc_core.io.ground_truth.read_class_map` (e.g. the Salinas or Pavia maps whose cubes
+  are not held), so the scene has real field shapes, sizes, thin strips and class proportions.
+  Each class of the crop is mapped to a class of the library by a seeded draw
+  (:func:`layout_classes`: distinct classes while there are enough, every library class used
+  once more are needed); the map's unlabelled pixels are nodata (what they hold is unknown).
+  A pixel within ``mix_width`` of a pixel of another class mixes with that class, its distance to
+  the edge taken as the Euclidean distance to that pixel's centre less half a pixel
+  (:func:`layout_fields`). ``field_size`` is not used.
 - **Mixing at edges**: within ``mix_width`` pixels of the bisector between the two nearest
   points of different classes, a pixel is the linear mixture ``f * a + (1 - f) * b`` of one real
   pixel of each class, with ``f = 0.5 + 0.5 * d / mix_width`` the abundance of the nearer class
@@ -51,6 +61,7 @@ allows NaN pixels. The reflectance scale and wavelengths of the source scene are
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,18 +69,19 @@ from typing import Literal
 
 import dask.array as da
 import numpy as np
+import scipy.ndimage
 import scipy.special
 import xarray as xr
 
 from sscc_core import __version__
-from sscc_core.io import matlab, store
+from sscc_core.io import ground_truth, matlab, store
 
 BLOCK = 64  # side, in pixels, of the fixed blocks that own the per-pixel random draws
 NODATA = -9999
 GB = 1e9  # --size-gb counts decimal gigabytes of reflectance
 
 # Independent random streams (first entropy word after the seed).
-_CELL, _GAP, _DROP, _PIXELS, _TEXTURE = 1, 2, 3, 4, 5
+_CELL, _GAP, _DROP, _PIXELS, _TEXTURE, _LAYOUT = 1, 2, 3, 4, 5, 6
 _DTYPES = {"int16": np.int16, "float32": np.float32}
 
 
@@ -204,6 +216,10 @@ class SynthSpec:
         nan_fraction: Fraction of pixels set to NaN (``dtype="float32"`` only).
         texture_length: Correlation length of the within-field texture, pixels; 0 for none
             (each pixel an independent draw from its class's pool).
+        layout: Class-map file whose crop is the field map (module docstring); ``None`` for
+            Voronoi fields.
+        layout_var: The ``.mat`` variable holding the class map (``None``: the only 2-D one).
+        layout_origin: (row, column) of the crop's top-left pixel in the class map.
     """
 
     height: int
@@ -219,6 +235,9 @@ class SynthSpec:
     drop_line_p: float = 0.002
     nan_fraction: float = 0.0
     texture_length: float = 0.0
+    layout: str | None = None
+    layout_var: str | None = None
+    layout_origin: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         checks = [
@@ -235,6 +254,8 @@ class SynthSpec:
             ("nan_fraction", 0 <= self.nan_fraction <= 1, "must be a fraction in [0, 1]"),
             ("texture_length", math.isfinite(self.texture_length) and self.texture_length >= 0,
              "must be >= 0 pixels (0 for no texture)"),
+            ("layout_origin", len(self.layout_origin) == 2 and min(self.layout_origin) >= 0,
+             "must be a (row, column) pair of pixels >= 0"),
         ]
         for name, ok, msg in checks:
             if not ok:
@@ -250,6 +271,7 @@ class SynthSpec:
         """JSON-serialisable parameters (stored in the dataset attrs)."""
         doc = asdict(self)
         doc["snr"] = "inf" if math.isinf(self.snr) else self.snr
+        doc["layout_origin"] = list(self.layout_origin)
         return doc
 
 
@@ -295,16 +317,92 @@ def _rng(*words: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(w) for w in words]))
 
 
+def layout_classes(n_layout: int, n_source: int, seed: int) -> np.ndarray:
+    """(n_layout,) library class (1..n_source) of each layout class, in the layout's id order.
+
+    A seeded draw: distinct classes when ``n_layout <= n_source``; otherwise every library
+    class once (in a random order) and the remaining layout classes uniformly at random.
+    """
+    rng = _rng(seed, _LAYOUT)
+    classes = np.arange(1, n_source + 1)
+    if n_layout <= n_source:
+        return rng.choice(classes, n_layout, replace=False)
+    extra = rng.integers(1, n_source + 1, n_layout - n_source)
+    return np.concatenate([rng.permutation(classes), extra])
+
+
+@functools.lru_cache(maxsize=4)
+def layout_fields(spec: SynthSpec, n_classes: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, int]]:
+    """The whole mosaic's field map from ``spec.layout`` (module docstring), computed once per
+    process and spec.
+
+    Returns:
+        ``(near, far, frac, classes)``: (H, W) int16 library class of each pixel (0 where the
+        map is unlabelled), int16 class of the nearest pixel of another class within
+        ``mix_width`` (0 elsewhere), float32 abundance of ``near`` (1 for pure pixels, in
+        [0.5, 1) within ``mix_width`` of an edge), and ``{layout class id: library class}``.
+
+    Raises:
+        ValueError: The crop leaves the class map or labels no pixel (and the errors of
+            :func:`sscc_core.io.ground_truth.read_class_map`).
+    """
+    if spec.layout is None:
+        raise ValueError("layout_fields: the spec has no layout")
+    cmap = ground_truth.read_class_map(spec.layout, spec.layout_var)
+    (r0, c0), (rows, cols) = spec.layout_origin, cmap.labels.shape
+    where = f"rows {r0}:{r0 + spec.height}, columns {c0}:{c0 + spec.width}"
+    if r0 + spec.height > rows or c0 + spec.width > cols:
+        raise ValueError(f"synthetic layout: {where} leave the {rows} x {cols} class map "
+                         f"{spec.layout}")
+    crop = cmap.labels[r0:r0 + spec.height, c0:c0 + spec.width]
+    ids = np.unique(crop[crop > 0])
+    if not ids.size:
+        raise ValueError(f"synthetic layout: {where} of {spec.layout} label no pixel")
+    target = layout_classes(len(ids), n_classes, spec.seed)
+    lut = np.zeros(int(ids.max()) + 1, dtype=np.int16)
+    lut[ids] = target
+    near = lut[crop]
+    far = np.zeros_like(near)
+    frac = np.ones(near.shape, dtype=np.float32)
+    if spec.mix_width > 0:
+        edge = np.full(near.shape, np.inf)
+        for c in np.unique(target):
+            dist = scipy.ndimage.distance_transform_edt(near != c) - 0.5
+            closer = (near > 0) & (near != c) & (dist < edge)
+            edge[closer], far[closer] = dist[closer], c
+        mixed = (near > 0) & (edge < spec.mix_width)
+        far[~mixed] = 0
+        frac[mixed] = 0.5 + 0.5 * edge[mixed] / spec.mix_width
+    return near, far, frac, {int(i): int(t) for i, t in zip(ids, target)}
+
+
+def _layout_window(spec: SynthSpec, n_classes: int, y0: int, y1: int, x0: int, x1: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`layout_fields` of rows ``y0:y1``, columns ``x0:x1``; positions beyond the mosaic
+    (a block's overhang) are unlabelled."""
+    out = []
+    for part, fill in zip(layout_fields(spec, n_classes)[:3], (0, 0, 1)):
+        window = np.full((y1 - y0, x1 - x0), fill, dtype=part.dtype)
+        h, w = max(0, min(y1, spec.height) - y0), max(0, min(x1, spec.width) - x0)
+        window[:h, :w] = part[y0:y0 + h, x0:x0 + w]
+        out.append(window)
+    return out[0], out[1], out[2]
+
+
 def field_layout(
     spec: SynthSpec, n_classes: int, y0: int, y1: int, x0: int, x1: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Field classes and edge abundances of rows ``y0:y1``, columns ``x0:x1`` (``y0, x0 >= 0``).
 
     Returns:
-        ``(near, far, frac)``: (h, w) int16 class of the nearest seed point, int16 class of the
-        nearest point of another field (0 where the pixel is pure), float32 abundance of
-        ``near`` (1 for pure pixels, in [0.5, 1) within ``mix_width`` of an edge).
+        ``(near, far, frac)``: (h, w) int16 class of the nearest seed point (with a ``layout``:
+        of the class map, 0 where it is unlabelled), int16 class of the nearest point of
+        another field (0 where the pixel is pure), float32 abundance of ``near`` (1 for pure
+        pixels, in [0.5, 1) within ``mix_width`` of an edge).
     """
+    if spec.layout is not None:
+        return _layout_window(spec, n_classes, y0, y1, x0, x1)
     s = spec.field_size
     ci0, ci1 = y0 // s - 2, (y1 - 1) // s + 3
     cj0, cj1 = x0 // s - 2, (x1 - 1) // s + 3
@@ -415,7 +513,8 @@ def _pixel_block(
         u_near = u_far = np.minimum(texture_field(spec, y0, y0 + BLOCK, x0, x0 + BLOCK), 1 - 1e-12)
         pool_index = library.order
     off, counts = library.offsets[:-1], np.diff(library.offsets)
-    values = library.pixels[pool_index[off[near - 1] + (u_near * counts[near - 1]).astype(np.int64)]]
+    drawn = np.maximum(near, 1) - 1  # an unlabelled layout pixel (nodata) draws from class 1
+    values = library.pixels[pool_index[off[drawn] + (u_near * counts[drawn]).astype(np.int64)]]
     mixed = far > 0
     if mixed.any():
         fm, idx = frac[mixed][:, None], (u_far[mixed] * counts[far[mixed] - 1]).astype(np.int64)
@@ -465,7 +564,7 @@ def synthetic_window(
             dst = (slice(ya - y0, yb - y0), slice(xa - x0, xb - x0))
             for out, part in zip((values, nan, near, far, frac), parts):
                 out[dst] = part[src]
-    nodata = nodata_mask(spec, y0, y1, x0, x1)
+    nodata = nodata_mask(spec, y0, y1, x0, x1) | (near == 0)  # near is 0 only off a layout's labels
     if spec.dtype == "int16":
         np.clip(np.rint(values, out=values), NODATA + 1, np.iinfo(np.int16).max, out=values)
     values[nodata] = NODATA
@@ -486,10 +585,11 @@ def synthetic_template(spec: SynthSpec, library: ClassLibrary) -> xr.Dataset:
     """Lazy (dask, never computed) canonical cube of the mosaic, for :func:`store.create_store`.
 
     Besides the canonical variables it has ``abundance`` and ``mix_class`` (module docstring);
-    attrs ``synthetic`` holds :meth:`SynthSpec.params`.
+    attrs ``synthetic`` holds :meth:`SynthSpec.params` and, with a ``layout``, ``layout_classes``
+    the library class of each of its class ids (:func:`layout_fields`).
 
     Raises:
-        ValueError: See :func:`check_dtype`.
+        ValueError: See :func:`check_dtype` and :func:`layout_fields`.
     """
     check_dtype(spec, library)
     b, h, w = library.n_bands, spec.height, spec.width
@@ -510,12 +610,20 @@ def synthetic_template(spec: SynthSpec, library: ClassLibrary) -> xr.Dataset:
         "mix_class": (("y", "x"), da.zeros((h, w), dtype=np.int16, chunks=grid),
                       {"long_name": "other class of a mixed pixel (0: pure)"}),
     }
+    attrs: dict = {}
+    name = f"synthetic-{spec.source}-seed{spec.seed}"
+    if spec.layout is not None:
+        classes = layout_fields(spec, library.n_classes)[3]
+        attrs["layout_classes"] = {str(k): v for k, v in classes.items()}
+        r0, c0 = spec.layout_origin
+        name = f"synthetic-{spec.source}-{Path(spec.layout).stem}-r{r0}c{c0}-seed{spec.seed}"
     return xr.Dataset(variables, coords=coords, attrs={
-        "name": f"synthetic-{spec.source}-seed{spec.seed}",
+        "name": name,
         "source": list(library.source),
         "sscc_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "synthetic": spec.params(),
+        **attrs,
     })
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.io
 
 from pipelines import synth
 from sscc_core.io import synthetic as S
@@ -90,6 +91,77 @@ def test_pure_pixels_are_real_pixels_of_their_class(library) -> None:
     at_edge = [(padded[y : y + 2 * r + 1, x : x + 2 * r + 1] == mix[i]).any()
                for i, y, x in zip(mixed, ys, xs)]
     assert np.mean(at_edge) > 0.99
+
+
+def write_layout(tmp_path: Path) -> Path:
+    """A 30 x 40 class map: ids 3 and 5 above ids 9 and 12 (rows 0-14 / 15-29), the left and
+    right pairs split by an unlabelled column 20."""
+    gt = np.zeros((30, 40), dtype=np.uint8)
+    gt[:15, :20], gt[:15, 21:], gt[15:, :20], gt[15:, 21:] = 3, 5, 9, 12
+    path = tmp_path / "gt.mat"
+    scipy.io.savemat(path, {"gt": gt})
+    return path
+
+
+def test_layout_classes_are_distinct_or_use_every_library_class() -> None:
+    few = S.layout_classes(4, 6, seed=1)
+    assert len(set(few.tolist())) == 4 and set(few.tolist()) <= set(range(1, 7))
+    many = S.layout_classes(9, 6, seed=1)
+    assert len(many) == 9 and set(many.tolist()) == set(range(1, 7))
+    np.testing.assert_array_equal(S.layout_classes(9, 6, seed=1), many)
+    assert not np.array_equal(S.layout_classes(9, 6, seed=2), many)
+
+
+def test_layout_scene_follows_the_class_map_in_any_window(tmp_path: Path, library) -> None:
+    path = write_layout(tmp_path)
+    spec = S.SynthSpec(height=26, width=36, seed=4, snr=math.inf, max_gap=0, drop_line_p=0,
+                       layout=str(path), layout_origin=(2, 3), texture_length=3.0)
+    whole = arrays(S.synthetic_window(spec, library, 0, 26, 0, 36))
+    classes = S.layout_fields(spec, library.n_classes)[3]
+    assert sorted(classes) == [3, 5, 9, 12] and len(set(classes.values())) == 4
+    gt = scipy.io.loadmat(path)["gt"][2:28, 3:39]
+    expected = np.vectorize(lambda v: classes.get(int(v), 0))(gt)
+    np.testing.assert_array_equal(whole["labels"], expected)
+    np.testing.assert_array_equal(whole["valid"], gt > 0)  # unlabelled column -> nodata
+    # Edges: the distance to the nearest pixel of another class, less half a pixel, under
+    # mix_width 2 mixes: map (14, 8) is 1 px above class 9, map (7, 19) 2 px left of class 5
+    # (across the unlabelled column), map (12, 8) 3 px above class 9 stays pure.
+    edges = [((12, 5), 9, 0.625), ((5, 16), 5, 0.875), ((10, 5), None, 1.0)]
+    for (y, x), other, abundance in edges:
+        assert whole["mix_class"][y, x] == (classes[other] if other else 0)
+        assert whole["abundance"][y, x] == pytest.approx(abundance)
+    pure = whole["valid"] & (whole["mix_class"] == 0)
+    refl = whole["reflectance"].transpose(1, 2, 0)
+    pools = {c: {row.tobytes() for row in library.pool(c).astype(np.int16)}
+             for c in classes.values()}
+    assert all(refl[y, x].tobytes() in pools[whole["labels"][y, x]]
+               for y, x in zip(*np.nonzero(pure)))
+    # Any window, and a store written in 16-px chunks, equal the whole mosaic.
+    crop = arrays(S.synthetic_window(spec, library, 7, 20, 9, 30))
+    assert_same(crop, {v: a[..., 7:20, 9:30] for v, a in whole.items()})
+    ds = store.open_cube(S.write_synthetic(spec, tmp_path / "l.zarr", library, chunk=16))
+    assert_same(arrays(ds), whole)
+    assert ds.attrs["layout_classes"] == {str(k): v for k, v in classes.items()}
+    assert ds.attrs["name"] == "synthetic-salinasA-gt-r2c3-seed4"
+
+
+def test_layout_cli_errors(tmp_path: Path, capsys) -> None:
+    path = str(write_layout(tmp_path))
+    out = tmp_path / "m.zarr"
+    cases = [
+        (["--size-gb", "1"], "--size-gb: not with --layout"),
+        (["--layout-origin", "30", "0"],
+         "--layout-origin: (30, 0) is outside the 30 x 40 class map"),
+        (["--layout-origin", "20", "0", "--height", "20"],
+         "synthetic layout: rows 20:40, columns 0:40 leave the 30 x 40 class map"),
+        (["--layout-origin", "0", "20", "--width", "1"],
+         f"synthetic layout: rows 0:30, columns 20:21 of {path} label no pixel"),
+    ]
+    for extra, message in cases:
+        assert synth.main(["--out", str(out), "--layout", path, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("sscc synth: error: ") and message in err, (extra, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gt.mat"]
 
 
 def test_texture_field_is_uniform_smooth_and_the_same_in_any_window() -> None:
