@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class map (GeoTIFF/ENVI/.mat ground truth) whose crop is the field map "
                         "instead of Voronoi fields; its unlabelled pixels are nodata")
     p.add_argument("--layout-var", default=None, help=".mat variable of the --layout class map")
+    p.add_argument("--layout-unlabelled", default="nodata", choices=["nodata", "background"],
+                   help="what the --layout map's unlabelled pixels hold: nodata (default) or the "
+                        "source scene's real unlabelled pixels (valid, label 0)")
     p.add_argument("--layout-origin", type=int, nargs=2, default=(0, 0), metavar=("ROW", "COL"),
                    help="top-left pixel of the crop in the --layout map (default 0 0); without "
                         "--height/--width the crop runs to the map's edge")
@@ -114,9 +117,11 @@ def spec_from_args(
         line_width=args.line_width, max_gap=args.max_gap, drop_line_p=args.drop_line_p,
         nan_fraction=args.nan_fraction, texture_length=args.texture_length,
         layout=args.layout, layout_var=args.layout_var, layout_origin=tuple(args.layout_origin),
+        layout_unlabelled=args.layout_unlabelled,
     )
-    if spec.layout is not None:
-        synthetic.layout_fields(spec, library.n_classes)  # refuse a crop off the map before writing
+    if spec.layout is not None:  # refuse a crop off the map or a missing background before writing
+        synthetic.layout_fields(spec, library.n_classes)
+        synthetic.check_background(spec, library)
     return spec
 
 

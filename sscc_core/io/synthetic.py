@@ -16,7 +16,9 @@ labelled pixels**, so within-class variability is real, not modelled:
   are not held), so the scene has real field shapes, sizes, thin strips and class proportions.
   Each class of the crop is mapped to a class of the library by a seeded draw
   (:func:`layout_classes`: distinct classes while there are enough, every library class used
-  once more are needed); the map's unlabelled pixels are nodata (what they hold is unknown).
+  once more are needed). The map's unlabelled pixels are nodata (``layout_unlabelled="nodata"``,
+  what they hold is unknown) or, with ``"background"``, real *unlabelled* pixels of the source
+  scene (valid, label 0, as in a real scene's realistic protocol; textured like a field).
   A pixel within ``mix_width`` of a pixel of another class mixes with that class, its distance to
   the edge taken as the Euclidean distance to that pixel's centre less half a pixel
   (:func:`layout_fields`). ``field_size`` is not used.
@@ -40,8 +42,9 @@ labelled pixels**, so within-class variability is real, not modelled:
   row of each line is a dropped scan line with probability ``drop_line_p``. Those pixels hold
   ``NODATA`` in every band. With ``dtype="float32"`` a ``nan_fraction`` of the other pixels holds
   NaN in every band. Both kinds are invalid (``valid`` False, ``labels`` 0).
-- **Ground truth**: ``labels`` is the dominant (nearer-field) class, 1..C, 0 where invalid;
-  ``abundance`` (float32) is that class's fraction (1 for pure pixels, 0 where invalid) and
+- **Ground truth**: ``labels`` is the dominant (nearer-field) class, 1..C, 0 where invalid or
+  unlabelled (a layout's background); ``abundance`` (float32) is that class's fraction (1 for
+  pure pixels, 0 where invalid or unlabelled) and
   ``mix_class`` (int16) the other class of a mixed pixel (0 for pure or invalid pixels).
 
 **Determinism.** Every value depends only on the seed and the pixel position: the field layout
@@ -101,6 +104,8 @@ class ClassLibrary:
         source_dtype: Raw dtype of the scene (``"int16"``, ``"uint8"``, ...).
         order: (N,) int64; ``pixels[order]`` holds each class's pool (same offsets) sorted by
             the pixels' scores on the pool's first principal component (textured mosaics).
+        background: (M, B) float32 raw values of the scene's valid unlabelled pixels, sorted by
+            their first principal component (M = 0 when every pixel is labelled).
     """
 
     name: str
@@ -113,6 +118,7 @@ class ClassLibrary:
     source: tuple[str, ...]
     source_dtype: str
     order: np.ndarray
+    background: np.ndarray
 
     @property
     def n_classes(self) -> int:
@@ -128,7 +134,8 @@ class ClassLibrary:
 
 
 def class_library(source: str = "salinasA", data_dir: str | Path | None = None) -> ClassLibrary:
-    """Pool the labelled pixels of a benchmark scene by class.
+    """Pool the labelled pixels of a benchmark scene by class (and its valid unlabelled pixels
+    as the background pool).
 
     Args:
         source: Benchmark name (``"salinasA"``, ``"indian_pines"``, ...).
@@ -158,6 +165,7 @@ def class_library(source: str = "salinasA", data_dir: str | Path | None = None) 
     wavelength = ds["wavelength"].values if "wavelength" in ds.coords else None
     order = np.concatenate([offsets[c] + _first_component_order(pixels[offsets[c]: offsets[c + 1]])
                             for c in range(n_classes)])
+    background = flat[(labels == 0) & ds["valid"].values.ravel()].astype(np.float32)
     return ClassLibrary(
         name=source, pixels=pixels, offsets=offsets, means=means, wavelength=wavelength,
         scale=float(ds["reflectance"].attrs.get("reflectance_scale", 1.0)),
@@ -165,19 +173,35 @@ def class_library(source: str = "salinasA", data_dir: str | Path | None = None) 
         source=tuple(ds.attrs.get("source") or ()),
         source_dtype=str(refl.dtype),
         order=order.astype(np.int64),
+        background=background[_first_component_order(background)],
     )
 
 
 def _first_component_order(pool: np.ndarray) -> np.ndarray:
     """Indices that sort an (n, B) pool by its pixels' scores on the pool's first principal
     component (the sign fixed so the score grows with the pixel's mean value), stable on ties."""
+    if len(pool) < 2:
+        return np.arange(len(pool))
     centred = pool.astype(np.float64) - pool.mean(axis=0, dtype=np.float64)
-    if len(pool) < 2 or not centred.any():
+    if not centred.any():
         return np.arange(len(pool))
     axis = np.linalg.svd(centred, full_matrices=False)[2][0]
     if axis.sum() < 0:
         axis = -axis
     return np.argsort(centred @ axis, kind="stable")
+
+
+def check_background(spec: SynthSpec, library: ClassLibrary) -> None:
+    """Refuse ``layout_unlabelled="background"`` for a scene without unlabelled pixels.
+
+    Raises:
+        ValueError: The layout wants background pixels and the library has none.
+    """
+    wants = spec.layout is not None and spec.layout_unlabelled == "background"
+    if wants and not len(library.background):
+        raise ValueError(f"synthetic layout_unlabelled: {library.name} labels every pixel, so it "
+                         f"has no unlabelled pixels to fill the map's unlabelled ones with; use "
+                         f"'nodata'")
 
 
 def check_dtype(spec: SynthSpec, library: ClassLibrary) -> None:
@@ -220,6 +244,8 @@ class SynthSpec:
             Voronoi fields.
         layout_var: The ``.mat`` variable holding the class map (``None``: the only 2-D one).
         layout_origin: (row, column) of the crop's top-left pixel in the class map.
+        layout_unlabelled: What the class map's unlabelled pixels hold: ``"nodata"`` or
+            ``"background"`` (the source's real unlabelled pixels; module docstring).
     """
 
     height: int
@@ -238,6 +264,7 @@ class SynthSpec:
     layout: str | None = None
     layout_var: str | None = None
     layout_origin: tuple[int, int] = (0, 0)
+    layout_unlabelled: Literal["nodata", "background"] = "nodata"
 
     def __post_init__(self) -> None:
         checks = [
@@ -256,6 +283,8 @@ class SynthSpec:
              "must be >= 0 pixels (0 for no texture)"),
             ("layout_origin", len(self.layout_origin) == 2 and min(self.layout_origin) >= 0,
              "must be a (row, column) pair of pixels >= 0"),
+            ("layout_unlabelled", self.layout_unlabelled in ("nodata", "background"),
+             "must be 'nodata' or 'background'"),
         ]
         for name, ok, msg in checks:
             if not ok:
@@ -513,8 +542,11 @@ def _pixel_block(
         u_near = u_far = np.minimum(texture_field(spec, y0, y0 + BLOCK, x0, x0 + BLOCK), 1 - 1e-12)
         pool_index = library.order
     off, counts = library.offsets[:-1], np.diff(library.offsets)
-    drawn = np.maximum(near, 1) - 1  # an unlabelled layout pixel (nodata) draws from class 1
+    drawn = np.maximum(near, 1) - 1  # an unlabelled layout pixel draws from class 1 here ...
     values = library.pixels[pool_index[off[drawn] + (u_near * counts[drawn]).astype(np.int64)]]
+    if spec.layout_unlabelled == "background" and (near == 0).any():  # ... or from the background
+        back = near == 0
+        values[back] = library.background[(u_near[back] * len(library.background)).astype(np.int64)]
     mixed = far > 0
     if mixed.any():
         fm, idx = frac[mixed][:, None], (u_far[mixed] * counts[far[mixed] - 1]).astype(np.int64)
@@ -546,6 +578,7 @@ def synthetic_window(
     if library.name != spec.source:
         raise ValueError(
             f"synthetic source: spec wants {spec.source!r}, library is {library.name!r}")
+    check_background(spec, library)
     if not (0 <= y0 < y1 <= spec.height and 0 <= x0 < x1 <= spec.width):
         raise ValueError(f"window rows {y0}:{y1}, cols {x0}:{x1} is empty or outside the "
                          f"{spec.height} x {spec.width} mosaic")
@@ -564,7 +597,9 @@ def synthetic_window(
             dst = (slice(ya - y0, yb - y0), slice(xa - x0, xb - x0))
             for out, part in zip((values, nan, near, far, frac), parts):
                 out[dst] = part[src]
-    nodata = nodata_mask(spec, y0, y1, x0, x1) | (near == 0)  # near is 0 only off a layout's labels
+    nodata = nodata_mask(spec, y0, y1, x0, x1)
+    if spec.layout_unlabelled == "nodata":
+        nodata |= near == 0  # near is 0 only off a layout's labels
     if spec.dtype == "int16":
         np.clip(np.rint(values, out=values), NODATA + 1, np.iinfo(np.int16).max, out=values)
     values[nodata] = NODATA
@@ -575,7 +610,7 @@ def synthetic_window(
         "reflectance": (("band", "y", "x"), refl),
         "valid": (("y", "x"), valid),
         "labels": (("y", "x"), np.where(valid, near, 0).astype(np.int16)),
-        "abundance": (("y", "x"), np.where(valid, frac, 0).astype(np.float32)),
+        "abundance": (("y", "x"), np.where(valid & (near > 0), frac, 0).astype(np.float32)),
         "mix_class": (("y", "x"), np.where(valid, far, 0).astype(np.int16)),
     }
     return xr.Dataset(variables, coords={"y": np.arange(y0, y1), "x": np.arange(x0, x1)})
@@ -589,9 +624,10 @@ def synthetic_template(spec: SynthSpec, library: ClassLibrary) -> xr.Dataset:
     the library class of each of its class ids (:func:`layout_fields`).
 
     Raises:
-        ValueError: See :func:`check_dtype` and :func:`layout_fields`.
+        ValueError: See :func:`check_dtype`, :func:`check_background` and :func:`layout_fields`.
     """
     check_dtype(spec, library)
+    check_background(spec, library)
     b, h, w = library.n_bands, spec.height, spec.width
     coords: dict = {"band": np.arange(b), "y": np.arange(h), "x": np.arange(w)}
     if library.wavelength is not None:

@@ -4,6 +4,7 @@ store layout, and the ``sscc synth`` CLI (Ray tasks) against the in-process writ
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,19 @@ def test_layout_scene_follows_the_class_map_in_any_window(tmp_path: Path, librar
     assert_same(arrays(ds), whole)
     assert ds.attrs["layout_classes"] == {str(k): v for k, v in classes.items()}
     assert ds.attrs["name"] == "synthetic-salinasA-gt-r2c3-seed4"
+    # With a background, the unlabelled column holds real unlabelled pixels of the source instead.
+    filled = replace(spec, layout_unlabelled="background")
+    back = arrays(S.synthetic_window(filled, library, 0, 26, 0, 36))
+    unlabelled = gt == 0
+    assert back["valid"].all() and (back["labels"][unlabelled] == 0).all()
+    assert (back["abundance"][unlabelled] == 0).all() and (back["mix_class"][unlabelled] == 0).all()
+    pool = {row.tobytes() for row in library.background.astype(np.int16)}
+    assert len(pool) > 1000
+    assert all(back["reflectance"][:, y, x].tobytes() in pool
+               for y, x in zip(*np.nonzero(unlabelled)))
+    for v in VARS:  # the labelled pixels are unchanged
+        np.testing.assert_array_equal(back[v][..., ~unlabelled], whole[v][..., ~unlabelled],
+                                      err_msg=v)
 
 
 def test_layout_cli_errors(tmp_path: Path, capsys) -> None:
@@ -156,6 +170,8 @@ def test_layout_cli_errors(tmp_path: Path, capsys) -> None:
          "synthetic layout: rows 20:40, columns 0:40 leave the 30 x 40 class map"),
         (["--layout-origin", "0", "20", "--width", "1"],
          f"synthetic layout: rows 0:30, columns 20:21 of {path} label no pixel"),
+        (["--source", "jasper_ridge", "--layout-unlabelled", "background"],
+         "synthetic layout_unlabelled: jasper_ridge labels every pixel"),
     ]
     for extra, message in cases:
         assert synth.main(["--out", str(out), "--layout", path, *extra]) == 2
