@@ -652,7 +652,8 @@ def synthetic_template(spec: SynthSpec, library: ClassLibrary) -> xr.Dataset:
         classes = layout_fields(spec, library.n_classes)[3]
         attrs["layout_classes"] = {str(k): v for k, v in classes.items()}
         r0, c0 = spec.layout_origin
-        name = f"synthetic-{spec.source}-{Path(spec.layout).stem}-r{r0}c{c0}-seed{spec.seed}"
+        fill = "-bg" if spec.layout_unlabelled == "background" else ""
+        name = f"synthetic-{spec.source}-{Path(spec.layout).stem}-r{r0}c{c0}{fill}-seed{spec.seed}"
     return xr.Dataset(variables, coords=coords, attrs={
         "name": name,
         "source": list(library.source),

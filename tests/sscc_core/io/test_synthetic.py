@@ -154,6 +154,8 @@ def test_layout_scene_follows_the_class_map_in_any_window(tmp_path: Path, librar
     assert len(pool) > 1000
     assert all(back["reflectance"][:, y, x].tobytes() in pool
                for y, x in zip(*np.nonzero(unlabelled)))
+    filled_ds = store.open_cube(S.write_synthetic(filled, tmp_path / "bg.zarr", library, chunk=16))
+    assert filled_ds.attrs["name"] == "synthetic-salinasA-gt-r2c3-bg-seed4"
     for v in VARS:  # the labelled pixels are unchanged
         np.testing.assert_array_equal(back[v][..., ~unlabelled], whole[v][..., ~unlabelled],
                                       err_msg=v)
