@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "every pixel an independent draw from its class's real pixels)")
     p.add_argument("--layout", default=None,
                    help="class map (GeoTIFF/ENVI/.mat ground truth) whose crop is the field map "
-                        "instead of Voronoi fields; its unlabelled pixels are nodata")
+                        "instead of Voronoi fields (its unlabelled pixels: --layout-unlabelled)")
     p.add_argument("--layout-var", default=None, help=".mat variable of the --layout class map")
     p.add_argument("--layout-unlabelled", default="nodata", choices=["nodata", "background"],
                    help="what the --layout map's unlabelled pixels hold: nodata (default) or the "
