@@ -27,7 +27,7 @@ import ray
 
 from pipelines.common import ensure_ray, gather_tasks, run_stage
 from sscc_core.io import synthetic
-from sscc_core.io import ground_truth, matlab, store
+from sscc_core.io import matlab, store
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +97,7 @@ def spec_from_args(
         if args.size_gb is not None:
             raise ValueError("--size-gb: not with --layout (the crop of the class map sets the "
                              "shape)")
-        rows, cols = ground_truth.read_class_map(args.layout, args.layout_var).labels.shape
+        rows, cols = synthetic.layout_map(args.layout, args.layout_var).shape
         row, col = args.layout_origin
         if not (0 <= row < rows and 0 <= col < cols):
             raise ValueError(f"--layout-origin: ({row}, {col}) is outside the {rows} x {cols} "

@@ -361,6 +361,13 @@ def layout_classes(n_layout: int, n_source: int, seed: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
+def layout_map(path: str, var: str | None = None) -> np.ndarray:
+    """(H, W) int64 class ids of a layout's class map (0 = unlabelled), read once per process
+    (:func:`sscc_core.io.ground_truth.read_class_map`; the caller must not modify it)."""
+    return ground_truth.read_class_map(path, var).labels
+
+
+@functools.lru_cache(maxsize=4)
 def layout_fields(spec: SynthSpec, n_classes: int
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, int]]:
     """The whole mosaic's field map from ``spec.layout`` (module docstring), computed once per
@@ -374,17 +381,17 @@ def layout_fields(spec: SynthSpec, n_classes: int
 
     Raises:
         ValueError: The crop leaves the class map or labels no pixel (and the errors of
-            :func:`sscc_core.io.ground_truth.read_class_map`).
+            :func:`layout_map`).
     """
     if spec.layout is None:
         raise ValueError("layout_fields: the spec has no layout")
-    cmap = ground_truth.read_class_map(spec.layout, spec.layout_var)
-    (r0, c0), (rows, cols) = spec.layout_origin, cmap.labels.shape
+    labels = layout_map(spec.layout, spec.layout_var)
+    (r0, c0), (rows, cols) = spec.layout_origin, labels.shape
     where = f"rows {r0}:{r0 + spec.height}, columns {c0}:{c0 + spec.width}"
     if r0 + spec.height > rows or c0 + spec.width > cols:
         raise ValueError(f"synthetic layout: {where} leave the {rows} x {cols} class map "
                          f"{spec.layout}")
-    crop = cmap.labels[r0:r0 + spec.height, c0:c0 + spec.width]
+    crop = labels[r0:r0 + spec.height, c0:c0 + spec.width]
     ids = np.unique(crop[crop > 0])
     if not ids.size:
         raise ValueError(f"synthetic layout: {where} of {spec.layout} label no pixel")
