@@ -8,10 +8,10 @@ export RAY_TRAIN_ENABLE_PRINT_PATCH := 0
 
 .PHONY: install demo test test-slow accuracy bench bench-scale bench-cluster clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)

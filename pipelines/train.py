@@ -564,8 +564,11 @@ def readout_post_step(ckpt: Checkpoint, stores: Sequence[str], tiles: list[dict[
     if not readout_needs_fit(cfg):
         log_event(log, "readout", readout=cfg.postprocess.readout, fitted=False)
         return ckpt
-    print(f"train: fitting the readout ({cfg.postprocess.readout}) on up to "
-          f"{cfg.postprocess.readout_sample} training pixels", flush=True)
+    post = cfg.postprocess
+    compared = (f", comparing candidates on up to {post.select_sample}"
+                if post.readout == "auto" and post.select_sample is not None else "")
+    print(f"train: fitting the readout ({post.readout}) on up to {post.readout_sample} training "
+          f"pixels{compared}", flush=True)
     ckpt = fit_final_readout(ckpt, stores, tiles, log=lambda row: log_event(log, "readout candidate", **row))
     post = ckpt.config.postprocess
     log_event(log, "readout", readout=post.readout, fitted=True, smooth_sigma=post.smooth_sigma,

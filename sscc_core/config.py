@@ -195,8 +195,12 @@ class PostprocessConfig:
         select_scales: ... and these ``spectra_scale`` values, by the label-free stability
             criterion of :mod:`sscc_core.training.selection`; the choice is written into the
             checkpoint's config and its criterion values into the checkpoint's provenance.
-        select_resamples: Half-size resamples of the readout sample clustered per candidate
+        select_resamples: Half-size resamples of the selection sample clustered per candidate
             to measure its stability (>= 1).
+        select_sample: Largest number of training pixels ``readout: auto`` compares the
+            candidates on (a seeded sample drawn like the readout's); the chosen readout is then
+            fitted on the ``readout_sample``. ``None``: the readout sample itself (one sample
+            for both).
     """
 
     readout: Literal["head", "kmeans", "spectral", "auto"] = "head"
@@ -212,6 +216,7 @@ class PostprocessConfig:
     select_sigmas: tuple[float, ...] = (0.0, 1.0, 2.0)
     select_scales: tuple[str, ...] = ("whitened", "unwhitened")
     select_resamples: int = 2
+    select_sample: int | None = None
 
 
 @dataclass(frozen=True)
@@ -386,6 +391,8 @@ def _validate(obj: Any, prefix: str) -> None:
                                   f"got {list(obj.select_scales)}")
         if obj.select_resamples < 1:
             fail("select_resamples", f"must be >= 1, got {obj.select_resamples}")
+        if obj.select_sample is not None and obj.select_sample < 2:
+            fail("select_sample", f"must be >= 2 or null, got {obj.select_sample}")
     elif isinstance(obj, AugmentConfig):
         for name in ("flip_p", "blur_p", "pixel_mask_p", "band_mask_p"):
             p = getattr(obj, name)

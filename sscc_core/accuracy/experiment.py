@@ -17,7 +17,8 @@ Methods:
   rate of 1e-12 (random weights; only the BatchNorm statistics see the data), then the same
   readout (with ``readout: auto``, the same label-free choice). Does training matter?
 * ``"readout_pca"`` -- the same readout on the pixel's PCA scores alone (no network): the
-  ``readout: auto`` choice among the ``select_*`` grid on the smoothed recipe features.
+  ``readout: auto`` choice among the ``select_*`` grid on the smoothed recipe features (on the
+  ``select_sample``, fitted on the ``readout_sample``, as for the network).
 * ``"kmeans"`` -- mini-batch k-means on the recipe's features (band z-score, PCA, component
   z-score) of the training pixels; every valid pixel gets its nearest centroid.
 * ``"kmeans_pca"`` -- the same on PCA scores *without* the component z-score (``whiten=False``),
@@ -53,7 +54,7 @@ from sscc_core.model.postprocess import NODATA, mode_filter, smooth
 from sscc_core.model.preprocess import Preprocessor
 from sscc_core.model.readout import Readout
 from sscc_core.training.readout_fit import extension, fit_readout, fit_spectral, readout_of, sample_mask
-from sscc_core.training.selection import select
+from sscc_core.training.selection import refit, select
 from sscc_core.training.sizing import check_training_size
 from sscc_core.training.reference import scene_views, train_reference
 from sscc_core.training.run import fit_scenes_preprocessor
@@ -208,14 +209,17 @@ def _readout_pca_map(scene: Scene, pre: Preprocessor, train_mask: np.ndarray,
     post, seed, k = cfg.postprocess, cfg.train.seed, scene.n_classes
     feats = pre.transform(scene.cube, scene.valid)
     sample = sample_mask(train_mask, post.readout_sample, seed)
+    compared = sample if post.select_sample is None else sample_mask(train_mask, post.select_sample, seed)
 
     smoothed = {sigma: smooth(feats, scene.valid, sigma) for sigma in post.select_sigmas}
 
     def at(sigma: float, where: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(smoothed[sigma][:, where].T))
 
-    chosen = select(lambda sigma: at(sigma, sample), 0, pre.comp_std, k, post, seed,
+    chosen = select(lambda sigma: at(sigma, compared), 0, pre.comp_std, k, post, seed,
                     lambda zf, lf: extension(zf, lf, k, seed))
+    if not np.array_equal(compared, sample):
+        chosen = refit(chosen, at(chosen.choice.smooth_sigma, sample), 0, pre.comp_std, k, post, seed)
     readout = readout_of(chosen, k, seed, post.readout_spectra)
     labels, _ = readout.assign(at(readout.smooth_sigma, scene.valid))
     return _scatter(labels.numpy(), scene.valid), chosen.record()

@@ -58,7 +58,8 @@ def fit_final_readout(
     """
     start = time.perf_counter()
     cfg = ckpt.config
-    chosen = readout_tiles(tiles, cfg.postprocess.readout_sample, cfg.train.seed)
+    post = cfg.postprocess
+    chosen = readout_tiles(tiles, max(post.readout_sample, post.select_sample or 0), cfg.train.seed)
     lines = []
     for index in sorted({int(t["line"]) for t in chosen}):
         group = zarr.open_group(stores[index], mode="r")

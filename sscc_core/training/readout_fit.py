@@ -30,7 +30,7 @@ from sscc_core.model.network import SSCCNet, recalibrate_batchnorm
 from sscc_core.model.patches import gather_patches
 from sscc_core.model.preprocess import Preprocessor
 from sscc_core.model.readout import EMPTY_CLUSTER_LOGIT, Readout, standardise
-from sscc_core.training.selection import Selection, select, spectral_clusters, standardiser
+from sscc_core.training.selection import Selection, refit, select, spectral_clusters, standardiser
 from sscc_core.io.tiling import tile_grid, tile_valid
 
 
@@ -221,7 +221,8 @@ def fit_lines_readout(model: SSCCNet, pre: Preprocessor, lines: Sequence[LineArr
     With ``bn_recalibrate`` the model's BatchNorm statistics are re-estimated first (in place)
     on clean patches of a sample of the training pixels. The ``"kmeans"`` and ``"spectral"``
     readouts are then fitted on the labeller's vectors of a seeded sample of at most
-    ``readout_sample`` training pixels (K = ``model.n_clusters``, seed ``train.seed``).
+    ``readout_sample`` training pixels (K = ``model.n_clusters``, seed ``train.seed``); with
+    ``readout: auto`` the candidates are compared on one of at most ``select_sample``.
 
     Args:
         model: The trained network (left in eval mode).
@@ -253,7 +254,7 @@ def fit_lines_readout(model: SSCCNet, pre: Preprocessor, lines: Sequence[LineArr
         # a fixed readout with the other spectrum weightings: the selection's standardised
         # vectors, on a grid of this one candidate
         fixed = replace(post, select_kinds=(post.readout,), select_sigmas=(post.smooth_sigma,),
-                        select_scales=(post.spectra_scale,))
+                        select_scales=(post.spectra_scale,), select_sample=None)
         return fit_auto(model, pre, lines, fixed, seed, tile_size, log)
     readout = Readout.from_config(post)
     if not readout.uses_features:
@@ -284,17 +285,21 @@ def fit_auto(model: SSCCNet, pre: Preprocessor, lines: Sequence[LineArrays], pos
              seed: int, tile_size: int = 256,
              log: Callable[[dict[str, Any]], None] | None = None) -> Readout:
     """``readout: auto``: choose the readout by :func:`sscc_core.training.selection.select` on the
-    labeller's vectors of a seeded sample of at most ``readout_sample`` training pixels (of all
-    ``lines``), and fit the chosen one (k-means: centroids of the standardised sample; spectral:
-    the extension).
+    labeller's vectors of a seeded sample of at most ``select_sample`` training pixels (of all
+    ``lines``; ``readout_sample`` when it is ``None``), fit the chosen one again on a seeded
+    sample of at most ``readout_sample`` when that sample differs
+    (:func:`sscc_core.training.selection.refit`), and build it (k-means: centroids of the
+    standardised sample; spectral: the extension).
 
     Returns:
         The fitted :class:`Readout` with ``selection`` set.
     """
-    masks = sample_masks([line.train_mask for line in lines], post.readout_sample, seed)
+    train_masks = [line.train_mask for line in lines]
+    fit_masks = sample_masks(train_masks, post.readout_sample, seed)
+    select_masks = fit_masks if post.select_sample is None else sample_masks(train_masks, post.select_sample, seed)
     k = model.cfg.n_clusters
 
-    def vectors_at(sigma: float) -> Tensor:
+    def vectors_at(sigma: float, masks: Sequence[np.ndarray]) -> Tensor:
         labeller = Labeller(model, pre, readout=Readout("kmeans", sigma, post.readout_spectra))
         vectors = lines_vectors(labeller, lines, masks, tile_size)
         if len(vectors) <= max(k, post.spectral_neighbors):
@@ -302,8 +307,11 @@ def fit_auto(model: SSCCNet, pre: Preprocessor, lines: Sequence[LineArrays], pos
                              f"{k} clusters")
         return vectors
 
-    chosen: Selection = select(vectors_at, model.feature_dim, pre.comp_std, k, post, seed,
-                               lambda zf, lf: extension(zf, lf, k, seed), log)
+    chosen: Selection = select(lambda sigma: vectors_at(sigma, select_masks), model.feature_dim, pre.comp_std,
+                               k, post, seed, lambda zf, lf: extension(zf, lf, k, seed), log)
+    if not all(np.array_equal(a, b) for a, b in zip(select_masks, fit_masks)):
+        chosen = refit(chosen, vectors_at(chosen.choice.smooth_sigma, fit_masks), model.feature_dim,
+                       pre.comp_std, k, post, seed)
     return readout_of(chosen, k, seed, post.readout_spectra)
 
 

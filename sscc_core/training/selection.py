@@ -12,6 +12,13 @@ on the same seeded sample of training pixels and keeps the most **stable** one: 
 that reflects structure in the data comes back when the data are resampled, one that cuts a
 continuum arbitrarily does not (Ben-Hur et al. 2002; Lange et al. 2004).
 
+The choice and the fit can use two samples (``select_sample`` and ``readout_sample``): the
+candidates are compared on the first, and the chosen one is fitted again on the second
+(:func:`refit`). Stability depends on the sample's density (a denser sample steadies the finer
+graphs, so the most stable sigma moves with the sample size), while the chosen graph follows the
+fields better on a denser sample; separating the two keeps the criterion at the size it was
+designed at and fits the readout as densely as the graph baseline.
+
 Stability of a candidate (deterministic for a seed):
 
 1. cluster the whole sample (M vectors) -> labels ``L0``; this is also the fitted readout;
@@ -46,7 +53,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Literal
 
 import numpy as np
@@ -179,12 +186,14 @@ class Selection:
     Attributes:
         choice: The chosen :class:`Candidate`.
         labels: (M,) cluster ids of the sample under the choice (``L0``).
-        z: (M, V) the sample's standardised vectors under the choice.
+        z: (M, V) the sample's standardised vectors under the choice (the fit sample's after
+            :func:`refit`).
         state: ``{"mean", "std"[, "weights"]}`` standardiser of the choice.
         table: One dict per candidate: ``kind``, ``smooth_sigma``, ``spectra_scale``,
             ``stability`` (mean pairwise ARI), ``clusters`` (distinct ids in ``L0``) and, for
             the spectral kind, ``graph_parts`` (the connected parts of its graph of the
             sample, :func:`spectral_clusters`).
+        select_pixels: Size of the sample the candidates were compared on.
     """
 
     choice: Candidate
@@ -192,12 +201,16 @@ class Selection:
     z: np.ndarray
     state: dict[str, Tensor]
     table: list[dict[str, object]]
+    select_pixels: int
 
     def record(self) -> dict[str, object]:
-        """JSON-serialisable provenance: criterion, choice and the per-candidate values."""
+        """JSON-serialisable provenance: criterion, choice, the per-candidate values and the
+        pixels the choice was made on (``select_pixels``) and the readout fitted on
+        (``fit_pixels``)."""
         return {"criterion": "stability: mean pairwise ARI of the sample's clustering and of "
                              "half-resample clusterings extended to it",
-                "choice": asdict(self.choice), "candidates": self.table}
+                "choice": asdict(self.choice), "candidates": self.table,
+                "select_pixels": self.select_pixels, "fit_pixels": int(len(self.labels))}
 
 
 def stability(z: np.ndarray, labels: np.ndarray, kind: Kind, n_clusters: int, neighbors: int,
@@ -244,11 +257,8 @@ def select(
     for cand in candidates(post):
         if cand.smooth_sigma not in cache:
             cache[cand.smooth_sigma] = vectors_at(cand.smooth_sigma)
-        vectors = cache[cand.smooth_sigma]
-        state = standardiser(vectors, spectra_weights(vectors, feature_dim, comp_std, cand.spectra_scale,
-                                                      post.readout_spectra, n_clusters))
-        z = standardise(vectors, state).numpy()
-        labels, parts = cluster(z, cand.kind, n_clusters, post.spectral_neighbors, seed)
+        labels, parts, z, state = fit_candidate(cache[cand.smooth_sigma], cand, feature_dim, comp_std,
+                                                n_clusters, post, seed)
         value = stability(z, labels, cand.kind, n_clusters, post.spectral_neighbors,
                           post.select_resamples, seed, lambda zf, lf: extend(zf, lf)(z))
         row = {**asdict(cand), "stability": round(value, 6), "clusters": int(len(np.unique(labels)))}
@@ -260,4 +270,37 @@ def select(
         if best is None or value > best[0] + TIE:
             best = (value, cand, labels, z, state)
     assert best is not None  # candidates() is never empty (validated config)
-    return Selection(*best[1:], table=table)
+    return Selection(*best[1:], table=table, select_pixels=len(best[2]))
+
+
+def fit_candidate(vectors: Tensor, cand: Candidate, feature_dim: int, comp_std: np.ndarray | None,
+                  n_clusters: int, post: PostprocessConfig,
+                  seed: int) -> tuple[np.ndarray, int | None, np.ndarray, dict[str, Tensor]]:
+    """Standardise and weight (M, V) sample vectors for ``cand`` and cluster them.
+
+    Returns:
+        ``(labels, parts, z, state)``: (M,) cluster ids, the spectral graph's connected parts
+        (``None`` for k-means), the (M, V) standardised vectors and their standardiser.
+    """
+    state = standardiser(vectors, spectra_weights(vectors, feature_dim, comp_std, cand.spectra_scale,
+                                                  post.readout_spectra, n_clusters))
+    z = standardise(vectors, state).numpy()
+    labels, parts = cluster(z, cand.kind, n_clusters, post.spectral_neighbors, seed)
+    return labels, parts, z, state
+
+
+def refit(chosen: Selection, vectors: Tensor, feature_dim: int, comp_std: np.ndarray | None,
+          n_clusters: int, post: PostprocessConfig, seed: int) -> Selection:
+    """The chosen candidate fitted again on another sample (the readout sample, when the choice
+    was made on a smaller ``select_sample``): its standardiser and clustering come from
+    ``vectors``; the choice and every candidate's criterion value stay as they were.
+
+    Args:
+        chosen: The outcome of :func:`select`.
+        vectors: (M', V) the fit sample's readout vectors at the chosen smoothing.
+
+    Returns:
+        The :class:`Selection` with ``labels``, ``z`` and ``state`` of the fit sample.
+    """
+    labels, _, z, state = fit_candidate(vectors, chosen.choice, feature_dim, comp_std, n_clusters, post, seed)
+    return replace(chosen, labels=labels, z=z, state=state)

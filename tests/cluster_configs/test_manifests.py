@@ -875,7 +875,7 @@ def test_dockerfile_matches_project_pins():
     assert base == f"FROM rayproject/ray:{pinned('ray')}-py311-${{VARIANT}}"
     assert f"ARG TORCH_VERSION={pinned('torch')}" in lines
     assert "https://download.pytorch.org/whl/cpu" in text
-    assert "pip install --no-cache-dir /app" in text
+    assert "pip install --no-cache-dir -c /app/constraints.txt /app" in text  # the numeric pins of make install
     users = [line for line in lines if line.startswith("USER ")]
     assert users[-1] == "USER ray", "the image must end as the base image's non-root user"
     ignore = (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().split()

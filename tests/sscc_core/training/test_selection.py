@@ -156,9 +156,12 @@ def scene():
     return cube, valid, labels, fit_preprocessor(cube, valid)
 
 
-def test_auto_readout_is_the_same_choice_and_labels_in_the_harness_and_the_production_path(scene, tmp_path):
+@pytest.mark.parametrize("select_sample", [None, 600])
+def test_auto_readout_is_the_same_choice_and_labels_in_the_harness_and_the_production_path(
+        scene, tmp_path, select_sample):
     cube, valid, labels, pre = scene
-    cfg = SSCCConfig(model=TINY, train=TrainConfig(seed=3, protocol="all"), postprocess=AUTO)
+    cfg = SSCCConfig(model=TINY, train=TrainConfig(seed=3, protocol="all"),
+                     postprocess=replace(AUTO, select_sample=select_sample))
     model = build_training(cfg, pre.n_components).model.eval()
     mask = training_mask(valid, labels, "all")
     # the harness: fit on the in-memory scene, label it whole
@@ -202,3 +205,35 @@ def test_a_fixed_readout_applies_its_spectra_scale(scene):
     auto = fit_readout(model, pre, cube, valid, mask, replace(cfg, postprocess=grid))
     for key in readout.state:
         torch.testing.assert_close(readout.state[key], auto.state[key], rtol=0, atol=0)
+
+
+def test_a_choice_on_a_smaller_sample_is_that_samples_choice_refitted_on_the_readout_sample(scene):
+    """``select_sample`` < ``readout_sample``: the candidates and their stabilities are exactly
+    those of a run whose readout sample is the smaller one, and the fitted readout is exactly
+    the chosen candidate fitted alone on the readout sample."""
+    cube, valid, labels, pre = scene
+    post = replace(AUTO, select_scales=("balanced",), select_sample=600)
+    cfg = SSCCConfig(model=TINY, train=TrainConfig(seed=3, protocol="all"), postprocess=post)
+    model = build_training(cfg, pre.n_components).model.eval()
+    mask = training_mask(valid, labels, "all")
+    split = fit_readout(model, pre, cube, valid, mask, cfg)
+    small = fit_readout(model, pre, cube, valid, mask,
+                        replace(cfg, postprocess=replace(post, readout_sample=600, select_sample=None)))
+    assert split.selection["candidates"] == small.selection["candidates"]
+    assert split.selection["choice"] == small.selection["choice"]
+    assert (split.selection["select_pixels"], split.selection["fit_pixels"]) == (600, 1800)
+    assert (small.selection["select_pixels"], small.selection["fit_pixels"]) == (600, 600)
+    choice = split.selection["choice"]
+    alone = replace(post, readout=choice["kind"], smooth_sigma=choice["smooth_sigma"],
+                    spectra_scale=choice["spectra_scale"])
+    fixed = fit_readout(model, pre, cube, valid, mask, replace(cfg, postprocess=alone))
+    assert fixed.selection["candidates"] != split.selection["candidates"]  # one candidate, on 1800 px
+    assert set(fixed.state) == set(split.state)
+    for key in fixed.state:
+        torch.testing.assert_close(split.state[key], fixed.state[key], rtol=0, atol=0)
+
+
+def test_select_sample_is_validated() -> None:
+    with pytest.raises(ConfigError, match=r"^postprocess.select_sample: must be >= 2 or null, got 1$"):
+        load_config(None, {"postprocess.select_sample": 1})
+    assert load_config(None, {"postprocess.select_sample": None}).postprocess.select_sample is None
