@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from pipelines.common import (
     add_logging_args, ensure_ray, environment_error, failing_output, log_event, run_stage,
@@ -554,6 +555,24 @@ def report_folder(local_dir: str | None) -> Iterator[str]:
         yield tmp
 
 
+@contextlib.contextmanager
+def driver_threads(threads: int) -> Iterator[None]:
+    """This process's torch and BLAS/OpenMP thread pools limited to ``threads``, restored after.
+
+    The driver fits the readout after training (:func:`readout_post_step`) with the run's
+    ``--threads``, as each accuracy-suite run fits its readout with one thread: the spectral
+    readout's eigensolver and logistic regression round differently with another BLAS thread
+    count, and a last-digit difference can move the readout choice's stabilities and a label.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(threads):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def readout_post_step(ckpt: Checkpoint, stores: Sequence[str], tiles: list[dict[str, int]]) -> Checkpoint:
     """The explicit step after training: fit what ``cfg.postprocess`` needs
     (:func:`sscc_core.training.final_readout.fit_final_readout`, on a sample across the lines
@@ -613,7 +632,8 @@ def run_training(
         use_gpu: One GPU per worker.
         cpus_per_worker: Logical CPUs per worker (fractional works on small machines).
         max_failures: Worker-group restarts from the last checkpoint before giving up.
-        threads: torch intra-op threads per worker.
+        threads: torch intra-op threads per worker, and the driver's torch and BLAS threads
+            while it fits the readout (:func:`driver_threads`).
         data_tasks: Concurrent Ray Data tasks reading and augmenting tiles.
         fail_at_epoch: Fault drill: kill worker rank 0 once, mid-way through this epoch (0-based).
     """
@@ -720,7 +740,8 @@ def run_training(
             if failure is not None:
                 raise failure
         reported, ckpt = reported_checkpoint(result, run_dir)
-    ckpt = readout_post_step(ckpt, stores, tiles)
+    with driver_threads(threads):
+        ckpt = readout_post_step(ckpt, stores, tiles)
     path = save_checkpoint(ckpt, final_checkpoint(run_dir))
     log_event(log, "final checkpoint", path=path, reported=reported, model_version=ckpt.model_version,
               epoch=ckpt.epoch)
@@ -746,7 +767,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="logical CPUs per worker")
     p.add_argument("--max-failures", type=int, default=2, help="restarts from the last checkpoint")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per worker, and the driver's threads while it fits the readout")
     p.add_argument("--data-tasks", type=int, default=1,
                    help="concurrent Ray Data tasks reading and augmenting tiles (default 1)")
     add_config_args(p, DEFAULT_CONFIG)

@@ -13,6 +13,7 @@ import fsspec
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 from pipelines import train
 from pipelines.common import setup_logging
@@ -30,6 +31,7 @@ from sscc_core.model.patches import gather_patches
 from sscc_core.training.run import fit_lines_preprocessor, fit_scenes_preprocessor
 from sscc_core.training import views
 from sscc_core.training.tiles import descriptor_tile, lines_training_tiles, tile_stream, training_tiles
+from sscc_core.training.readout_fit import fit_readout
 from sscc_core.training.reference import scene_views, train_reference
 from sscc_core.training.trainer import epoch_generator, training_mask
 
@@ -169,6 +171,9 @@ def test_run_storage_may_be_a_url_and_sscc_train_trains_the_reference_trainers_n
     torch.set_num_threads(1)
     try:
         reference = train_reference(scene_views(cube, valid, labels, pre, cfg), pre.n_components, cfg)
+        with threadpool_limits(1):  # as a suite run fits its readout
+            readout = fit_readout(reference.model, pre, cube, valid,
+                                  training_mask(valid, labels, cfg.train.protocol), cfg, cfg.tile.tile_size)
     finally:
         torch.set_num_threads(threads)
     assert ckpt.epoch == reference.epoch == 1
@@ -177,6 +182,26 @@ def test_run_storage_may_be_a_url_and_sscc_train_trains_the_reference_trainers_n
     for name, value in reference.model.state_dict().items():
         assert torch.equal(ckpt.model_state[name], value), name
     assert [h["total"] for h in ckpt.extra["history"]] == [h["total"] for h in reference.history]
+    # the driver fitted the readout with the run's one thread (driver_threads), so bit for bit too
+    assert sorted(ckpt.readout_state) == sorted(readout.state)
+    for name, value in readout.state.items():
+        assert torch.equal(ckpt.readout_state[name], value), name
+
+
+def test_the_driver_fits_the_readout_with_the_runs_thread_count() -> None:
+    """``sscc train --threads 1`` fitted the readout in the driver with every core's BLAS threads
+    while the suite fits it with one: on Indian Pines the spectral candidates' stabilities then
+    differed in the fourth digit and the production run labelled one pixel differently
+    (docs/RESULTS.md). Inside :func:`pipelines.train.driver_threads` torch and every BLAS/OpenMP
+    pool run with the run's count; after it, what they had before."""
+    from threadpoolctl import threadpool_info
+
+    before_torch, before_pools = torch.get_num_threads(), [p["num_threads"] for p in threadpool_info()]
+    with train.driver_threads(1):
+        assert torch.get_num_threads() == 1
+        assert {p["num_threads"] for p in threadpool_info()} == {1}
+    assert torch.get_num_threads() == before_torch
+    assert [p["num_threads"] for p in threadpool_info()] == before_pools
 
 
 @pytest.mark.timeout(120)  # the bug was a wait for ever
