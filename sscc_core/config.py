@@ -445,6 +445,17 @@ def replace(cfg: Any, **changes: Any) -> Any:
 
 
 def config_hash(cfg: Any) -> str:
-    """SHA-256 (first 16 hex digits) of a config dataclass's canonical JSON form."""
-    text = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    """SHA-256 (first 16 hex digits) of a config dataclass's canonical JSON form.
+
+    Fields left at null are left out, so an optional field added later (default null, meaning
+    the behaviour from before it) keeps the hash of every config that leaves it unset: a run
+    started before the field existed still resumes, and exports keep their provenance hash.
+    """
+
+    def set_fields(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: set_fields(v) for k, v in value.items() if v is not None}
+        return value
+
+    text = json.dumps(set_fields(to_dict(cfg)), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
