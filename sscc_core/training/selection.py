@@ -15,9 +15,10 @@ continuum arbitrarily does not (Ben-Hur et al. 2002; Lange et al. 2004).
 The choice and the fit can use two samples (``select_sample`` and ``readout_sample``): the
 candidates are compared on the first, and the chosen one is fitted again on the second
 (:func:`refit`). Stability depends on the sample's density (a denser sample steadies the finer
-graphs, so the most stable sigma moves with the sample size), while the chosen graph follows the
-fields better on a denser sample; separating the two keeps the criterion at the size it was
-designed at and fits the readout as densely as the graph baseline.
+graphs, so the most stable sigma moves with the sample size); separating the two keeps the
+criterion at the size it was designed at while the readout is fitted on a denser sample. The
+shipped configuration leaves ``select_sample`` at ``None`` (one sample): a denser fit of the same
+choice was not reliably better on held-out scenes (docs/RESULTS.md).
 
 Stability of a candidate (deterministic for a seed):
 
