@@ -89,8 +89,10 @@ def spec_from_args(
     from the --layout crop).
 
     Raises:
-        ValueError: Neither a size nor both sides, an invalid size/parameter, or a --layout crop
-            that leaves the class map or labels no pixel.
+        ValueError: Neither a size nor both sides, an invalid size/parameter, or a --layout origin
+            outside the class map. (A crop leaving the map or labelling no pixel, and a
+            background fill from a scene without unlabelled pixels, are refused by
+            :func:`sscc_core.io.synthetic.synthetic_template` before any window is written.)
     """
     itemsize = 4 if args.dtype == "float32" else 2
     if args.layout is not None:
@@ -111,7 +113,7 @@ def spec_from_args(
         height, width = args.height, args.width
     else:
         raise ValueError("give --size-gb, or both --height and --width")
-    spec = synthetic.SynthSpec(
+    return synthetic.SynthSpec(
         height=height, width=width, seed=args.seed, source=args.source, dtype=args.dtype,
         snr=args.snr, field_size=args.field_size, mix_width=args.mix_width,
         line_width=args.line_width, max_gap=args.max_gap, drop_line_p=args.drop_line_p,
@@ -119,10 +121,6 @@ def spec_from_args(
         layout=args.layout, layout_var=args.layout_var, layout_origin=tuple(args.layout_origin),
         layout_unlabelled=args.layout_unlabelled,
     )
-    if spec.layout is not None:  # refuse a crop off the map or a missing background before writing
-        synthetic.layout_fields(spec, library.n_classes)
-        synthetic.check_background(spec, library)
-    return spec
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
