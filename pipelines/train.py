@@ -595,10 +595,12 @@ def readout_post_step(ckpt: Checkpoint, stores: Sequence[str], tiles: list[dict[
               **ckpt.extra["readout"])
     selection = ckpt.extra.get("selection")
     if selection is not None:
-        choice = selection["choice"]
+        choice, rows = selection["choice"], selection["candidates"]
+        competed = sum(1 for row in rows if row.get("eligible", True))
+        left_out = ("" if competed == len(rows) else
+                    f"; {len(rows) - competed} spectral below graph gain {selection['graph_gain']:g} left out")
         print(f"readout chosen from the data: {post.readout}, smoothing {post.smooth_sigma:g} px, "
-              f"{choice['spectra_scale']} spectra (most stable of "
-              f"{len(selection['candidates'])} candidates)", flush=True)
+              f"{choice['spectra_scale']} spectra (most stable of {competed} candidates{left_out})", flush=True)
         log_event(log, "readout chosen", **choice, criterion=selection["criterion"])
     return ckpt
 

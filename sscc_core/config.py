@@ -201,6 +201,11 @@ class PostprocessConfig:
             candidates on (a seeded sample drawn like the readout's); the chosen readout is then
             fitted on the ``readout_sample``. ``None``: the readout sample itself (one sample
             for both).
+        select_graph_gain: With ``readout: auto``, a spectral candidate competes only when the
+            k-means partition at its smoothing and scale cuts its k-nearest-neighbour graph at
+            least this many times worse (normalised cut) than its own partition does
+            (:mod:`sscc_core.training.selection`); ``None``: every candidate competes. Needs
+            ``"kmeans"`` in ``select_kinds``.
     """
 
     readout: Literal["head", "kmeans", "spectral", "auto"] = "head"
@@ -217,6 +222,7 @@ class PostprocessConfig:
     select_scales: tuple[str, ...] = ("whitened", "unwhitened")
     select_resamples: int = 2
     select_sample: int | None = None
+    select_graph_gain: float | None = None
 
 
 @dataclass(frozen=True)
@@ -393,6 +399,12 @@ def _validate(obj: Any, prefix: str) -> None:
             fail("select_resamples", f"must be >= 1, got {obj.select_resamples}")
         if obj.select_sample is not None and obj.select_sample < 2:
             fail("select_sample", f"must be >= 2 or null, got {obj.select_sample}")
+        if obj.select_graph_gain is not None:
+            if not obj.select_graph_gain > 0:
+                fail("select_graph_gain", f"must be > 0 or null, got {obj.select_graph_gain}")
+            if "kmeans" not in obj.select_kinds:
+                fail("select_graph_gain", "compares each spectral candidate with the k-means one; "
+                                          f"select_kinds {list(obj.select_kinds)} has no 'kmeans'")
     elif isinstance(obj, AugmentConfig):
         for name in ("flip_p", "blur_p", "pixel_mask_p", "band_mask_p"):
             p = getattr(obj, name)

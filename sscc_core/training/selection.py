@@ -32,6 +32,15 @@ Ties (within ``TIE``) go to the earlier candidate in grid order: smaller smoothi
 before spectral, whitened before unwhitened. Nothing here reads a ground-truth label; the rule
 and the scenes looked at while designing it are in ``docs/RESULTS.md``.
 
+**Graph gain** (``select_graph_gain``, optional). Stability alone cannot tell a graph that found
+structure from one that re-cuts a continuum the same way every time (Jasper Ridge: the graph
+splits the water and merges trees with soil, reproducibly). A spectral candidate is meant to
+find clusters k-means misses, so it must show them on its own objective: on its
+k-nearest-neighbour graph of the sample (:func:`knn_affinity`), the normalised cut (Shi & Malik
+2000, :func:`normalised_cut`) of the k-means partition at the same smoothing and scale, divided
+by that of the graph's own partition, is its *graph gain*; a spectral candidate whose gain is
+below ``select_graph_gain`` does not enter the comparison (every k-means candidate does).
+
 Spectrum weighting (``spectra_scale``) of the C appended PCA scores, after each of the D + C
 dimensions is standardised over the sample:
 
@@ -57,11 +66,14 @@ import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Literal
 
+import itertools
 import numpy as np
 import torch
+from scipy import sparse
 from sklearn.cluster import SpectralClustering
 from scipy.sparse.csgraph import connected_components
 from sklearn.metrics import adjusted_rand_score
+from sklearn.neighbors import kneighbors_graph
 from torch import Tensor
 
 from sscc_core.model.baselines import fit_kmeans
@@ -71,6 +83,7 @@ from sscc_core.model.readout import standardise
 Kind = Literal["kmeans", "spectral"]
 Scale = Literal["whitened", "unwhitened", "balanced"]
 TIE = 1e-3  # stabilities closer than this count as equal
+NCUT_FLOOR = 1e-12  # added to both normalised cuts of the gain ratio (a partition may cut no edge)
 
 
 @dataclass(frozen=True)
@@ -166,6 +179,39 @@ def spectral_clusters(vectors: np.ndarray, n_clusters: int, neighbors: int, seed
     return labels, int(connected_components(model.affinity_matrix_, directed=False)[0])
 
 
+def knn_affinity(z: np.ndarray, neighbors: int) -> sparse.csr_matrix:
+    """(M, M) the symmetric k-nearest-neighbour graph spectral clustering cuts (scikit-learn's
+    ``SpectralClustering(affinity="nearest_neighbors")``): each of the (M, V) vectors joined with
+    weight 1 to its ``neighbors`` nearest, itself included, then symmetrised as (C + C^T) / 2."""
+    connectivity = kneighbors_graph(z, neighbors, include_self=True)
+    return (0.5 * (connectivity + connectivity.T)).tocsr()
+
+
+def normalised_cut(affinity: sparse.spmatrix, labels: np.ndarray) -> float:
+    """Normalised cut of a partition of a graph: the sum over its clusters A_k of
+    cut(A_k, rest) / vol(A_k) (Shi & Malik 2000); 0 when no edge joins two clusters.
+
+    Args:
+        affinity: (M, M) symmetric non-negative edge weights.
+        labels: (M,) cluster ids >= 0.
+    """
+    member = sparse.csr_matrix((np.ones(len(labels)), (np.arange(len(labels)), labels)))
+    within = (member.T @ affinity @ member).toarray()
+    volume = within.sum(1)
+    used = volume > 0
+    return float(((volume - np.diag(within))[used] / volume[used]).sum())
+
+
+def graph_gain(z: np.ndarray, kmeans_labels: np.ndarray, spectral_labels: np.ndarray, neighbors: int) -> float:
+    """How many times better a spectral partition of (M, V) vectors cuts its own graph than the
+    k-means partition of the same vectors: ``normalised_cut(kmeans) / normalised_cut(spectral)``
+    on :func:`knn_affinity`, each plus ``NCUT_FLOOR`` (two partitions that both cut no edge:
+    gain 1)."""
+    affinity = knn_affinity(z, neighbors)
+    return ((normalised_cut(affinity, kmeans_labels) + NCUT_FLOOR)
+            / (normalised_cut(affinity, spectral_labels) + NCUT_FLOOR))
+
+
 def cluster(z: np.ndarray, kind: Kind, n_clusters: int, neighbors: int, seed: int) -> tuple[np.ndarray, int | None]:
     """Cluster (M, V) standardised vectors: k-means (k-means++, several inits) or spectral
     clustering on a k-nearest-neighbour graph (QR assignment).
@@ -193,8 +239,10 @@ class Selection:
         table: One dict per candidate: ``kind``, ``smooth_sigma``, ``spectra_scale``,
             ``stability`` (mean pairwise ARI), ``clusters`` (distinct ids in ``L0``) and, for
             the spectral kind, ``graph_parts`` (the connected parts of its graph of the
-            sample, :func:`spectral_clusters`).
+            sample, :func:`spectral_clusters`) and, with a ``select_graph_gain``,
+            ``graph_gain`` (:func:`graph_gain`) and ``eligible`` (gain >= the threshold).
         select_pixels: Size of the sample the candidates were compared on.
+        graph_gain: The ``select_graph_gain`` threshold the comparison used (``None``: off).
     """
 
     choice: Candidate
@@ -203,15 +251,20 @@ class Selection:
     state: dict[str, Tensor]
     table: list[dict[str, object]]
     select_pixels: int
+    graph_gain: float | None = None
 
     def record(self) -> dict[str, object]:
         """JSON-serialisable provenance: criterion, choice, the per-candidate values and the
         pixels the choice was made on (``select_pixels``) and the readout fitted on
         (``fit_pixels``)."""
-        return {"criterion": "stability: mean pairwise ARI of the sample's clustering and of "
-                             "half-resample clusterings extended to it",
-                "choice": asdict(self.choice), "candidates": self.table,
-                "select_pixels": self.select_pixels, "fit_pixels": int(len(self.labels))}
+        criterion = ("stability: mean pairwise ARI of the sample's clustering and of half-resample "
+                     "clusterings extended to it")
+        if self.graph_gain is not None:
+            criterion += (f"; a spectral candidate competes only with a graph gain >= {self.graph_gain:g} "
+                          "(normalised cut of the k-means partition / of its own, on its k-NN graph)")
+        return {"criterion": criterion, "choice": asdict(self.choice), "candidates": self.table,
+                "select_pixels": self.select_pixels, "fit_pixels": int(len(self.labels)),
+                "graph_gain": self.graph_gain}
 
 
 def stability(z: np.ndarray, labels: np.ndarray, kind: Kind, n_clusters: int, neighbors: int,
@@ -235,7 +288,8 @@ def select(
     extend: Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray]],
     log: Callable[[dict[str, object]], None] | None = None,
 ) -> Selection:
-    """Fit every candidate of :func:`candidates` and keep the most stable one.
+    """Fit every candidate of :func:`candidates` and keep the most stable one (of those whose
+    graph gain reaches ``post.select_graph_gain``, when it is set; k-means always competes).
 
     Args:
         vectors_at: ``sigma -> (M, V)`` the sample's readout vectors smoothed at ``sigma``
@@ -252,26 +306,29 @@ def select(
     Returns:
         The :class:`Selection`.
     """
-    cache: dict[float, Tensor] = {}
     best: tuple[float, Candidate, np.ndarray, np.ndarray, dict[str, Tensor]] | None = None
     table = []
-    for cand in candidates(post):
-        if cand.smooth_sigma not in cache:
-            cache[cand.smooth_sigma] = vectors_at(cand.smooth_sigma)
-        labels, parts, z, state = fit_candidate(cache[cand.smooth_sigma], cand, feature_dim, comp_std,
-                                                n_clusters, post, seed)
-        value = stability(z, labels, cand.kind, n_clusters, post.spectral_neighbors,
-                          post.select_resamples, seed, lambda zf, lf: extend(zf, lf)(z))
-        row = {**asdict(cand), "stability": round(value, 6), "clusters": int(len(np.unique(labels)))}
-        if parts is not None:
-            row["graph_parts"] = parts
-        table.append(row)
-        if log is not None:
-            log(row)
-        if best is None or value > best[0] + TIE:
-            best = (value, cand, labels, z, state)
-    assert best is not None  # candidates() is never empty (validated config)
-    return Selection(*best[1:], table=table, select_pixels=len(best[2]))
+    for sigma, group in itertools.groupby(candidates(post), key=lambda cand: cand.smooth_sigma):
+        vectors = vectors_at(sigma)
+        fitted = {cand: fit_candidate(vectors, cand, feature_dim, comp_std, n_clusters, post, seed) for cand in group}
+        for cand, (labels, parts, z, state) in fitted.items():
+            value = stability(z, labels, cand.kind, n_clusters, post.spectral_neighbors,
+                              post.select_resamples, seed, lambda zf, lf: extend(zf, lf)(z))
+            row = {**asdict(cand), "stability": round(value, 6), "clusters": int(len(np.unique(labels)))}
+            if parts is not None:
+                row["graph_parts"] = parts
+            eligible = True
+            if post.select_graph_gain is not None and cand.kind == "spectral":
+                gain = graph_gain(z, fitted[replace(cand, kind="kmeans")][0], labels, post.spectral_neighbors)
+                eligible = gain >= post.select_graph_gain
+                row["graph_gain"], row["eligible"] = round(gain, 6), eligible
+            table.append(row)
+            if log is not None:
+                log(row)
+            if eligible and (best is None or value > best[0] + TIE):
+                best = (value, cand, labels, z, state)
+    assert best is not None  # candidates() is never empty and k-means always competes (validated config)
+    return Selection(*best[1:], table=table, select_pixels=len(best[2]), graph_gain=post.select_graph_gain)
 
 
 def fit_candidate(vectors: Tensor, cand: Candidate, feature_dim: int, comp_std: np.ndarray | None,

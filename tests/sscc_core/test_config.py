@@ -15,13 +15,14 @@ from sscc_core.model.checkpoint import RunMismatchError, RunRecord, check_run_re
 
 
 def test_a_run_started_before_an_optional_field_existed_still_resumes(tmp_path: Path) -> None:
-    """``postprocess.select_sample`` (default null: the behaviour from before it) was added
-    after runs had been started; their records hashed a config without the field. Such a run
-    resumes with the new code, and setting the field makes another run."""
+    """``postprocess.select_sample`` and ``select_graph_gain`` (default null: the behaviour from
+    before them) were added after runs had been started; their records hashed a config without
+    the fields. Such a run resumes with the new code, and setting a field makes another run."""
     cfg = load_config("configs/default.yaml")
     assert cfg.postprocess.select_sample is None
     then = to_dict(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=0)))
-    del then["postprocess"]["select_sample"]  # the config as the code before the field wrote it
+    for field in ("select_sample", "select_graph_gain"):  # the config as the code before them wrote it
+        del then["postprocess"][field]
     then_hash = hashlib.sha256(json.dumps(then, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
     old = {"store": "cube.zarr", "input_identity": "abc", "config_hash": then_hash, "protocol": "all"}
     (tmp_path / "run.json").write_text(json.dumps(old))
@@ -31,3 +32,5 @@ def test_a_run_started_before_an_optional_field_existed_still_resumes(tmp_path: 
     with pytest.raises(RunMismatchError, match=r"config hash "):
         check_run_record(str(tmp_path), RunRecord.of("cube.zarr", "abc", other), progress=True)
     assert config_hash(other) != config_hash(cfg)
+    gated = dataclasses.replace(cfg, postprocess=dataclasses.replace(cfg.postprocess, select_graph_gain=2.5))
+    assert config_hash(gated) != config_hash(cfg)

@@ -390,7 +390,7 @@ class _Builder:
                      + table(["choice", "value"], sorted(choice.items())))
             cands = run.selection.get("candidates") or []
             if cands:
-                keys = list(cands[0])
+                keys = list(dict.fromkeys(k for c in cands for k in c))  # rows differ by kind
                 body += table(keys, [[c.get(k, "") for k in keys] for c in cands], cls="cands")
         config = json.dumps(attrs.get("config") or {}, indent=1, sort_keys=True)
         body += f"<details><summary>configuration</summary><pre>{esc(config)}</pre></details>"

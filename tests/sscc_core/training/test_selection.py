@@ -26,7 +26,8 @@ from sscc_core.model.preprocess import fit_preprocessor
 from sscc_core.training.final_readout import fit_final_readout
 from sscc_core.training.readout_fit import extension, fit_readout
 from sscc_core.training.selection import (
-    Candidate, candidates, cluster, select, spectra_weights, spectral_clusters, stability,
+    Candidate, candidates, cluster, graph_gain, knn_affinity, normalised_cut, select, spectra_weights,
+    spectral_clusters, stability,
 )
 from sscc_core.training.tiles import training_tiles
 from sscc_core.training.trainer import build_training, training_mask
@@ -55,6 +56,11 @@ def test_selection_fields_are_validated() -> None:
         load_config(None, {"postprocess.select_sigmas": [-1.0]})
     with pytest.raises(ConfigError, match=r"postprocess.select_resamples: must be >= 1, got 0"):
         load_config(None, {"postprocess.select_resamples": 0})
+    with pytest.raises(ConfigError, match=r"^postprocess.select_graph_gain: must be > 0 or null, got 0.0$"):
+        load_config(None, {"postprocess.select_graph_gain": 0})
+    with pytest.raises(ConfigError, match=r"^postprocess.select_graph_gain: compares each spectral candidate "
+                                          r"with the k-means one; select_kinds \['spectral'\] has no 'kmeans'$"):
+        load_config(None, {"postprocess.select_graph_gain": 2.5, "postprocess.select_kinds": ["spectral"]})
     assert load_config("configs/default.yaml").postprocess.readout == "auto"
 
 
@@ -125,6 +131,46 @@ def test_select_keeps_the_most_stable_candidate_and_records_every_value() -> Non
     again = select(lambda sigma: vectors, 4, np.array([3.0, 1.0]), 3, post, 0, lambda zf, lf: _extend(zf, lf, 3))
     assert again.table == sel.table and (again.labels == sel.labels).all()
     assert [("graph_parts" in row) for row in sel.table] == [row["kind"] == "spectral" for row in sel.table]
+
+
+def test_knn_affinity_is_the_graph_spectral_clustering_cuts_and_normalised_cut_matches_a_dense_sum() -> None:
+    rng = np.random.default_rng(6)
+    z = rng.normal(size=(120, 4)).astype(np.float32)
+    reference = SpectralClustering(3, affinity="nearest_neighbors", n_neighbors=7, random_state=0).fit(z)
+    affinity = knn_affinity(z, 7)
+    assert abs(affinity - reference.affinity_matrix_).max() == 0
+    labels = rng.integers(0, 3, 120)
+    dense = affinity.toarray()
+    expect = sum(dense[labels == k][:, labels != k].sum() / dense[labels == k].sum() for k in range(3))
+    assert normalised_cut(affinity, labels) == pytest.approx(expect)
+    assert normalised_cut(affinity, np.zeros(120, np.int64)) == 0.0
+
+
+def test_graph_gain_admits_a_graph_that_finds_rings_and_not_one_that_recuts_k_means_blobs() -> None:
+    """With ``select_graph_gain``, a spectral candidate competes only where its graph holds
+    structure k-means misses: two concentric rings (k-means halves them) pass, three separated
+    blobs (both partitions the same, gain 1) do not, and k-means is kept there."""
+    post = PostprocessConfig(readout="auto", readout_spectra=0.0, spectral_neighbors=10, select_sigmas=(0.0,),
+                             select_graph_gain=2.5)
+    rng = np.random.default_rng(3)
+    angle = rng.uniform(0, 2 * np.pi, 600)
+    radius = np.repeat([1.0, 3.0], 300) + rng.normal(scale=0.05, size=600)
+    rings = torch.from_numpy(np.stack([radius * np.cos(angle), radius * np.sin(angle)], 1)).float()
+    sel = select(lambda sigma: rings, 2, None, 2, post, 0, lambda zf, lf: _extend(zf, lf, 2))
+    graph = next(row for row in sel.table if row["kind"] == "spectral")
+    z = (rings - rings.mean(0)) / rings.std(0, unbiased=False)
+    kmeans_labels = cluster(z.numpy(), "kmeans", 2, 10, 0)[0]
+    assert graph["eligible"] and graph["graph_gain"] > 10
+    spectral_labels = spectral_clusters(z.numpy(), 2, 10, 0)[0]
+    assert graph["graph_gain"] == pytest.approx(graph_gain(z.numpy(), kmeans_labels, spectral_labels, 10), rel=1e-5)
+    assert "graph_gain" not in sel.table[0] and sel.record()["graph_gain"] == 2.5
+
+    centres = rng.normal(scale=8.0, size=(3, 2))
+    blobs = torch.from_numpy(np.concatenate([c + rng.normal(size=(150, 2)) for c in centres])).float()
+    sel = select(lambda sigma: blobs, 2, None, 3, post, 0, lambda zf, lf: _extend(zf, lf, 3))
+    graph = next(row for row in sel.table if row["kind"] == "spectral")
+    assert graph["graph_gain"] == pytest.approx(1.0) and not graph["eligible"]
+    assert sel.choice.kind == "kmeans" and "graph gain >= 2.5" in sel.record()["criterion"]
 
 
 def test_spectral_clusters_pass_no_warning_on_a_graph_in_parts_and_its_parts_are_counted() -> None:
