@@ -61,12 +61,12 @@ dimensions is standardised over the sample:
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Literal
 
-import itertools
 import numpy as np
 import torch
 from scipy import sparse

@@ -23,11 +23,12 @@ from sscc_core.labelling.inference import Labeller, label_scene
 from sscc_core.io.matlab import read_benchmark
 from sscc_core.io.store import write_cube
 from sscc_core.model.preprocess import fit_preprocessor
+from sscc_core.model.readout import standardise
 from sscc_core.training.final_readout import fit_final_readout
 from sscc_core.training.readout_fit import extension, fit_readout
 from sscc_core.training.selection import (
     Candidate, candidates, cluster, graph_gain, knn_affinity, normalised_cut, select, spectra_weights,
-    spectral_clusters, stability,
+    spectral_clusters, stability, standardiser,
 )
 from sscc_core.training.tiles import training_tiles
 from sscc_core.training.trainer import build_training, training_mask
@@ -158,11 +159,10 @@ def test_graph_gain_admits_a_graph_that_finds_rings_and_not_one_that_recuts_k_me
     rings = torch.from_numpy(np.stack([radius * np.cos(angle), radius * np.sin(angle)], 1)).float()
     sel = select(lambda sigma: rings, 2, None, 2, post, 0, lambda zf, lf: _extend(zf, lf, 2))
     graph = next(row for row in sel.table if row["kind"] == "spectral")
-    z = (rings - rings.mean(0)) / rings.std(0, unbiased=False)
-    kmeans_labels = cluster(z.numpy(), "kmeans", 2, 10, 0)[0]
+    z = standardise(rings, standardiser(rings, None)).numpy()  # the vectors select() clusters
     assert graph["eligible"] and graph["graph_gain"] > 10
-    spectral_labels = spectral_clusters(z.numpy(), 2, 10, 0)[0]
-    assert graph["graph_gain"] == pytest.approx(graph_gain(z.numpy(), kmeans_labels, spectral_labels, 10), rel=1e-5)
+    expect = graph_gain(z, cluster(z, "kmeans", 2, 10, 0)[0], spectral_clusters(z, 2, 10, 0)[0], 10)
+    assert graph["graph_gain"] == pytest.approx(expect, rel=1e-5)
     assert "graph_gain" not in sel.table[0] and sel.record()["graph_gain"] == 2.5
 
     centres = rng.normal(scale=8.0, size=(3, 2))
