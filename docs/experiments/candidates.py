@@ -29,37 +29,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from pipelines.options import parse_overrides
-from sscc_core.accuracy.experiment import load_scene, load_store_scene, scene_config
-from sscc_core.config import load_config
 from sscc_core.labelling.inference import Labeller, label_scene
 from sscc_core.metrics import evaluate
 from sscc_core.model.postprocess import mode_filter
 from sscc_core.model.readout import Readout
 from sscc_core.training.readout_fit import LineArrays, extension, lines_vectors, readout_of, sample_masks
-from sscc_core.training.reference import scene_views, train_reference
-from sscc_core.training.run import fit_scenes_preprocessor
 from sscc_core.training.selection import Candidate, Selection, fit_candidate, stability
-from sscc_core.training.trainer import training_mask
+from trained_run import add_run_arguments, load_any_scene, train_run
 
 TIE = 1e-3  # the rule's tie tolerance (sscc_core/training/selection.py)
 
 
 def main(spec: str, protocol: str, seed: int, out: str, overrides: dict[str, Any]) -> None:
-    torch.set_num_threads(1)
     start = time.time()
-    scene = load_store_scene(spec) if Path(spec).exists() else load_scene(spec)
-    cfg = scene_config(load_config("configs/default.yaml", overrides or None), scene, protocol, seed)
-    torch.manual_seed(seed)
-    pre = fit_scenes_preprocessor([(scene.cube, scene.valid)], cfg).preprocessor
-    train_mask = training_mask(scene.valid, scene.labels, protocol)
-    views = scene_views(scene.cube, scene.valid, scene.labels, pre, cfg)
-    model = train_reference(views, pre.n_components, cfg).model.eval()
-    post, k = cfg.postprocess, scene.n_classes
-    lines = [LineArrays(scene.cube, scene.valid, train_mask)]
-    masks = sample_masks([train_mask], post.readout_sample, seed)
+    run = train_run(load_any_scene(spec), protocol, seed, overrides)
+    scene, model, pre = run.scene, run.model, run.pre
+    post, k = run.cfg.postprocess, scene.n_classes
+    lines = [LineArrays(scene.cube, scene.valid, run.train_mask)]
+    masks = sample_masks([run.train_mask], post.readout_sample, seed)
     scored = scene.labels > 0
     rows = []
     for sigma in sorted(post.select_sigmas):
@@ -90,9 +79,7 @@ def main(spec: str, protocol: str, seed: int, out: str, overrides: dict[str, Any
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scene", help="bundled scene name or cube store with ground truth")
-    parser.add_argument("protocol", choices=["labelled", "all"])
-    parser.add_argument("seed", type=int)
+    add_run_arguments(parser)
     parser.add_argument("out", help="JSON file to write")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     args = parser.parse_args()

@@ -19,21 +19,15 @@ SCENE is a bundled scene's name or a cube store with ground truth.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.neighbors import NearestNeighbors
 
-from sscc_core.accuracy.experiment import UNTRAINED_LR, load_scene, load_store_scene, scene_config
-from sscc_core.config import load_config, replace
 from sscc_core.labelling.inference import Labeller
 from sscc_core.model.readout import Readout, standardise
 from sscc_core.training.readout_fit import LineArrays, lines_vectors, sample_masks
-from sscc_core.training.reference import scene_views, train_reference
-from sscc_core.training.run import fit_scenes_preprocessor
 from sscc_core.training.selection import spectra_weights, standardiser
-from sscc_core.training.trainer import training_mask
+from trained_run import add_run_arguments, load_any_scene, train_run
 
 NEIGHBOURS = 10
 NEAR_PX = 2
@@ -49,22 +43,15 @@ def neighbour_shares(z: np.ndarray, yx: np.ndarray, classes: np.ndarray) -> tupl
 
 
 def main(spec: str, protocol: str, seed: int) -> None:
-    torch.set_num_threads(1)
-    scene = load_store_scene(spec) if Path(spec).exists() else load_scene(spec)
-    base = scene_config(load_config("configs/default.yaml"), scene, protocol, seed)
-    train_mask = training_mask(scene.valid, scene.labels, protocol)
-    mask = sample_masks([train_mask], base.postprocess.readout_sample, seed)[0]
-    yx, classes = np.argwhere(mask), np.asarray(scene.labels)[mask]
+    scene = load_any_scene(spec)
     for variant in ("trained", "untrained"):
-        cfg = base if variant == "trained" else replace(base, train=replace(base.train, epochs=1, lr=UNTRAINED_LR))
-        torch.manual_seed(seed)
-        pre = fit_scenes_preprocessor([(scene.cube, scene.valid)], cfg).preprocessor
-        views = scene_views(scene.cube, scene.valid, scene.labels, pre, cfg)
-        model = train_reference(views, pre.n_components, cfg).model.eval()
-        post, d = cfg.postprocess, model.feature_dim
+        run = train_run(scene, protocol, seed, untrained=variant == "untrained")
+        model, pre, post, d = run.model, run.pre, run.cfg.postprocess, run.model.feature_dim
+        mask = sample_masks([run.train_mask], post.readout_sample, seed)[0]
+        yx, classes = np.argwhere(mask), np.asarray(scene.labels)[mask]
         for sigma in (0.0, 2.0):
             labeller = Labeller(model, pre, readout=Readout("kmeans", sigma, post.readout_spectra))
-            vectors = lines_vectors(labeller, [LineArrays(scene.cube, scene.valid, train_mask)], [mask])
+            vectors = lines_vectors(labeller, [LineArrays(scene.cube, scene.valid, run.train_mask)], [mask])
             weights = spectra_weights(vectors, d, pre.comp_std, "balanced", post.readout_spectra, scene.n_classes)
             z = standardise(vectors, standardiser(vectors, weights)).numpy()
             for block, values in (("both", z), ("features", z[:, :d]), ("scores", z[:, d:])):
@@ -75,8 +62,6 @@ def main(spec: str, protocol: str, seed: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scene", help="bundled scene name or cube store with ground truth")
-    parser.add_argument("protocol", choices=["labelled", "all"])
-    parser.add_argument("seed", type=int)
+    add_run_arguments(parser)
     args = parser.parse_args()
     main(args.scene, args.protocol, args.seed)
