@@ -36,11 +36,8 @@ from sscc_core.metrics import evaluate
 from sscc_core.model.postprocess import mode_filter
 from sscc_core.model.readout import Readout
 from sscc_core.training.readout_fit import LineArrays, extension, lines_vectors, readout_of, sample_masks
-from sscc_core.training.selection import Candidate, Selection, fit_candidate, stability
+from sscc_core.training.selection import TIE, Candidate, Selection, fit_candidate, stability
 from trained_run import add_run_arguments, load_any_scene, train_run
-
-TIE = 1e-3  # the rule's tie tolerance (sscc_core/training/selection.py)
-
 
 def main(spec: str, protocol: str, seed: int, out: str, overrides: dict[str, Any]) -> None:
     start = time.time()

@@ -23,20 +23,15 @@ the variance share of its top direction.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from pipelines.options import parse_overrides
-from sscc_core.accuracy.experiment import UNTRAINED_LR, load_scene, load_store_scene, scene_config
-from sscc_core.config import load_config, replace
 from sscc_core.labelling.inference import Labeller
 from sscc_core.model.readout import Readout
 from sscc_core.training.readout_fit import sample_mask, sample_vectors
-from sscc_core.training.reference import scene_views, train_reference
-from sscc_core.training.run import fit_scenes_preprocessor
-from sscc_core.training.trainer import training_mask
+from trained_run import load_any_scene, train_run
 
 
 def spread(block: torch.Tensor) -> tuple[float, float]:
@@ -47,20 +42,13 @@ def spread(block: torch.Tensor) -> tuple[float, float]:
 
 
 def main(scenes: list[str], overrides: dict[str, Any], trained_only: bool = False) -> None:
-    torch.set_num_threads(1)
-    base = load_config("configs/default.yaml", overrides)
     for name in scenes:
-        scene = load_store_scene(name) if Path(name).exists() else load_scene(name)
+        scene = load_any_scene(name)
         for variant in ("trained",) if trained_only else ("trained", "untrained"):
-            cfg = scene_config(base, scene, "all", 0)
-            if variant == "untrained":
-                cfg = replace(cfg, train=replace(cfg.train, epochs=1, lr=UNTRAINED_LR))
-            torch.manual_seed(0)
-            pre = fit_scenes_preprocessor([(scene.cube, scene.valid)], cfg).preprocessor
-            views = scene_views(scene.cube, scene.valid, scene.labels, pre, cfg)
-            model = train_reference(views, pre.n_components, cfg).model.eval()
-            labeller = Labeller(model, pre, readout=Readout("kmeans", 0.0, cfg.postprocess.readout_spectra))
-            mask = sample_mask(training_mask(scene.valid, scene.labels, "all"), cfg.postprocess.readout_sample, 0)
+            run = train_run(scene, "all", 0, overrides, untrained=variant == "untrained")
+            model = run.model
+            labeller = Labeller(model, run.pre, readout=Readout("kmeans", 0.0, run.cfg.postprocess.readout_spectra))
+            mask = sample_mask(run.train_mask, run.cfg.postprocess.readout_sample, 0)
             vectors = sample_vectors(labeller, scene.cube, scene.valid, mask).double()
             d, kept = model.feature_dim, min(scene.n_classes - 1, vectors.shape[1] - model.feature_dim)
             for block, values in (("features", vectors[:, :d]), ("scores", vectors[:, d:d + kept])):
