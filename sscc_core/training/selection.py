@@ -269,14 +269,22 @@ class Selection:
 
 def stability(z: np.ndarray, labels: np.ndarray, kind: Kind, n_clusters: int, neighbors: int,
               resamples: int, seed: int, extend: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> float:
+    """:func:`resampled_agreement` of a candidate's clustering (:func:`cluster` of ``kind``)."""
+    return resampled_agreement(z, labels, lambda half, s: cluster(half, kind, n_clusters, neighbors, s)[0],
+                               resamples, seed, extend)
+
+
+def resampled_agreement(z: np.ndarray, labels: np.ndarray, fit: Callable[[np.ndarray, int], np.ndarray],
+                        resamples: int, seed: int,
+                        extend: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> float:
     """Mean pairwise adjusted Rand index of ``labels`` (the clustering of all M vectors) and of
-    the clusterings of ``resamples`` seeded random halves, each extended to the M vectors by
-    ``extend(z_half, labels_half) -> (M,) labels``."""
+    the clusterings ``fit(z_half, seed) -> labels`` of ``resamples`` seeded random halves, each
+    extended to the M vectors by ``extend(z_half, labels_half) -> (M,) labels``."""
     rng = np.random.default_rng(seed + 7919)
     runs = [labels]
     for r in range(resamples):
         half = np.sort(rng.choice(len(z), len(z) // 2, replace=False))
-        sub = cluster(z[half], kind, n_clusters, neighbors, seed + 1 + r)[0]
+        sub = fit(z[half], seed + 1 + r)
         runs.append(extend(z[half], sub) if len(np.unique(sub)) > 1 else np.zeros(len(z), np.int64))
     pairs = [adjusted_rand_score(runs[i], runs[j]) for i in range(len(runs)) for j in range(i + 1, len(runs))]
     return float(np.mean(pairs))
