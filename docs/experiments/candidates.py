@@ -39,6 +39,16 @@ from sscc_core.training.readout_fit import LineArrays, extension, lines_vectors,
 from sscc_core.training.selection import TIE, Candidate, Selection, fit_candidate, stability
 from trained_run import add_run_arguments, load_any_scene, train_run
 
+def most_stable(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The shipped rule's choice among candidate rows given in the grid's order (sigma, then
+    kind): the most stable, ties within ``TIE`` to the earlier row."""
+    chosen = rows[0]
+    for row in rows[1:]:
+        if row["stability"] > chosen["stability"] + TIE:
+            chosen = row
+    return chosen
+
+
 def main(spec: str, protocol: str, seed: int, out: str, overrides: dict[str, Any]) -> None:
     start = time.time()
     run = train_run(load_any_scene(spec), protocol, seed, overrides)
@@ -63,10 +73,7 @@ def main(spec: str, protocol: str, seed: int, out: str, overrides: dict[str, Any
             acc = evaluate(scene.labels[scored], label_map[scored])["acc"]
             rows.append({"sigma": float(sigma), "kind": kind, "acc": float(acc), "stability": stable,
                          "clusters": int(len(np.unique(labels)))})
-    chosen = rows[0]
-    for row in rows[1:]:  # the grid's order: sigma, then kind
-        if row["stability"] > chosen["stability"] + TIE:
-            chosen = row
+    chosen = most_stable(rows)
     Path(out).write_text(json.dumps({"spec": spec, "protocol": protocol, "seed": seed, "k": k,
                                      "overrides": overrides, "seconds": time.time() - start,
                                      "rows": rows, "chosen": chosen}, indent=1))

@@ -44,27 +44,20 @@ from pathlib import Path
 
 import numpy as np
 from scipy import sparse
-from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import SpectralClustering
 from sklearn.neighbors import kneighbors_graph
 
+from candidates import most_stable
 from sscc_core.labelling.inference import Labeller
+from sscc_core.metrics import accuracy
 from sscc_core.model.readout import Readout
 from sscc_core.training.readout_fit import LineArrays, extension, lines_vectors, sample_masks
-from sscc_core.training.selection import (TIE, Candidate, cluster, fit_candidate, resampled_agreement,
+from sscc_core.training.selection import (Candidate, cluster, fit_candidate, resampled_agreement,
                                           spectral_clusters)
 from trained_run import add_run_arguments, load_any_scene, train_run
 
 SCALE_NEIGHBOUR = 7
-KINDS = ("kmeans", "spectral", "merged")
-
-
-def sample_acc(classes: np.ndarray, labels: np.ndarray) -> float:
-    """ACC of (N,) cluster ids against (N,) classes > 0 after Hungarian matching."""
-    table = np.zeros((classes.max() + 1, labels.max() + 1))
-    np.add.at(table, (classes, labels), 1)
-    rows, cols = linear_sum_assignment(-table)
-    return float(table[rows, cols].sum() / len(classes))
+KINDS = ("kmeans", "spectral", "merged")  # the grid's order of kinds within a sigma, as ``run`` writes them
 
 
 def selftuned(z: np.ndarray, k: int, neighbors: int, seed: int) -> np.ndarray:
@@ -140,25 +133,15 @@ def run(spec: str, protocol: str, seed: int, out: str) -> None:
             labels = fit(z, seed)
             value = resampled_agreement(z, labels, fit, post.select_resamples, seed,
                                         lambda zf, lf: extension(zf, lf, k, seed)(z))
-            rows.append({"sigma": float(sigma), "kind": kind, "acc": sample_acc(classes[scored], labels[scored]),
+            rows.append({"sigma": float(sigma), "kind": kind, "acc": accuracy(classes[scored], labels[scored]),
                          "stability": value, "wilks": wilks(axes, labels),
                          "likelihood": class_likelihood(axes, labels)})
         rows.append({"sigma": float(sigma), "kind": "selftuned",
-                     "acc": sample_acc(classes[scored], selftuned(z, k, post.spectral_neighbors, seed)[scored])})
+                     "acc": accuracy(classes[scored], selftuned(z, k, post.spectral_neighbors, seed)[scored])})
         print(spec, protocol, seed, sigma, {r["kind"]: round(r["acc"], 3) for r in rows if r["sigma"] == sigma},
               flush=True)
     Path(out).write_text(json.dumps({"spec": spec, "protocol": protocol, "seed": seed, "k": k, "rows": rows},
                                     indent=1))
-
-
-def most_stable(rows: list[dict]) -> dict:
-    """The shipped rule over ``rows`` in the grid's order (sigma, then kind)."""
-    rows = sorted(rows, key=lambda r: (r["sigma"], KINDS.index(r["kind"])))
-    chosen = rows[0]
-    for row in rows[1:]:
-        if row["stability"] > chosen["stability"] + TIE:
-            chosen = row
-    return chosen
 
 
 def summary(paths: list[str]) -> None:
