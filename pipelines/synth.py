@@ -7,6 +7,8 @@ Usage::
     sscc synth --out runs/small.zarr --height 512 --width 512 --snr inf --overwrite
     sscc synth --out runs/fields.zarr --source indian_pines --layout salinas_gt.mat \
         --layout-origin 128 0 --height 128 --width 128 --texture-length 6
+    sscc synth --out runs/mixtures.zarr --source samson --dtype float32 --height 128 \
+        --width 128 --abundance-length 16
 
 The store is created once on the driver (metadata and coordinates only), then Ray tasks each
 generate and write groups of whole chunk- (shard-) aligned windows (see
@@ -63,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--texture-length", type=float, default=0.0,
                    help="correlation length of the within-field texture, pixels (default 0: "
                         "every pixel an independent draw from its class's real pixels)")
+    p.add_argument("--abundance-length", type=float, default=0.0,
+                   help="correlation length of smooth abundance maps, pixels: every pixel a "
+                        "linear mixture of all classes' real pixels, labelled by the most "
+                        "abundant class, instead of fields (default 0: fields)")
+    p.add_argument("--abundance-sharpness", type=float, default=4.0,
+                   help="inverse temperature of the softmax from smooth fields to abundances "
+                        "(default 4; larger: purer pixels)")
     p.add_argument("--layout", default=None,
                    help="class map (GeoTIFF/ENVI/.mat ground truth) whose crop is the field map "
                         "instead of Voronoi fields (its unlabelled pixels: --layout-unlabelled)")
@@ -119,7 +128,8 @@ def spec_from_args(
         line_width=args.line_width, max_gap=args.max_gap, drop_line_p=args.drop_line_p,
         nan_fraction=args.nan_fraction, texture_length=args.texture_length,
         layout=args.layout, layout_var=args.layout_var, layout_origin=tuple(args.layout_origin),
-        layout_unlabelled=args.layout_unlabelled,
+        layout_unlabelled=args.layout_unlabelled, abundance_length=args.abundance_length,
+        abundance_sharpness=args.abundance_sharpness,
     )
 
 

@@ -22,6 +22,17 @@ labelled pixels**, so within-class variability is real, not modelled:
   A pixel within ``mix_width`` of a pixel of another class mixes with that class, its distance to
   the edge taken as the Euclidean distance to that pixel's centre less half a pixel
   (:func:`layout_fields`). ``field_size`` is not used.
+- **Smooth abundances instead of fields** (``abundance_length`` L > 0): every pixel is a
+  linear mixture of all C classes, ``sum_c a_c(y, x) * p_c`` with ``p_c`` one real pixel of class
+  c's pool (each class drawn independently, or at the texture's shared quantile when
+  ``texture_length`` > 0) and abundances ``a(y, x) = softmax(abundance_sharpness * g(y, x))`` over
+  the classes, where ``g_c`` are independent smooth N(0, 1) fields correlated over about L pixels
+  (:func:`abundances`). As in the unmixing benchmarks (Samson, Jasper Ridge), whose ground truth is
+  the most abundant endmember, a scene has no sharp fields: a class's patches fade into their
+  neighbours through a continuum of mixed pixels, a class recurs in many separate patches, and
+  ``labels`` is the most abundant class, ``abundance`` its fraction and ``mix_class`` the second
+  most abundant class (:func:`dominant`). ``field_size``, ``mix_width`` and ``layout`` are not
+  used (a ``layout`` is refused).
 - **Mixing at edges**: within ``mix_width`` pixels of the bisector between the two nearest
   points of different classes, a pixel is the linear mixture ``f * a + (1 - f) * b`` of one real
   pixel of each class, with ``f = 0.5 + 0.5 * d / mix_width`` the abundance of the nearer class
@@ -84,7 +95,7 @@ NODATA = -9999
 GB = 1e9  # --size-gb counts decimal gigabytes of reflectance
 
 # Independent random streams (first entropy word after the seed).
-_CELL, _GAP, _DROP, _PIXELS, _TEXTURE, _LAYOUT = 1, 2, 3, 4, 5, 6
+_CELL, _GAP, _DROP, _PIXELS, _TEXTURE, _LAYOUT, _ABUNDANCE = 1, 2, 3, 4, 5, 6, 7
 _DTYPES = {"int16": np.int16, "float32": np.float32}
 
 
@@ -246,6 +257,11 @@ class SynthSpec:
         layout_origin: (row, column) of the crop's top-left pixel in the class map.
         layout_unlabelled: What the class map's unlabelled pixels hold: ``"nodata"`` or
             ``"background"`` (the source's real unlabelled pixels; module docstring).
+        abundance_length: Correlation length of smooth abundance maps, pixels; > 0 makes
+            every pixel a mixture of all classes instead of a field's (module docstring), 0 (the
+            default) keeps fields.
+        abundance_sharpness: Inverse temperature of the softmax that turns the smooth fields
+            into abundances (> 0; larger: purer pixels, sharper transitions).
     """
 
     height: int
@@ -265,6 +281,8 @@ class SynthSpec:
     layout_var: str | None = None
     layout_origin: tuple[int, int] = (0, 0)
     layout_unlabelled: Literal["nodata", "background"] = "nodata"
+    abundance_length: float = 0.0
+    abundance_sharpness: float = 4.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -285,12 +303,21 @@ class SynthSpec:
              "must be a (row, column) pair of pixels >= 0"),
             ("layout_unlabelled", self.layout_unlabelled in ("nodata", "background"),
              "must be 'nodata' or 'background'"),
+            ("abundance_length",
+             math.isfinite(self.abundance_length) and self.abundance_length >= 0,
+             "must be >= 0 pixels (0 for fields)"),
+            ("abundance_sharpness",
+             math.isfinite(self.abundance_sharpness) and self.abundance_sharpness > 0,
+             "must be a finite number > 0"),
         ]
         for name, ok, msg in checks:
             if not ok:
                 raise ValueError(f"synthetic {name}: {msg}, got {getattr(self, name)!r}")
         if self.nan_fraction > 0 and self.dtype != "float32":
             raise ValueError(f"synthetic nan_fraction: NaN needs dtype float32, got {self.dtype}")
+        if self.abundance_length > 0 and self.layout is not None:
+            raise ValueError(f"synthetic abundance_length: smooth abundances replace the fields, "
+                             f"so not with a layout ({self.layout})")
 
     @property
     def itemsize(self) -> int:
@@ -435,10 +462,13 @@ def field_layout(
         ``(near, far, frac)``: (h, w) int16 class of the nearest seed point (with a ``layout``:
         of the class map, 0 where it is unlabelled), int16 class of the nearest point of
         another field (0 where the pixel is pure), float32 abundance of ``near`` (1 for pure
-        pixels, in [0.5, 1) within ``mix_width`` of an edge).
+        pixels, in [0.5, 1) within ``mix_width`` of an edge). With ``abundance_length`` > 0:
+        :func:`dominant` of :func:`abundances`.
     """
     if spec.layout is not None:
         return _layout_window(spec, n_classes, y0, y1, x0, x1)
+    if spec.abundance_length > 0:
+        return dominant(abundances(spec, n_classes, y0, y1, x0, x1))
     s = spec.field_size
     ci0, ci1 = y0 // s - 2, (y1 - 1) // s + 3
     cj0, cj1 = x0 // s - 2, (x1 - 1) // s + 3
@@ -495,25 +525,20 @@ def nodata_mask(spec: SynthSpec, y0: int, y1: int, x0: int, x1: int) -> np.ndarr
     return mask
 
 
-def texture_field(spec: SynthSpec, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    """(h, w) float64 smooth random field of rows ``y0:y1``, columns ``x0:x1``, uniform on [0, 1]
-    at every pixel; identical whatever the window.
+def smooth_normal(words: tuple[int, ...], length: float, y0: int, y1: int, x0: int, x1: int
+                  ) -> np.ndarray:
+    """(h, w) float64 smooth random field of rows ``y0:y1``, columns ``x0:x1``, exactly N(0, 1)
+    at every pixel and correlated over about ``length`` pixels; identical whatever the window.
 
-    Independent standard normal values sit on a lattice of spacing ``spec.texture_length``
-    pixels, each drawn from its own generator (seed, lattice row, lattice column); a pixel
-    interpolates its four lattice neighbours with smoothstep weights, is divided by the standard
-    deviation of that weighted sum (so it is exactly N(0, 1)) and mapped through the normal CDF.
-
-    Raises:
-        ValueError: ``spec.texture_length`` is not positive.
+    Independent standard normal values sit on a lattice of spacing ``length`` pixels, each drawn
+    from its own generator (``words``, lattice row, lattice column); a pixel interpolates its
+    four lattice neighbours with smoothstep weights and is divided by the standard deviation of
+    that weighted sum.
     """
-    L = spec.texture_length
-    if not L > 0:
-        raise ValueError(f"texture_field: needs texture_length > 0, got {L}")
-    gy = (np.arange(y0, y1) + 0.5) / L
-    gx = (np.arange(x0, x1) + 0.5) / L
+    gy = (np.arange(y0, y1) + 0.5) / length
+    gx = (np.arange(x0, x1) + 0.5) / length
     iy, ix = np.floor(gy).astype(np.int64), np.floor(gx).astype(np.int64)
-    lattice = {(i, j): _rng(spec.seed, _TEXTURE, i, j).standard_normal()
+    lattice = {(i, j): _rng(*words, i, j).standard_normal()
                for i in range(iy.min(), iy.max() + 2) for j in range(ix.min(), ix.max() + 2)}
     grid = np.array([[lattice[(i, j)] for j in range(ix.min(), ix.max() + 2)]
                      for i in range(iy.min(), iy.max() + 2)])
@@ -524,7 +549,47 @@ def texture_field(spec: SynthSpec, y0: int, y1: int, x0: int, x1: int) -> np.nda
     value = sum(wy[a][:, None] * wx[b][None, :] * grid[ry[:, None] + a, rx[None, :] + b]
                 for a in (0, 1) for b in (0, 1))
     std = np.sqrt((wy ** 2).sum(0))[:, None] * np.sqrt((wx ** 2).sum(0))[None, :]
-    return scipy.special.ndtr(value / std)
+    return value / std
+
+
+def texture_field(spec: SynthSpec, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """(h, w) float64 smooth random field of rows ``y0:y1``, columns ``x0:x1``, uniform on [0, 1]
+    at every pixel; identical whatever the window: the normal CDF of :func:`smooth_normal` with
+    ``spec.texture_length``.
+
+    Raises:
+        ValueError: ``spec.texture_length`` is not positive.
+    """
+    L = spec.texture_length
+    if not L > 0:
+        raise ValueError(f"texture_field: needs texture_length > 0, got {L}")
+    return scipy.special.ndtr(smooth_normal((spec.seed, _TEXTURE), L, y0, y1, x0, x1))
+
+
+def abundances(spec: SynthSpec, n_classes: int, y0: int, y1: int, x0: int, x1: int
+               ) -> np.ndarray:
+    """(C, h, w) float64 abundances of the C classes at rows ``y0:y1``, columns ``x0:x1``:
+    ``softmax(abundance_sharpness * g)`` over the classes of independent
+    :func:`smooth_normal` fields ``g_c`` (one stream per class) with ``abundance_length``; each
+    pixel's abundances are positive and sum to 1. Identical whatever the window.
+
+    Raises:
+        ValueError: ``spec.abundance_length`` is not positive.
+    """
+    L = spec.abundance_length
+    if not L > 0:
+        raise ValueError(f"abundances: needs abundance_length > 0, got {L}")
+    g = np.stack([smooth_normal((spec.seed, _ABUNDANCE, c), L, y0, y1, x0, x1)
+                  for c in range(1, n_classes + 1)])
+    return scipy.special.softmax(spec.abundance_sharpness * g, axis=0)
+
+
+def dominant(abund: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ground truth of (C, h, w) abundances (C >= 2): (h, w) int16 most abundant class
+    (1..C), int16 second most abundant class, float32 abundance of the first."""
+    top2 = np.argsort(-abund, axis=0, kind="stable")[:2]
+    frac = np.take_along_axis(abund, top2[:1], axis=0)[0]
+    return (top2[0] + 1).astype(np.int16), (top2[1] + 1).astype(np.int16), frac.astype(np.float32)
 
 
 def _noise_sigma(spec: SynthSpec, library: ClassLibrary) -> float:
@@ -541,6 +606,8 @@ def _pixel_block(
         and nodata), (BLOCK, BLOCK) bool NaN pixels and the block's :func:`field_layout`.
     """
     y0, x0 = by * BLOCK, bx * BLOCK
+    if spec.abundance_length > 0:
+        return _mixture_block(spec, library, by, bx)
     near, far, frac = field_layout(spec, library.n_classes, y0, y0 + BLOCK, x0, x0 + BLOCK)
     rng = _rng(spec.seed, _PIXELS, by, bx)
     u_near, u_far, u_nan = rng.random((3, BLOCK, BLOCK))
@@ -563,6 +630,31 @@ def _pixel_block(
     if sigma > 0:
         values += sigma * rng.standard_normal(values.shape, dtype=np.float32)
     return values, u_nan < spec.nan_fraction, near, far, frac
+
+
+def _mixture_block(
+    spec: SynthSpec, library: ClassLibrary, by: int, bx: int
+) -> tuple[np.ndarray, ...]:
+    """:func:`_pixel_block` of a scene of smooth abundances (``abundance_length`` > 0): each
+    pixel ``sum_c a_c * p_c`` with one real pixel ``p_c`` of every class (module docstring)."""
+    y0, x0 = by * BLOCK, bx * BLOCK
+    n = library.n_classes
+    abund = abundances(spec, n, y0, y0 + BLOCK, x0, x0 + BLOCK)
+    rng = _rng(spec.seed, _PIXELS, by, bx)
+    u = rng.random((n + 1, BLOCK, BLOCK))
+    pool_index = np.arange(len(library.pixels))
+    if spec.texture_length > 0:  # every class at the same quantile, as a mixed edge pixel
+        u[:n] = np.minimum(texture_field(spec, y0, y0 + BLOCK, x0, x0 + BLOCK), 1 - 1e-12)
+        pool_index = library.order
+    off, counts = library.offsets[:-1], np.diff(library.offsets)
+    values = np.zeros((BLOCK, BLOCK, library.n_bands), dtype=np.float32)
+    for c in range(n):
+        drawn = library.pixels[pool_index[off[c] + (u[c] * counts[c]).astype(np.int64)]]
+        values += abund[c].astype(np.float32)[..., None] * drawn
+    sigma = _noise_sigma(spec, library)
+    if sigma > 0:
+        values += sigma * rng.standard_normal(values.shape, dtype=np.float32)
+    return (values, u[n] < spec.nan_fraction, *dominant(abund))
 
 
 def synthetic_window(
@@ -655,6 +747,9 @@ def synthetic_template(spec: SynthSpec, library: ClassLibrary) -> xr.Dataset:
     }
     attrs: dict = {}
     name = f"synthetic-{spec.source}-seed{spec.seed}"
+    if spec.abundance_length > 0:
+        name = (f"synthetic-{spec.source}-abundance{spec.abundance_length:g}"
+                f"x{spec.abundance_sharpness:g}-seed{spec.seed}")
     if spec.layout is not None:
         classes = layout_fields(spec, library.n_classes)[3]
         attrs["layout_classes"] = {str(k): v for k, v in classes.items()}

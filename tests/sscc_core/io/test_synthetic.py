@@ -223,6 +223,64 @@ def test_textured_fields_vary_gradually_with_real_pixels_of_their_class(library)
     assert all(refl[i].tobytes() in pools[labels[i]] for i in np.flatnonzero(pure))
 
 
+def test_abundance_scene_mixes_every_class_by_smooth_abundances(library) -> None:
+    spec = small_spec(snr=math.inf, dtype="float32", abundance_length=12.0, texture_length=8.0)
+    whole = arrays(S.synthetic_window(spec, library, 0, spec.height, 0, spec.width))
+    crop = arrays(S.synthetic_window(spec, library, 37, 101, 13, 150))
+    assert_same(crop, {v: x[..., 37:101, 13:150] for v, x in whole.items()})
+    abund = S.abundances(spec, 6, 0, spec.height, 0, spec.width)
+    assert abund.shape == (6, 150, 200) and (abund > 0).all()
+    np.testing.assert_allclose(abund.sum(axis=0), 1.0)
+    # Reference: each pixel is sum_c a_c * (class c's pool pixel at the texture's quantile).
+    u = np.minimum(S.texture_field(spec, 0, spec.height, 0, spec.width), 1 - 1e-12)
+    expected = np.zeros((150, 200, 204))
+    for c in range(1, 7):
+        lo, n = library.offsets[c - 1], library.offsets[c] - library.offsets[c - 1]
+        expected += abund[c - 1][..., None] * library.pixels[library.order[lo + (u * n).astype(int)]]
+    valid = whole["valid"]
+    assert 0.8 < valid.mean() < 1  # the nodata stripes are still cut
+    np.testing.assert_allclose(whole["reflectance"].transpose(1, 2, 0)[valid], expected[valid],
+                               rtol=1e-5, atol=1e-2)
+    # Ground truth: the most abundant class, its fraction, the second most abundant class.
+    order = np.argsort(-abund, axis=0)
+    np.testing.assert_array_equal(whole["labels"][valid], order[0][valid] + 1)
+    np.testing.assert_array_equal(whole["mix_class"][valid], order[1][valid] + 1)
+    np.testing.assert_allclose(whole["abundance"][valid], abund.max(axis=0)[valid], rtol=1e-6)
+    assert set(np.unique(whole["labels"][valid])) == set(range(1, 7))
+    # Smooth over about 12 px: neighbours share their dominant class, far pixels do not.
+    a0 = abund[0]
+    lag = lambda d: np.corrcoef(a0[:, :-d].ravel(), a0[:, d:].ravel())[0, 1]
+    assert lag(1) > 0.9 and lag(48) < 0.3
+    # Sharper softmax, purer pixels; the dominant class's fraction is below 1 somewhere.
+    soft = S.abundances(replace(spec, abundance_sharpness=2.0), 6, 0, 150, 0, 200).max(axis=0)
+    assert np.median(soft) < np.median(abund.max(axis=0)) < 1
+    # Field scenes are untouched by the new parameters' defaults.
+    plain = small_spec()
+    assert plain.abundance_length == 0 and S.field_layout(plain, 6, 0, 8, 0, 8)[0].dtype == np.int16
+
+
+def test_abundance_scene_errors(tmp_path: Path, capsys) -> None:
+    with pytest.raises(ValueError, match=r"^synthetic abundance_length: must be >= 0 pixels \(0 "
+                       r"for fields\), got -1.0$"):
+        small_spec(abundance_length=-1.0)
+    with pytest.raises(ValueError, match=r"^synthetic abundance_sharpness: must be a finite "
+                       r"number > 0, got 0.0$"):
+        small_spec(abundance_length=8.0, abundance_sharpness=0.0)
+    with pytest.raises(ValueError, match=r"^synthetic abundance_length: smooth abundances replace "
+                       r"the fields, so not with a layout \(gt.mat\)$"):
+        small_spec(abundance_length=8.0, layout="gt.mat")
+    with pytest.raises(ValueError, match=r"^abundances: needs abundance_length > 0, got 0.0$"):
+        S.abundances(small_spec(), 6, 0, 4, 0, 4)
+    path = str(write_layout(tmp_path))
+    out = tmp_path / "m.zarr"
+    argv = ["--out", str(out), "--height", "30", "--width", "40", "--abundance-length", "8"]
+    assert synth.main([*argv, "--abundance-sharpness", "-1"]) == 2
+    assert "synthetic abundance_sharpness: must be a finite number > 0" in capsys.readouterr().err
+    assert synth.main([*argv, "--layout", path]) == 2
+    assert "smooth abundances replace the fields" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gt.mat"]
+
+
 def test_noisy_pure_pixels_stay_nearest_their_class(library) -> None:
     spec = small_spec(snr=100.0)
     win = arrays(S.synthetic_window(spec, library, 0, spec.height, 0, spec.width))
