@@ -605,9 +605,9 @@ def _pixel_block(
         ``(values, nan, near, far, frac)``: (BLOCK, BLOCK, B) float32 spectra (before rounding
         and nodata), (BLOCK, BLOCK) bool NaN pixels and the block's :func:`field_layout`.
     """
-    y0, x0 = by * BLOCK, bx * BLOCK
     if spec.abundance_length > 0:
         return _mixture_block(spec, library, by, bx)
+    y0, x0 = by * BLOCK, bx * BLOCK
     near, far, frac = field_layout(spec, library.n_classes, y0, y0 + BLOCK, x0, x0 + BLOCK)
     rng = _rng(spec.seed, _PIXELS, by, bx)
     u_near, u_far, u_nan = rng.random((3, BLOCK, BLOCK))
