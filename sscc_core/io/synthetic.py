@@ -592,8 +592,27 @@ def dominant(abund: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (top2[0] + 1).astype(np.int16), (top2[1] + 1).astype(np.int16), frac.astype(np.float32)
 
 
-def _noise_sigma(spec: SynthSpec, library: ClassLibrary) -> float:
-    return 0.0 if math.isinf(spec.snr) else float(np.sqrt((library.means ** 2).mean())) / spec.snr
+def _add_noise(values: np.ndarray, spec: SynthSpec, library: ClassLibrary,
+               rng: np.random.Generator) -> None:
+    """Add the spec's Gaussian noise (module docstring) to (..., B) float32 ``values`` in place."""
+    if not math.isinf(spec.snr):
+        sigma = float(np.sqrt((library.means ** 2).mean())) / spec.snr
+        values += sigma * rng.standard_normal(values.shape, dtype=np.float32)
+
+
+def _block_texture(spec: SynthSpec, by: int, bx: int) -> np.ndarray:
+    """(BLOCK, BLOCK) :func:`texture_field` of block (by, bx), kept below 1 to index a pool."""
+    y0, x0 = by * BLOCK, bx * BLOCK
+    return np.minimum(texture_field(spec, y0, y0 + BLOCK, x0, x0 + BLOCK), 1 - 1e-12)
+
+
+def _draw_pool(library: ClassLibrary, classes: np.ndarray | int, u: np.ndarray,
+               textured: bool) -> np.ndarray:
+    """(..., B) real pixels of the 0-based ``classes`` at quantiles ``u`` in [0, 1) of their
+    pools (the pools sorted by their first principal component when ``textured``)."""
+    pool_index = library.order if textured else np.arange(len(library.pixels))
+    off, counts = library.offsets[:-1], np.diff(library.offsets)
+    return library.pixels[pool_index[off[classes] + (u * counts[classes]).astype(np.int64)]]
 
 
 def _pixel_block(
@@ -611,24 +630,20 @@ def _pixel_block(
     near, far, frac = field_layout(spec, library.n_classes, y0, y0 + BLOCK, x0, x0 + BLOCK)
     rng = _rng(spec.seed, _PIXELS, by, bx)
     u_near, u_far, u_nan = rng.random((3, BLOCK, BLOCK))
-    pool_index = np.arange(len(library.pixels))
-    if spec.texture_length > 0:  # both classes of a mixed pixel at the same quantile
-        u_near = u_far = np.minimum(texture_field(spec, y0, y0 + BLOCK, x0, x0 + BLOCK), 1 - 1e-12)
-        pool_index = library.order
-    off, counts = library.offsets[:-1], np.diff(library.offsets)
-    drawn = np.maximum(near, 1) - 1  # an unlabelled layout pixel draws from class 1 here ...
-    values = library.pixels[pool_index[off[drawn] + (u_near * counts[drawn]).astype(np.int64)]]
+    textured = spec.texture_length > 0
+    if textured:  # both classes of a mixed pixel at the same quantile
+        u_near = u_far = _block_texture(spec, by, bx)
+    # An unlabelled layout pixel draws from class 1 here ...
+    values = _draw_pool(library, np.maximum(near, 1) - 1, u_near, textured)
     if spec.layout_unlabelled == "background" and (near == 0).any():  # ... or from the background
         back = near == 0
         values[back] = library.background[(u_near[back] * len(library.background)).astype(np.int64)]
     mixed = far > 0
     if mixed.any():
-        fm, idx = frac[mixed][:, None], (u_far[mixed] * counts[far[mixed] - 1]).astype(np.int64)
+        fm = frac[mixed][:, None]
         values[mixed] = (fm * values[mixed]
-                         + (1 - fm) * library.pixels[pool_index[off[far[mixed] - 1] + idx]])
-    sigma = _noise_sigma(spec, library)
-    if sigma > 0:
-        values += sigma * rng.standard_normal(values.shape, dtype=np.float32)
+                         + (1 - fm) * _draw_pool(library, far[mixed] - 1, u_far[mixed], textured))
+    _add_noise(values, spec, library, rng)
     return values, u_nan < spec.nan_fraction, near, far, frac
 
 
@@ -642,18 +657,13 @@ def _mixture_block(
     abund = abundances(spec, n, y0, y0 + BLOCK, x0, x0 + BLOCK)
     rng = _rng(spec.seed, _PIXELS, by, bx)
     u = rng.random((n + 1, BLOCK, BLOCK))
-    pool_index = np.arange(len(library.pixels))
-    if spec.texture_length > 0:  # every class at the same quantile, as a mixed edge pixel
-        u[:n] = np.minimum(texture_field(spec, y0, y0 + BLOCK, x0, x0 + BLOCK), 1 - 1e-12)
-        pool_index = library.order
-    off, counts = library.offsets[:-1], np.diff(library.offsets)
+    textured = spec.texture_length > 0
+    if textured:  # every class at the same quantile, as a mixed edge pixel
+        u[:n] = _block_texture(spec, by, bx)
     values = np.zeros((BLOCK, BLOCK, library.n_bands), dtype=np.float32)
     for c in range(n):
-        drawn = library.pixels[pool_index[off[c] + (u[c] * counts[c]).astype(np.int64)]]
-        values += abund[c].astype(np.float32)[..., None] * drawn
-    sigma = _noise_sigma(spec, library)
-    if sigma > 0:
-        values += sigma * rng.standard_normal(values.shape, dtype=np.float32)
+        values += abund[c].astype(np.float32)[..., None] * _draw_pool(library, c, u[c], textured)
+    _add_noise(values, spec, library, rng)
     return (values, u[n] < spec.nan_fraction, *dominant(abund))
 
 
