@@ -3,6 +3,7 @@ store layout, and the ``sscc synth`` CLI (Ray tasks) against the in-process writ
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -254,9 +255,16 @@ def test_abundance_scene_mixes_every_class_by_smooth_abundances(library) -> None
     # Sharper softmax, purer pixels; the dominant class's fraction is below 1 somewhere.
     soft = S.abundances(replace(spec, abundance_sharpness=2.0), 6, 0, 150, 0, 200).max(axis=0)
     assert np.median(soft) < np.median(abund.max(axis=0)) < 1
-    # Field scenes are untouched by the new parameters' defaults.
+    # Field scenes are untouched by the new parameters' defaults: byte for byte what the code
+    # before the abundance option (6ba34ce) wrote for a plain and a textured field scene.
     plain = small_spec()
     assert plain.abundance_length == 0 and S.field_layout(plain, 6, 0, 8, 0, 8)[0].dtype == np.int16
+    digest = hashlib.sha256()
+    for field_spec in (plain, small_spec(texture_length=8.0)):
+        window = arrays(S.synthetic_window(field_spec, library, 0, 150, 0, 200))
+        for v in VARS:
+            digest.update(np.ascontiguousarray(window[v]).tobytes())
+    assert digest.hexdigest()[:16] == "d6fcfeb568686d9a"
 
 
 def test_abundance_scene_errors(tmp_path: Path, capsys) -> None:
