@@ -1,0 +1,158 @@
+"""Does a readout candidate's partition hold in both blocks of its vectors? One run.
+
+Label-scored development script (docs/RESULTS.md, *The two blocks of the readout vector*,
+2026-12-03); never a rule by itself. The shipped ``balanced`` readout vector of a pixel is two
+blocks: the D backbone features (each weighted ``1/sqrt(D)``) and the first m = min(K - 1, C)
+PCA scores (each ``1/sqrt(m)``), so each block has total variance 1 over the sample.
+
+For one scene, protocol and seed the network of ``configs/default.yaml`` is trained as ``sscc
+reproduce`` trains it; at each sigma of ``select_sigmas`` the readout sample's vectors are
+standardised and weighted as the shipped scale does (:func:`fit_candidate`), and for each kind
+(k-means, spectral) four partitions are fitted, of:
+
+* ``joint``: the shipped vectors (the shipped candidate);
+* ``features``: the features block alone;
+* ``scores``: the scores block alone;
+* ``local``: the two blocks each divided by its own median distance from a vector to its
+  ``spectral_neighbors``-th nearest (itself counted, as the graph counts it), so both blocks
+  weigh the same in nearest-neighbour distances, not only in total variance (the ``local``
+  scale of ``local_scale.patch``, which puts it in the package's selection).
+
+Each row holds the four partitions' sample ACC (the sample's labelled pixels, Hungarian-matched;
+no extension to the scene, no mode filter), the stability (the shipped criterion) of the
+``joint`` and the ``local`` candidate, and the adjusted Rand index of each pair of ``joint``,
+``features`` and ``scores``; ``agreement`` is the mean of the joint partition's ARI with the
+features' and with the scores' partition.
+
+Usage (from the repository root)::
+
+    OMP_NUM_THREADS=1 .venv/bin/python docs/experiments/cross_view.py SCENE PROTOCOL SEED OUT.json
+    .venv/bin/python docs/experiments/cross_view.py --summary OUT1.json OUT2.json ...
+
+The summary prints each rule's sample ACC per run and its mean over the given runs (the shipped
+rule: the most stable joint candidate; the kind at each sigma by higher agreement, then the
+sigma by stability; the highest agreement; the best joint candidate by labels, a bound; the most
+stable of joint k-means and local spectral; the most stable local candidate), then every fixed
+candidate's mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from sklearn.metrics import adjusted_rand_score
+from sklearn.neighbors import NearestNeighbors
+
+from candidates import most_stable
+from sscc_core.labelling.inference import Labeller
+from sscc_core.metrics import accuracy
+from sscc_core.model.readout import Readout
+from sscc_core.training.readout_fit import LineArrays, extension, lines_vectors, sample_masks
+from sscc_core.training.selection import Candidate, cluster, fit_candidate, stability
+from trained_run import add_run_arguments, load_any_scene, train_run
+
+KINDS = ("kmeans", "spectral")
+
+
+def neighbour_distance(z: np.ndarray, neighbors: int) -> float:
+    """Median over the (M, V) vectors of the distance to their ``neighbors``-th nearest (itself
+    counted, as the graph counts it): the block's local scale."""
+    dist = NearestNeighbors(n_neighbors=neighbors).fit(z).kneighbors(z)[0]
+    return float(np.median(dist[:, -1]))
+
+
+def run(spec: str, protocol: str, seed: int, out: str) -> None:
+    trained = train_run(load_any_scene(spec), protocol, seed)
+    scene, post, k = trained.scene, trained.cfg.postprocess, trained.scene.n_classes
+    d = trained.model.feature_dim
+    masks = sample_masks([trained.train_mask], post.readout_sample, seed)
+    classes = scene.labels[masks[0]]
+    scored = classes > 0
+    rows = []
+    for sigma in sorted(post.select_sigmas):
+        labeller = Labeller(trained.model, trained.pre, readout=Readout("kmeans", sigma, post.readout_spectra))
+        vectors = lines_vectors(labeller, [LineArrays(scene.cube, scene.valid, trained.train_mask)], masks)
+        z = fit_candidate(vectors, Candidate("kmeans", float(sigma), "balanced"), d, trained.pre.comp_std,
+                          k, post, seed)[2]
+        m = min(k - 1, z.shape[1] - d)
+        blocks = {"joint": z, "features": z[:, :d], "scores": z[:, d:d + m]}
+        blocks["local"] = np.hstack([block / neighbour_distance(block, post.spectral_neighbors)
+                                     for block in (blocks["features"], blocks["scores"])])
+        for kind in KINDS:
+            parts = {name: cluster(block, kind, k, post.spectral_neighbors, seed)[0] for name, block in blocks.items()}
+            row: dict[str, Any] = {"sigma": float(sigma), "kind": kind, "scores_kept": m}
+            for name, labels in parts.items():
+                row[f"acc_{name}"] = accuracy(classes[scored], labels[scored])
+            row["acc"] = row["acc_joint"]
+            row["stability"] = stability(z, parts["joint"], kind, k, post.spectral_neighbors,
+                                         post.select_resamples, seed, lambda zf, lf: extension(zf, lf, k, seed)(z))
+            zl = blocks["local"]
+            row["stability_local"] = stability(zl, parts["local"], kind, k, post.spectral_neighbors,
+                                               post.select_resamples, seed,
+                                               lambda zf, lf: extension(zf, lf, k, seed)(zl))
+            row["ari_joint_features"] = adjusted_rand_score(parts["joint"], parts["features"])
+            row["ari_joint_scores"] = adjusted_rand_score(parts["joint"], parts["scores"])
+            row["ari_features_scores"] = adjusted_rand_score(parts["features"], parts["scores"])
+            row["agreement"] = (row["ari_joint_features"] + row["ari_joint_scores"]) / 2
+            rows.append(row)
+            print(spec, protocol, seed, sigma, kind, {key: round(v, 3) for key, v in row.items()
+                                                      if isinstance(v, float) and key != "sigma"}, flush=True)
+    Path(out).write_text(json.dumps({"spec": spec, "protocol": protocol, "seed": seed, "k": k, "rows": rows},
+                                    indent=1))
+
+
+def kind_by(signal: str) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """Rule: at each sigma the kind of higher ``signal`` (ties to k-means), then the most stable sigma."""
+    def rule(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        per_sigma = []
+        for sigma in sorted({r["sigma"] for r in rows}):
+            pair = [r for r in rows if r["sigma"] == sigma]
+            per_sigma.append(max(pair, key=lambda r: (r[signal], -KINDS.index(r["kind"]))))
+        return most_stable(per_sigma)
+    return rule
+
+
+def summary(paths: list[str]) -> None:
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    rules: dict[str, Callable[[list[dict[str, Any]]], dict[str, Any]]] = {
+        "shipped: most stable joint candidate": most_stable,
+        "kind by higher agreement at each sigma, sigma by stability": kind_by("agreement"),
+        "highest agreement": lambda rs: max(rs, key=lambda r: r["agreement"]),
+        "best joint candidate by labels (bound)": lambda rs: max(rs, key=lambda r: r["acc"]),
+        "most stable of joint k-means and local spectral": lambda rs: most_stable(
+            [{**r, "acc": r["acc_local"], "stability": r["stability_local"]} if r["kind"] == "spectral" else r
+             for r in rs]),
+        "most stable local candidate": lambda rs: most_stable(
+            [{**r, "acc": r["acc_local"], "stability": r["stability_local"]} for r in rs]),
+    }
+    width = max(len(Path(p).stem) for p in paths)
+    print(" " * width, "  ".join(f"R{i}" for i in range(len(rules))))
+    for path, data in zip(paths, runs):
+        print(Path(path).stem.ljust(width), "  ".join(f"{rule(data['rows'])['acc']:.3f}" for rule in rules.values()))
+    for i, (name, rule) in enumerate(rules.items()):
+        print(f"R{i} {np.mean([rule(d['rows'])['acc'] for d in runs]):.3f}  {name}")
+    for view in ("joint", "features", "scores", "local"):
+        for kind in KINDS:
+            for sigma in sorted({r["sigma"] for r in runs[0]["rows"]}):
+                mean = np.mean([r[f"acc_{view}"] for d in runs for r in d["rows"]
+                                if r["kind"] == kind and r["sigma"] == sigma])
+                if not math.isnan(mean):
+                    print(f"{mean:.3f}  {view} {kind} at sigma {sigma:g}, fixed")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--summary", nargs="+", metavar="OUT.json", help="summarise these runs' files instead")
+    known, rest = parser.parse_known_args()
+    if known.summary:
+        summary(known.summary)
+    else:
+        add_run_arguments(parser)
+        parser.add_argument("out", help="JSON file to write")
+        args = parser.parse_args()
+        run(args.scene, args.protocol, args.seed, args.out)
