@@ -15,14 +15,18 @@ Usage (from the repository root)::
         [--set SECTION.FIELD=VALUE ...]
 
 SCENE is a bundled scene's name or a cube store with ground truth (``sscc synth``). OUT.json
-holds one row per candidate (``sigma``, ``kind``, ``acc``, ``stability``, ``clusters``) and the
-rule's ``chosen`` row; the tables' means are means of ``chosen["acc"]`` (and of the best row's
-``acc``, the bound) over the runs' files.
+holds one row per candidate (``sigma``, ``kind``, ``scale``, ``acc``, ``stability``,
+``clusters``) and the rule's ``chosen`` row; the tables' means are means of ``chosen["acc"]``
+(and of the best row's ``acc``, the bound) over the runs' files. With several scales (``--set
+'postprocess.select_scales=[balanced, scores]'``) every candidate is fitted at each, in the
+grid's order, and ``chosen_by_scale`` holds the rule's choice within each scale alone, so two
+grids are read out from one trained network.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -61,8 +65,8 @@ def main(spec: str, protocol: str, seed: int, out: str, overrides: dict[str, Any
     for sigma in sorted(post.select_sigmas):
         labeller = Labeller(model, pre, readout=Readout("kmeans", sigma, post.readout_spectra))
         vectors = lines_vectors(labeller, lines, masks)
-        for kind in post.select_kinds:
-            cand = Candidate(kind, float(sigma), post.select_scales[0])
+        for kind, scale in itertools.product(post.select_kinds, post.select_scales):
+            cand = Candidate(kind, float(sigma), scale)
             labels, _, z, state = fit_candidate(vectors, cand, model.feature_dim, pre.comp_std, k, post, seed)
             stable = stability(z, labels, kind, k, post.spectral_neighbors, post.select_resamples, seed,
                                lambda zf, lf: extension(zf, lf, k, seed)(z))
@@ -71,12 +75,13 @@ def main(spec: str, protocol: str, seed: int, out: str, overrides: dict[str, Any
             label_map, _ = label_scene(Labeller(model, pre, readout=readout), scene.cube, scene.valid)
             label_map = mode_filter(label_map, post.mode_window, post.mode_iterations)
             acc = evaluate(scene.labels[scored], label_map[scored])["acc"]
-            rows.append({"sigma": float(sigma), "kind": kind, "acc": float(acc), "stability": stable,
-                         "clusters": int(len(np.unique(labels)))})
+            rows.append({"sigma": float(sigma), "kind": kind, "scale": scale, "acc": float(acc),
+                         "stability": stable, "clusters": int(len(np.unique(labels)))})
+    by_scale = {scale: most_stable([r for r in rows if r["scale"] == scale]) for scale in post.select_scales}
     chosen = most_stable(rows)
     Path(out).write_text(json.dumps({"spec": spec, "protocol": protocol, "seed": seed, "k": k,
                                      "overrides": overrides, "seconds": time.time() - start,
-                                     "rows": rows, "chosen": chosen}, indent=1))
+                                     "rows": rows, "chosen": chosen, "chosen_by_scale": by_scale}, indent=1))
     print(out, f"{time.time() - start:.0f}s", f"chosen {chosen['kind']} sigma {chosen['sigma']:g} "
           f"acc {chosen['acc']:.3f}; best {max(r['acc'] for r in rows):.3f}", flush=True)
 

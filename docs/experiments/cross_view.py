@@ -91,6 +91,10 @@ def run(spec: str, protocol: str, seed: int, out: str) -> None:
             row["acc"] = row["acc_joint"]
             row["stability"] = stability(z, parts["joint"], kind, k, post.spectral_neighbors,
                                          post.select_resamples, seed, lambda zf, lf: extension(zf, lf, k, seed)(z))
+            zs = blocks["scores"]
+            row["stability_scores"] = stability(zs, parts["scores"], kind, k, post.spectral_neighbors,
+                                                post.select_resamples, seed,
+                                                lambda zf, lf: extension(zf, lf, k, seed)(zs))
             zl = blocks["local"]
             row["stability_local"] = stability(zl, parts["local"], kind, k, post.spectral_neighbors,
                                                post.select_resamples, seed,
@@ -129,6 +133,9 @@ def summary(paths: list[str]) -> None:
              for r in rs]),
         "most stable local candidate": lambda rs: most_stable(
             [{**r, "acc": r["acc_local"], "stability": r["stability_local"]} for r in rs]),
+        "most stable of joint k-means and scores spectral": lambda rs: most_stable(
+            [{**r, "acc": r["acc_scores"], "stability": r["stability_scores"]} if r["kind"] == "spectral" else r
+             for r in rs]),
     }
     width = max(len(Path(p).stem) for p in paths)
     print(" " * width, "  ".join(f"R{i}" for i in range(len(rules))))
