@@ -188,8 +188,7 @@ class PostprocessConfig:
             ``"whitened"`` gives every standardised score the weight ``readout_spectra``;
             ``"unwhitened"`` keeps the components' relative spread, the first one weighing as
             much as all D standardised features together; ``"balanced"`` keeps the first K - 1
-            scores and weighs them, together, as much as the D features together; ``"scores"``
-            keeps the same scores and gives the features weight 0 (see
+            scores and weighs them, together, as much as the D features together (see
             :mod:`sscc_core.training.selection`).
         select_kinds: ``readout: auto`` chooses among these readouts ...
         select_sigmas: ... these smoothing scales (pixels) ...
@@ -217,7 +216,7 @@ class PostprocessConfig:
     mode_window: int = 1
     mode_iterations: int = 1
     bn_recalibrate: bool = False
-    spectra_scale: Literal["whitened", "unwhitened", "balanced", "scores"] = "whitened"
+    spectra_scale: Literal["whitened", "unwhitened", "balanced"] = "whitened"
     select_kinds: tuple[str, ...] = ("kmeans", "spectral")
     select_sigmas: tuple[float, ...] = (0.0, 1.0, 2.0)
     select_scales: tuple[str, ...] = ("whitened", "unwhitened")
@@ -393,8 +392,8 @@ def _validate(obj: Any, prefix: str) -> None:
             fail("select_kinds", f"must be a non-empty list of 'kmeans'/'spectral', got {list(obj.select_kinds)}")
         if not obj.select_sigmas or any(s < 0 for s in obj.select_sigmas):
             fail("select_sigmas", f"must be a non-empty list of sigmas >= 0, got {list(obj.select_sigmas)}")
-        if not obj.select_scales or not set(obj.select_scales) <= {"whitened", "unwhitened", "balanced", "scores"}:
-            fail("select_scales", "must be a non-empty list of 'whitened'/'unwhitened'/'balanced'/'scores', "
+        if not obj.select_scales or not set(obj.select_scales) <= {"whitened", "unwhitened", "balanced"}:
+            fail("select_scales", "must be a non-empty list of 'whitened'/'unwhitened'/'balanced', "
                                   f"got {list(obj.select_scales)}")
         if obj.select_resamples < 1:
             fail("select_resamples", f"must be >= 1, got {obj.select_resamples}")

@@ -57,11 +57,6 @@ dimensions is standardised over the sample:
   leading K - 1 components hold the spectrum's cluster structure and the rest add noise; and
   with equal block weights neither the D network features nor the spectrum outvote the other
   by their number of dimensions.
-* ``"scores"``: the kept scores of ``"balanced"`` alone; the features get weight 0. A candidate
-  that reads the spectrum without the network: on the real scenes the balanced graph's
-  neighbourhoods are the trained features' (docs/RESULTS.md, *The two blocks of the readout
-  vector*), and this lets the stability rule fall back on the spectrum's own when those are
-  less stable.
 """
 
 from __future__ import annotations
@@ -86,7 +81,7 @@ from sscc_core.config import PostprocessConfig
 from sscc_core.model.readout import standardise
 
 Kind = Literal["kmeans", "spectral"]
-Scale = Literal["whitened", "unwhitened", "balanced", "scores"]
+Scale = Literal["whitened", "unwhitened", "balanced"]
 TIE = 1e-3  # stabilities closer than this count as equal
 NCUT_FLOOR = 1e-12  # added to both normalised cuts of the gain ratio (a partition may cut no edge)
 
@@ -130,18 +125,17 @@ def spectra_weights(vectors: Tensor, feature_dim: int, comp_std: np.ndarray | No
         feature_dim: D.
         comp_std: (C,) the pre-processing's component standard deviations (``Preprocessor.
             comp_std``); needed for ``"unwhitened"``.
-        scale: ``"whitened"``, ``"unwhitened"``, ``"balanced"`` or ``"scores"``.
+        scale: ``"whitened"`` or ``"unwhitened"``.
         weight: ``readout_spectra``; 0 means no scores are appended (returns ``None``).
-            ``"balanced"`` and ``"scores"`` fix the scores' weight themselves (``weight`` only
-            switches them on).
-        n_clusters: K (``"balanced"`` and ``"scores"`` keep K - 1 scores).
+            ``"balanced"`` fixes the scores' weight itself (``weight`` only switches them on).
+        n_clusters: K (``"balanced"`` keeps K - 1 scores).
     """
     if weight <= 0 or vectors.shape[1] == feature_dim:
         return None
     weights = torch.ones(vectors.shape[1], dtype=torch.float64)
-    if scale in ("balanced", "scores"):
+    if scale == "balanced":
         kept = min(n_clusters - 1, vectors.shape[1] - feature_dim)
-        weights[:feature_dim] = 1 / math.sqrt(max(feature_dim, 1)) if scale == "balanced" else 0.0
+        weights[:feature_dim] = 1 / math.sqrt(max(feature_dim, 1))
         weights[feature_dim:] = 0.0
         weights[feature_dim:feature_dim + kept] = 1 / math.sqrt(kept)
         return weights.float()

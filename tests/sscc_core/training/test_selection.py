@@ -92,28 +92,6 @@ def test_balanced_weights_keep_k_minus_1_scores_and_give_both_blocks_unit_varian
     assert total[d:].sum().item() == pytest.approx(1.0, rel=1e-5)  # kept scores block
 
 
-@pytest.mark.parametrize(("k", "kept"), [(3, 2), (16, 3)])
-def test_scores_weights_drop_the_features_and_keep_the_balanced_scores(k: int, kept: int) -> None:
-    """``"scores"``: weight 0 on the features, the balanced weights on the kept scores; the
-    k-means and spectral partitions of the weighted vectors equal those of the scores block
-    alone (zero columns change no distance)."""
-    rng = np.random.default_rng(3)
-    d, c = 5, 3
-    vectors = torch.from_numpy(np.c_[rng.normal(scale=3.0, size=(300, d)),
-                                     np.repeat(rng.normal(scale=4.0, size=(3, c)), 100, 0)
-                                     + rng.normal(size=(300, c))]).float()
-    weights = spectra_weights(vectors, d, None, "scores", 2.0, k)
-    balanced = spectra_weights(vectors, d, None, "balanced", 2.0, k)
-    assert (weights[:d] == 0).all()
-    np.testing.assert_array_equal(weights[d:].numpy(), balanced[d:].numpy())
-    z = standardise(vectors, standardiser(vectors, weights)).numpy()
-    for kind in ("kmeans", "spectral"):
-        np.testing.assert_array_equal(cluster(z, kind, 3, 8, 0)[0], cluster(z[:, d:d + kept], kind, 3, 8, 0)[0])
-    assert spectra_weights(vectors, d, None, "scores", 0.0, k) is None
-    assert load_config(None, {"postprocess.select_scales": ["balanced", "scores"]}).postprocess.select_scales == (
-        "balanced", "scores")
-
-
 def _extend(z_fit: np.ndarray, labels: np.ndarray, k: int):
     return extension(z_fit, labels, k, 0)
 
