@@ -18,9 +18,10 @@ SCENE is a bundled scene's name or a cube store with ground truth (``sscc synth`
 holds one row per candidate (``sigma``, ``kind``, ``scale``, ``acc``, ``stability``,
 ``clusters``) and the rule's ``chosen`` row; the tables' means are means of ``chosen["acc"]``
 (and of the best row's ``acc``, the bound) over the runs' files. With several scales (``--set
-'postprocess.select_scales=[balanced, scores]'``) every candidate is fitted at each, in the
-grid's order, and ``chosen_by_scale`` holds the rule's choice within each scale alone, so two
-grids are read out from one trained network.
+'postprocess.select_scales=[balanced, whitened]'``; the tenth held-out test's ``[balanced,
+scores]`` after ``git apply docs/experiments/scores_scale.patch``) every candidate is fitted at
+each, in the grid's order, and ``chosen_by_scale`` holds the rule's choice within each scale
+alone, so two grids are read out from one trained network.
 """
 
 from __future__ import annotations
