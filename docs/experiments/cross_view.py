@@ -20,7 +20,7 @@ standardised and weighted as the shipped scale does (:func:`fit_candidate`), and
 
 Each row holds the four partitions' sample ACC (the sample's labelled pixels, Hungarian-matched;
 no extension to the scene, no mode filter), the stability (the shipped criterion) of the
-``joint`` and the ``local`` candidate, and the adjusted Rand index of each pair of ``joint``,
+``joint``, the ``scores`` and the ``local`` candidate, and the adjusted Rand index of each pair of ``joint``,
 ``features`` and ``scores``; ``agreement`` is the mean of the joint partition's ARI with the
 features' and with the scores' partition.
 
@@ -32,13 +32,13 @@ Usage (from the repository root)::
 The summary prints each rule's sample ACC per run and its mean over the given runs (the shipped
 rule: the most stable joint candidate; the kind at each sigma by higher agreement, then the
 sigma by stability; the highest agreement; the best joint candidate by labels, a bound; the most
-stable of joint k-means and local spectral; the most stable local candidate), then every fixed
-candidate's mean.
+stable of joint k-means and local spectral; the most stable local candidate; the most stable of
+joint k-means and scores spectral), then every fixed candidate's mean. A rule whose column a file
+lacks (written before it existed) prints ``nan``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -49,12 +49,10 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import NearestNeighbors
 
 from candidates import most_stable
-from sscc_core.labelling.inference import Labeller
 from sscc_core.metrics import accuracy
-from sscc_core.model.readout import Readout
-from sscc_core.training.readout_fit import LineArrays, extension, lines_vectors, sample_masks
-from sscc_core.training.selection import Candidate, cluster, fit_candidate, stability
-from trained_run import add_run_arguments, load_any_scene, train_run
+from sscc_core.training.readout_fit import extension
+from sscc_core.training.selection import cluster, stability
+from trained_run import load_any_scene, readout_samples, run_or_summarise, train_run
 
 KINDS = ("kmeans", "spectral")
 
@@ -68,17 +66,11 @@ def neighbour_distance(z: np.ndarray, neighbors: int) -> float:
 
 def run(spec: str, protocol: str, seed: int, out: str) -> None:
     trained = train_run(load_any_scene(spec), protocol, seed)
-    scene, post, k = trained.scene, trained.cfg.postprocess, trained.scene.n_classes
-    d = trained.model.feature_dim
-    masks = sample_masks([trained.train_mask], post.readout_sample, seed)
-    classes = scene.labels[masks[0]]
+    post, k, d = trained.cfg.postprocess, trained.scene.n_classes, trained.model.feature_dim
+    classes, samples = readout_samples(trained)  # the shipped scale, "balanced"
     scored = classes > 0
     rows = []
-    for sigma in sorted(post.select_sigmas):
-        labeller = Labeller(trained.model, trained.pre, readout=Readout("kmeans", sigma, post.readout_spectra))
-        vectors = lines_vectors(labeller, [LineArrays(scene.cube, scene.valid, trained.train_mask)], masks)
-        z = fit_candidate(vectors, Candidate("kmeans", float(sigma), "balanced"), d, trained.pre.comp_std,
-                          k, post, seed)[2]
+    for sigma, z in samples:
         m = min(k - 1, z.shape[1] - d)
         blocks = {"joint": z, "features": z[:, :d], "scores": z[:, d:d + m]}
         blocks["local"] = np.hstack([block / neighbour_distance(block, post.spectral_neighbors)
@@ -137,12 +129,18 @@ def summary(paths: list[str]) -> None:
             [{**r, "acc": r["acc_scores"], "stability": r["stability_scores"]} if r["kind"] == "spectral" else r
              for r in rs]),
     }
+    def acc(rule: Callable[[list[dict[str, Any]]], dict[str, Any]], rows: list[dict[str, Any]]) -> float:
+        try:
+            return rule(rows)["acc"]
+        except KeyError:  # a file written before the rule's column existed
+            return math.nan
+
     width = max(len(Path(p).stem) for p in paths)
     print(" " * width, "  ".join(f"R{i}" for i in range(len(rules))))
     for path, data in zip(paths, runs):
-        print(Path(path).stem.ljust(width), "  ".join(f"{rule(data['rows'])['acc']:.3f}" for rule in rules.values()))
+        print(Path(path).stem.ljust(width), "  ".join(f"{acc(rule, data['rows']):.3f}" for rule in rules.values()))
     for i, (name, rule) in enumerate(rules.items()):
-        print(f"R{i} {np.mean([rule(d['rows'])['acc'] for d in runs]):.3f}  {name}")
+        print(f"R{i} {np.mean([acc(rule, d['rows']) for d in runs]):.3f}  {name}")
     for view in ("joint", "features", "scores", "local"):
         for kind in KINDS:
             for sigma in sorted({r["sigma"] for r in runs[0]["rows"]}):
@@ -153,13 +151,4 @@ def summary(paths: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--summary", nargs="+", metavar="OUT.json", help="summarise these runs' files instead")
-    known, rest = parser.parse_known_args()
-    if known.summary:
-        summary(known.summary)
-    else:
-        add_run_arguments(parser)
-        parser.add_argument("out", help="JSON file to write")
-        args = parser.parse_args()
-        run(args.scene, args.protocol, args.seed, args.out)
+    run_or_summarise(__doc__.splitlines()[0], run, summary)

@@ -16,12 +16,10 @@ same rows as ``cross_view.py``'s and the two compare run by run.
 Usage (from the repository root)::
 
     OMP_NUM_THREADS=1 .venv/bin/python docs/experiments/neighbour_positives.py SCENE PROTOCOL SEED OUT.json
-    .venv/bin/python docs/experiments/cross_view.py --summary OUT1.json OUT2.json ...
+    .venv/bin/python docs/experiments/neighbour_positives.py --summary OUT1.json OUT2.json ...
 """
 
 from __future__ import annotations
-
-import argparse
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +29,7 @@ import cross_view
 import sscc_core.training.views as views
 from sscc_core.config import SSCCConfig
 from sscc_core.model.augment import augment
-from trained_run import add_run_arguments
+from trained_run import run_or_summarise
 
 NEIGHBOURS = 10
 POOLED_CELLS = 3
@@ -62,9 +60,5 @@ def neighbour_views(patches: torch.Tensor, cfg: SSCCConfig, gen: torch.Generator
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_run_arguments(parser)
-    parser.add_argument("out", help="JSON file to write")
-    args = parser.parse_args()
     views.shuffled_views = neighbour_views
-    cross_view.run(args.scene, args.protocol, args.seed, args.out)
+    run_or_summarise(__doc__.splitlines()[0], cross_view.run, cross_view.summary)

@@ -37,7 +37,6 @@ labels.
 
 from __future__ import annotations
 
-import argparse
 import json
 import warnings
 from pathlib import Path
@@ -48,13 +47,10 @@ from sklearn.cluster import SpectralClustering
 from sklearn.neighbors import kneighbors_graph
 
 from candidates import most_stable
-from sscc_core.labelling.inference import Labeller
 from sscc_core.metrics import accuracy
-from sscc_core.model.readout import Readout
-from sscc_core.training.readout_fit import LineArrays, extension, lines_vectors, sample_masks
-from sscc_core.training.selection import (Candidate, cluster, fit_candidate, resampled_agreement,
-                                          spectral_clusters)
-from trained_run import add_run_arguments, load_any_scene, train_run
+from sscc_core.training.readout_fit import extension
+from sscc_core.training.selection import cluster, resampled_agreement, spectral_clusters
+from trained_run import load_any_scene, readout_samples, run_or_summarise, train_run
 
 SCALE_NEIGHBOUR = 7
 KINDS = ("kmeans", "spectral", "merged")  # the grid's order of kinds within a sigma, as ``run`` writes them
@@ -115,16 +111,11 @@ def class_likelihood(x: np.ndarray, labels: np.ndarray) -> float:
 
 def run(spec: str, protocol: str, seed: int, out: str) -> None:
     trained = train_run(load_any_scene(spec), protocol, seed)
-    scene, post, k = trained.scene, trained.cfg.postprocess, trained.scene.n_classes
-    masks = sample_masks([trained.train_mask], post.readout_sample, seed)
-    classes = scene.labels[masks[0]]
+    post, k = trained.cfg.postprocess, trained.scene.n_classes
+    classes, samples = readout_samples(trained)
     scored = classes > 0
     rows = []
-    for sigma in sorted(post.select_sigmas):
-        labeller = Labeller(trained.model, trained.pre, readout=Readout("kmeans", sigma, post.readout_spectra))
-        vectors = lines_vectors(labeller, [LineArrays(scene.cube, scene.valid, trained.train_mask)], masks)
-        cand = Candidate("kmeans", float(sigma), post.select_scales[0])
-        z = fit_candidate(vectors, cand, trained.model.feature_dim, trained.pre.comp_std, k, post, seed)[2]
+    for sigma, z in samples:
         axes = principal(z, max(k - 1, 2))
         clusterers = {"kmeans": lambda zz, s: cluster(zz, "kmeans", k, post.spectral_neighbors, s)[0],
                       "spectral": lambda zz, s: cluster(zz, "spectral", k, post.spectral_neighbors, s)[0],
@@ -166,13 +157,4 @@ def summary(paths: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--summary", nargs="+", metavar="OUT.json", help="summarise these runs' files instead")
-    known, rest = parser.parse_known_args()
-    if known.summary:
-        summary(known.summary)
-    else:
-        add_run_arguments(parser)
-        parser.add_argument("out", help="JSON file to write")
-        args = parser.parse_args()
-        run(args.scene, args.protocol, args.seed, args.out)
+    run_or_summarise(__doc__.splitlines()[0], run, summary)

@@ -9,17 +9,21 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from sscc_core.accuracy.experiment import UNTRAINED_LR, Scene, load_scene, load_store_scene, scene_config
 from sscc_core.config import SSCCConfig, load_config, replace
+from sscc_core.labelling.inference import Labeller
 from sscc_core.model.network import SSCCNet
 from sscc_core.model.preprocess import Preprocessor
+from sscc_core.model.readout import Readout
 from sscc_core.training.reference import scene_views, train_reference
+from sscc_core.training.readout_fit import LineArrays, lines_vectors, sample_masks
 from sscc_core.training.run import fit_scenes_preprocessor
+from sscc_core.training.selection import Candidate, fit_candidate
 from sscc_core.training.trainer import training_mask
 
 
@@ -40,6 +44,44 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scene", help="bundled scene name or cube store with ground truth")
     parser.add_argument("protocol", choices=["labelled", "all"])
     parser.add_argument("seed", type=int)
+
+
+def readout_samples(trained: TrainedRun) -> tuple[np.ndarray, list[tuple[float, np.ndarray]]]:
+    """The run's readout sample (the shipped seeded sample of ``readout_sample`` training pixels)
+    at each sigma of ``select_sigmas``.
+
+    Returns:
+        ``(classes, [(sigma, z), ...])``: (M,) ground truth of the sample's pixels (0 =
+        unlabelled), and per sigma the (M, V) vectors standardised and weighted by the first
+        scale of ``select_scales``, as :func:`sscc_core.training.selection.fit_candidate` does.
+    """
+    scene, post, seed = trained.scene, trained.cfg.postprocess, trained.cfg.train.seed
+    masks = sample_masks([trained.train_mask], post.readout_sample, seed)
+    out = []
+    for sigma in sorted(post.select_sigmas):
+        labeller = Labeller(trained.model, trained.pre, readout=Readout("kmeans", sigma, post.readout_spectra))
+        vectors = lines_vectors(labeller, [LineArrays(scene.cube, scene.valid, trained.train_mask)], masks)
+        cand = Candidate("kmeans", float(sigma), post.select_scales[0])
+        out.append((float(sigma), fit_candidate(vectors, cand, trained.model.feature_dim, trained.pre.comp_std,
+                                                scene.n_classes, post, seed)[2]))
+    return scene.labels[masks[0]], out
+
+
+def run_or_summarise(description: str, run: Callable[[str, str, int, str], None],
+                     summary: Callable[[list[str]], None]) -> None:
+    """The command line of a per-run script: ``SCENE PROTOCOL SEED OUT.json`` calls ``run(scene,
+    protocol, seed, out)``; ``--summary OUT.json ...`` calls ``summary(paths)`` instead."""
+    parser = argparse.ArgumentParser(description=description,
+                                     usage="%(prog)s SCENE PROTOCOL SEED OUT.json | --summary OUT.json ...")
+    parser.add_argument("--summary", nargs="+", metavar="OUT.json", help="summarise these runs' files instead")
+    known, _ = parser.parse_known_args()
+    if known.summary:
+        summary(known.summary)
+        return
+    add_run_arguments(parser)
+    parser.add_argument("out", help="JSON file to write")
+    args = parser.parse_args()
+    run(args.scene, args.protocol, args.seed, args.out)
 
 
 def load_any_scene(spec: str) -> Scene:
