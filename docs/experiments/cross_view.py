@@ -8,7 +8,7 @@ PCA scores (each ``1/sqrt(m)``), so each block has total variance 1 over the sam
 For one scene, protocol and seed the network of ``configs/default.yaml`` is trained as ``sscc
 reproduce`` trains it; at each sigma of ``select_sigmas`` the readout sample's vectors are
 standardised and weighted as the shipped scale does (:func:`fit_candidate`), and for each kind
-(k-means, spectral) four partitions are fitted, of:
+(k-means, spectral) five partitions are fitted, of:
 
 * ``joint``: the shipped vectors (the shipped candidate);
 * ``features``: the features block alone;
@@ -16,12 +16,15 @@ standardised and weighted as the shipped scale does (:func:`fit_candidate`), and
 * ``local``: the two blocks each divided by its own median distance from a vector to its
   ``spectral_neighbors``-th nearest (itself counted, as the graph counts it), so both blocks
   weigh the same in nearest-neighbour distances, not only in total variance (the ``local``
-  scale of ``local_scale.patch``, which puts it in the package's selection).
+  scale of ``local_scale.patch``, which puts it in the package's selection);
+* ``reduced``: the features block on its first m principal axes, not whitened, scaled to total
+  variance 1, beside the scores block: the K - 1 rank argument of ``balanced`` applied to the
+  features too, so the many weak feature directions no longer set the neighbour distances.
 
-Each row holds the four partitions' sample ACC (the sample's labelled pixels, Hungarian-matched;
+Each row holds the five partitions' sample ACC (the sample's labelled pixels, Hungarian-matched;
 no extension to the scene, no mode filter), the stability (the shipped criterion) of the
-``joint``, the ``scores`` and the ``local`` candidate, and the adjusted Rand index of each pair of ``joint``,
-``features`` and ``scores``; ``agreement`` is the mean of the joint partition's ARI with the
+``joint``, ``scores``, ``local`` and ``reduced`` candidates, and the adjusted Rand index of each
+pair of ``joint``, ``features`` and ``scores``; ``agreement`` is the mean of the joint partition's ARI with the
 features' and with the scores' partition.
 
 Usage (from the repository root)::
@@ -32,8 +35,8 @@ Usage (from the repository root)::
 The summary prints each rule's sample ACC per run and its mean over the given runs (the shipped
 rule: the most stable joint candidate; the kind at each sigma by higher agreement, then the
 sigma by stability; the highest agreement; the best joint candidate by labels, a bound; the most
-stable of joint k-means and local spectral; the most stable local candidate; the most stable of
-joint k-means and scores spectral), then every fixed candidate's mean. A rule whose column a file
+stable of joint k-means and local spectral; the most stable local candidate; the most stable
+reduced candidate; the most stable of joint k-means and scores spectral), then every fixed candidate's mean. A rule whose column a file
 lacks (written before it existed) prints ``nan``.
 """
 
@@ -64,6 +67,14 @@ def neighbour_distance(z: np.ndarray, neighbors: int) -> float:
     return float(np.median(dist[:, -1]))
 
 
+def leading_axes(z: np.ndarray, m: int) -> np.ndarray:
+    """(M, m) the (M, V) vectors on their m leading principal axes, not whitened (the axes keep
+    their relative variance), scaled to total variance 1."""
+    centred = z - z.mean(0)
+    projected = centred @ np.linalg.svd(centred, full_matrices=False)[2][:m].T
+    return projected / np.sqrt(projected.var(0).sum())
+
+
 def run(spec: str, protocol: str, seed: int, out: str) -> None:
     trained = train_run(load_any_scene(spec), protocol, seed)
     post, k, d = trained.cfg.postprocess, trained.scene.n_classes, trained.model.feature_dim
@@ -75,22 +86,18 @@ def run(spec: str, protocol: str, seed: int, out: str) -> None:
         blocks = {"joint": z, "features": z[:, :d], "scores": z[:, d:d + m]}
         blocks["local"] = np.hstack([block / neighbour_distance(block, post.spectral_neighbors)
                                      for block in (blocks["features"], blocks["scores"])])
+        blocks["reduced"] = np.hstack([leading_axes(blocks["features"], m), blocks["scores"]])
         for kind in KINDS:
             parts = {name: cluster(block, kind, k, post.spectral_neighbors, seed)[0] for name, block in blocks.items()}
             row: dict[str, Any] = {"sigma": float(sigma), "kind": kind, "scores_kept": m}
             for name, labels in parts.items():
                 row[f"acc_{name}"] = accuracy(classes[scored], labels[scored])
             row["acc"] = row["acc_joint"]
-            row["stability"] = stability(z, parts["joint"], kind, k, post.spectral_neighbors,
-                                         post.select_resamples, seed, lambda zf, lf: extension(zf, lf, k, seed)(z))
-            zs = blocks["scores"]
-            row["stability_scores"] = stability(zs, parts["scores"], kind, k, post.spectral_neighbors,
-                                                post.select_resamples, seed,
-                                                lambda zf, lf: extension(zf, lf, k, seed)(zs))
-            zl = blocks["local"]
-            row["stability_local"] = stability(zl, parts["local"], kind, k, post.spectral_neighbors,
-                                               post.select_resamples, seed,
-                                               lambda zf, lf: extension(zf, lf, k, seed)(zl))
+            for name in ("joint", "scores", "local", "reduced"):
+                zv = blocks[name]
+                row["stability" if name == "joint" else f"stability_{name}"] = stability(
+                    zv, parts[name], kind, k, post.spectral_neighbors, post.select_resamples, seed,
+                    lambda zf, lf, zv=zv: extension(zf, lf, k, seed)(zv))
             row["ari_joint_features"] = adjusted_rand_score(parts["joint"], parts["features"])
             row["ari_joint_scores"] = adjusted_rand_score(parts["joint"], parts["scores"])
             row["ari_features_scores"] = adjusted_rand_score(parts["features"], parts["scores"])
@@ -125,6 +132,8 @@ def summary(paths: list[str]) -> None:
              for r in rs]),
         "most stable local candidate": lambda rs: most_stable(
             [{**r, "acc": r["acc_local"], "stability": r["stability_local"]} for r in rs]),
+        "most stable reduced candidate": lambda rs: most_stable(
+            [{**r, "acc": r["acc_reduced"], "stability": r["stability_reduced"]} for r in rs]),
         "most stable of joint k-means and scores spectral": lambda rs: most_stable(
             [{**r, "acc": r["acc_scores"], "stability": r["stability_scores"]} if r["kind"] == "spectral" else r
              for r in rs]),
@@ -141,10 +150,10 @@ def summary(paths: list[str]) -> None:
         print(Path(path).stem.ljust(width), "  ".join(f"{acc(rule, data['rows']):.3f}" for rule in rules.values()))
     for i, (name, rule) in enumerate(rules.items()):
         print(f"R{i} {np.mean([acc(rule, d['rows']) for d in runs]):.3f}  {name}")
-    for view in ("joint", "features", "scores", "local"):
+    for view in ("joint", "features", "scores", "local", "reduced"):
         for kind in KINDS:
             for sigma in sorted({r["sigma"] for r in runs[0]["rows"]}):
-                mean = np.mean([r[f"acc_{view}"] for d in runs for r in d["rows"]
+                mean = np.mean([r.get(f"acc_{view}", math.nan) for d in runs for r in d["rows"]
                                 if r["kind"] == kind and r["sigma"] == sigma])
                 if not math.isnan(mean):
                     print(f"{mean:.3f}  {view} {kind} at sigma {sigma:g}, fixed")
