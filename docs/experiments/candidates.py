@@ -40,9 +40,9 @@ from sscc_core.labelling.inference import Labeller, label_scene
 from sscc_core.metrics import evaluate
 from sscc_core.model.postprocess import mode_filter
 from sscc_core.model.readout import Readout
-from sscc_core.training.readout_fit import LineArrays, extension, lines_vectors, readout_of, sample_masks
+from sscc_core.training.readout_fit import extension, readout_of
 from sscc_core.training.selection import TIE, Candidate, Selection, fit_candidate, stability
-from trained_run import add_run_arguments, load_any_scene, train_run
+from trained_run import add_run_arguments, load_any_scene, sample_vectors, train_run
 
 def most_stable(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The shipped rule's choice among candidate rows given in the grid's order (sigma, then
@@ -59,15 +59,11 @@ def main(spec: str, protocol: str, seed: int, out: str, overrides: dict[str, Any
     run = train_run(load_any_scene(spec), protocol, seed, overrides)
     scene, model, pre = run.scene, run.model, run.pre
     post, k = run.cfg.postprocess, scene.n_classes
-    lines = [LineArrays(scene.cube, scene.valid, run.train_mask)]
-    masks = sample_masks([run.train_mask], post.readout_sample, seed)
     scored = scene.labels > 0
     rows = []
-    for sigma in sorted(post.select_sigmas):
-        labeller = Labeller(model, pre, readout=Readout("kmeans", sigma, post.readout_spectra))
-        vectors = lines_vectors(labeller, lines, masks)
+    for sigma, vectors in sample_vectors(run)[1]:
         for kind, scale in itertools.product(post.select_kinds, post.select_scales):
-            cand = Candidate(kind, float(sigma), scale)
+            cand = Candidate(kind, sigma, scale)
             labels, _, z, state = fit_candidate(vectors, cand, model.feature_dim, pre.comp_std, k, post, seed)
             stable = stability(z, labels, kind, k, post.spectral_neighbors, post.select_resamples, seed,
                                lambda zf, lf: extension(zf, lf, k, seed)(z))

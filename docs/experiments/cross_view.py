@@ -120,6 +120,15 @@ def kind_by(signal: str) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     return rule
 
 
+def most_stable_of(view: str, kinds: tuple[str, ...]) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """Rule: the shipped choice (most stable, grid order) with the candidates of ``kinds`` read
+    on ``view`` (its ACC and stability) and the other kinds' on the joint vectors."""
+    def rule(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return most_stable([{**r, "acc": r[f"acc_{view}"], "stability": r[f"stability_{view}"]}
+                            if r["kind"] in kinds else r for r in rows])
+    return rule
+
+
 def summary(paths: list[str]) -> None:
     runs = [json.loads(Path(p).read_text()) for p in paths]
     rules: dict[str, Callable[[list[dict[str, Any]]], dict[str, Any]]] = {
@@ -127,16 +136,10 @@ def summary(paths: list[str]) -> None:
         "kind by higher agreement at each sigma, sigma by stability": kind_by("agreement"),
         "highest agreement": lambda rs: max(rs, key=lambda r: r["agreement"]),
         "best joint candidate by labels (bound)": lambda rs: max(rs, key=lambda r: r["acc"]),
-        "most stable of joint k-means and local spectral": lambda rs: most_stable(
-            [{**r, "acc": r["acc_local"], "stability": r["stability_local"]} if r["kind"] == "spectral" else r
-             for r in rs]),
-        "most stable local candidate": lambda rs: most_stable(
-            [{**r, "acc": r["acc_local"], "stability": r["stability_local"]} for r in rs]),
-        "most stable reduced candidate": lambda rs: most_stable(
-            [{**r, "acc": r["acc_reduced"], "stability": r["stability_reduced"]} for r in rs]),
-        "most stable of joint k-means and scores spectral": lambda rs: most_stable(
-            [{**r, "acc": r["acc_scores"], "stability": r["stability_scores"]} if r["kind"] == "spectral" else r
-             for r in rs]),
+        "most stable of joint k-means and local spectral": most_stable_of("local", ("spectral",)),
+        "most stable local candidate": most_stable_of("local", KINDS),
+        "most stable reduced candidate": most_stable_of("reduced", KINDS),
+        "most stable of joint k-means and scores spectral": most_stable_of("scores", ("spectral",)),
     }
     def acc(rule: Callable[[list[dict[str, Any]]], dict[str, Any]], rows: list[dict[str, Any]]) -> float:
         try:

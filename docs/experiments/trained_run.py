@@ -46,25 +46,35 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("seed", type=int)
 
 
+def sample_vectors(trained: TrainedRun) -> tuple[np.ndarray, list[tuple[float, torch.Tensor]]]:
+    """The labeller's vectors of the run's readout sample (the shipped seeded sample of
+    ``readout_sample`` training pixels) at each sigma of ``select_sigmas``.
+
+    Returns:
+        ``(mask, [(sigma, vectors), ...])``: (H, W) bool pixels of the sample, and per sigma
+        their (M, V) ``[features; PCA scores]`` vectors in row-major order.
+    """
+    scene, post = trained.scene, trained.cfg.postprocess
+    masks = sample_masks([trained.train_mask], post.readout_sample, trained.cfg.train.seed)
+    lines = [LineArrays(scene.cube, scene.valid, trained.train_mask)]
+    return masks[0], [(float(sigma), lines_vectors(Labeller(trained.model, trained.pre, readout=Readout(
+        "kmeans", sigma, post.readout_spectra)), lines, masks)) for sigma in sorted(post.select_sigmas)]
+
+
 def readout_samples(trained: TrainedRun) -> tuple[np.ndarray, list[tuple[float, np.ndarray]]]:
-    """The run's readout sample (the shipped seeded sample of ``readout_sample`` training pixels)
-    at each sigma of ``select_sigmas``.
+    """:func:`sample_vectors` standardised and weighted by the first scale of ``select_scales``,
+    as :func:`sscc_core.training.selection.fit_candidate` does.
 
     Returns:
         ``(classes, [(sigma, z), ...])``: (M,) ground truth of the sample's pixels (0 =
-        unlabelled), and per sigma the (M, V) vectors standardised and weighted by the first
-        scale of ``select_scales``, as :func:`sscc_core.training.selection.fit_candidate` does.
+        unlabelled), and per sigma the (M, V) standardised vectors.
     """
-    scene, post, seed = trained.scene, trained.cfg.postprocess, trained.cfg.train.seed
-    masks = sample_masks([trained.train_mask], post.readout_sample, seed)
-    out = []
-    for sigma in sorted(post.select_sigmas):
-        labeller = Labeller(trained.model, trained.pre, readout=Readout("kmeans", sigma, post.readout_spectra))
-        vectors = lines_vectors(labeller, [LineArrays(scene.cube, scene.valid, trained.train_mask)], masks)
-        cand = Candidate("kmeans", float(sigma), post.select_scales[0])
-        out.append((float(sigma), fit_candidate(vectors, cand, trained.model.feature_dim, trained.pre.comp_std,
-                                                scene.n_classes, post, seed)[2]))
-    return scene.labels[masks[0]], out
+    post, seed = trained.cfg.postprocess, trained.cfg.train.seed
+    mask, per_sigma = sample_vectors(trained)
+    return trained.scene.labels[mask], [
+        (sigma, fit_candidate(vectors, Candidate("kmeans", sigma, post.select_scales[0]), trained.model.feature_dim,
+                              trained.pre.comp_std, trained.scene.n_classes, post, seed)[2])
+        for sigma, vectors in per_sigma]
 
 
 def run_or_summarise(description: str, run: Callable[[str, str, int, str], None],
