@@ -83,10 +83,15 @@ def main(spec: str, protocol: str, seed: int, out: str, overrides: dict[str, Any
           f"acc {chosen['acc']:.3f}; best {max(r['acc'] for r in rows):.3f}", flush=True)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The command line above."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_run_arguments(parser)
     parser.add_argument("out", help="JSON file to write")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     args = parser.parse_args()
     main(args.scene, args.protocol, args.seed, args.out, parse_overrides(args.overrides))
+
+
+if __name__ == "__main__":
+    cli()
