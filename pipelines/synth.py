@@ -148,6 +148,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"synth: {spec.source} {library.n_bands} bands x {spec.height} x {spec.width} "
           f"{spec.dtype} ({total / 1e9:.3f} GB), seed {spec.seed}, {len(todo)} windows in "
           f"{len(groups)} tasks", flush=True)
+    if spec.layout is not None:
+        print(f"synth: {synthetic.layout_summary(spec, library.n_classes)}", flush=True)
     start = time.perf_counter()
     with store.atomic_store(args.out, args.overwrite) as tmp:
         store.create_store(synthetic.synthetic_template(spec, library), tmp, args.chunk, args.shard)

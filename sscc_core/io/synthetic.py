@@ -407,8 +407,8 @@ def layout_fields(spec: SynthSpec, n_classes: int
         [0.5, 1) within ``mix_width`` of an edge), and ``{layout class id: library class}``.
 
     Raises:
-        ValueError: The crop leaves the class map or labels no pixel (and the errors of
-            :func:`layout_map`).
+        ValueError: The crop leaves the class map or labels fewer than two classes (a
+            clustering bench needs two; and the errors of :func:`layout_map`).
     """
     if spec.layout is None:
         raise ValueError("layout_fields: the spec has no layout")
@@ -420,8 +420,9 @@ def layout_fields(spec: SynthSpec, n_classes: int
                          f"{spec.layout}")
     crop = labels[r0:r0 + spec.height, c0:c0 + spec.width]
     ids = np.unique(crop[crop > 0])
-    if not ids.size:
-        raise ValueError(f"synthetic layout: {where} of {spec.layout} label no pixel")
+    if ids.size < 2:
+        raise ValueError(f"synthetic layout: {where} of {spec.layout} label {int((crop > 0).sum())} "
+                         f"pixels in {ids.size} class(es); a clustering bench needs at least 2 classes")
     target = layout_classes(len(ids), n_classes, spec.seed)
     lut = np.zeros(int(ids.max()) + 1, dtype=np.int16)
     lut[ids] = target
@@ -438,6 +439,18 @@ def layout_fields(spec: SynthSpec, n_classes: int
         far[~mixed] = 0
         frac[mixed] = 0.5 + 0.5 * edge[mixed] / spec.mix_width
     return near, far, frac, {int(i): int(t) for i, t in zip(ids, target)}
+
+
+def layout_summary(spec: SynthSpec, n_classes: int) -> str:
+    """One line on a layout crop: where it is, how many of its pixels are labelled, in how many
+    classes, and what the unlabelled ones hold (a crop that labels little is visible before
+    anything is written). Raises as :func:`layout_fields`."""
+    near, _, _, classes = layout_fields(spec, n_classes)
+    labelled = int((near > 0).sum())
+    r0, c0 = spec.layout_origin
+    return (f"layout rows {r0}:{r0 + spec.height}, columns {c0}:{c0 + spec.width} of {spec.layout}: "
+            f"{labelled} labelled pixels ({100 * labelled / near.size:.0f}%) in {len(classes)} classes; "
+            f"unlabelled pixels are {spec.layout_unlabelled}")
 
 
 def _layout_window(spec: SynthSpec, n_classes: int, y0: int, y1: int, x0: int, x1: int

@@ -162,6 +162,14 @@ def test_layout_scene_follows_the_class_map_in_any_window(tmp_path: Path, librar
                                       err_msg=v)
 
 
+def test_layout_summary_counts_the_crops_labelled_pixels_and_classes(tmp_path: Path, library) -> None:
+    path = write_layout(tmp_path)
+    spec = S.SynthSpec(height=20, width=30, seed=4, layout=str(path), layout_origin=(10, 5))
+    assert S.layout_summary(spec, 6) == (  # rows 10:30 x columns 5:35 less column 20; ids 3 5 9 12
+        f"layout rows 10:30, columns 5:35 of {path}: 580 labelled pixels (97%) in 4 classes; "
+        "unlabelled pixels are nodata")
+
+
 def test_layout_cli_errors(tmp_path: Path, capsys) -> None:
     path = str(write_layout(tmp_path))
     out = tmp_path / "m.zarr"
@@ -172,7 +180,11 @@ def test_layout_cli_errors(tmp_path: Path, capsys) -> None:
         (["--layout-origin", "20", "0", "--height", "20"],
          "synthetic layout: rows 20:40, columns 0:40 leave the 30 x 40 class map"),
         (["--layout-origin", "0", "20", "--width", "1"],
-         f"synthetic layout: rows 0:30, columns 20:21 of {path} label no pixel"),
+         f"synthetic layout: rows 0:30, columns 20:21 of {path} label 0 pixels in 0 class(es); "
+         "a clustering bench needs at least 2 classes"),
+        (["--height", "15", "--width", "20"],  # id 3 alone
+         f"synthetic layout: rows 0:15, columns 0:20 of {path} label 300 pixels in 1 class(es); "
+         "a clustering bench needs at least 2 classes"),
         (["--source", "jasper_ridge", "--layout-unlabelled", "background"],
          "synthetic layout_unlabelled: jasper_ridge labels every pixel"),
     ]
