@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from pipelines.options import parse_overrides
 from sscc_core.labelling.inference import Labeller, label_scene
@@ -42,7 +43,7 @@ from sscc_core.model.postprocess import mode_filter
 from sscc_core.model.readout import Readout
 from sscc_core.training.readout_fit import extension, readout_of
 from sscc_core.training.selection import TIE, Candidate, Selection, fit_candidate, stability
-from trained_run import add_run_arguments, load_any_scene, sample_vectors, train_run
+from trained_run import TrainedRun, add_run_arguments, load_any_scene, sample_vectors, train_run
 
 def most_stable(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The shipped rule's choice among candidate rows given in the grid's order (sigma, then
@@ -54,12 +55,25 @@ def most_stable(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return chosen
 
 
+def scene_acc(run: TrainedRun, cand: Candidate, labels: np.ndarray, z: np.ndarray,
+              state: dict[str, torch.Tensor]) -> float:
+    """Scene ACC of one candidate fitted on the run's readout sample (``labels``, ``z`` and
+    ``state`` from :func:`fit_candidate`): the scene labelled with its readout and mode-filtered
+    as the pipeline does, scored on the labelled pixels."""
+    post, k, seed = run.cfg.postprocess, run.scene.n_classes, run.cfg.train.seed
+    selection = Selection(cand, labels, z, state, table=[], select_pixels=len(labels))
+    readout = readout_of(selection, k, seed, post.readout_spectra)
+    label_map, _ = label_scene(Labeller(run.model, run.pre, readout=readout), run.scene.cube, run.scene.valid)
+    label_map = mode_filter(label_map, post.mode_window, post.mode_iterations)
+    scored = run.scene.labels > 0
+    return float(evaluate(run.scene.labels[scored], label_map[scored])["acc"])
+
+
 def main(spec: str, protocol: str, seed: int, out: str, overrides: dict[str, Any]) -> None:
     start = time.time()
     run = train_run(load_any_scene(spec), protocol, seed, overrides)
     scene, model, pre = run.scene, run.model, run.pre
     post, k = run.cfg.postprocess, scene.n_classes
-    scored = scene.labels > 0
     rows = []
     for sigma, vectors in sample_vectors(run)[1]:
         for kind, scale in itertools.product(post.select_kinds, post.select_scales):
@@ -67,12 +81,8 @@ def main(spec: str, protocol: str, seed: int, out: str, overrides: dict[str, Any
             labels, _, z, state = fit_candidate(vectors, cand, model.feature_dim, pre.comp_std, k, post, seed)
             stable = stability(z, labels, kind, k, post.spectral_neighbors, post.select_resamples, seed,
                                lambda zf, lf: extension(zf, lf, k, seed)(z))
-            selection = Selection(cand, labels, z, state, table=[], select_pixels=len(labels))
-            readout = readout_of(selection, k, seed, post.readout_spectra)
-            label_map, _ = label_scene(Labeller(model, pre, readout=readout), scene.cube, scene.valid)
-            label_map = mode_filter(label_map, post.mode_window, post.mode_iterations)
-            acc = evaluate(scene.labels[scored], label_map[scored])["acc"]
-            rows.append({"sigma": float(sigma), "kind": kind, "scale": scale, "acc": float(acc),
+            acc = scene_acc(run, cand, labels, z, state)
+            rows.append({"sigma": float(sigma), "kind": kind, "scale": scale, "acc": acc,
                          "stability": stable, "clusters": int(len(np.unique(labels)))})
     by_scale = {scale: most_stable([r for r in rows if r["scale"] == scale]) for scale in post.select_scales}
     chosen = most_stable(rows)

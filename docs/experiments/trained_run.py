@@ -46,16 +46,19 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("seed", type=int)
 
 
-def sample_vectors(trained: TrainedRun) -> tuple[np.ndarray, list[tuple[float, torch.Tensor]]]:
+def sample_vectors(trained: TrainedRun, sample_seed: int | None = None
+                   ) -> tuple[np.ndarray, list[tuple[float, torch.Tensor]]]:
     """The labeller's vectors of the run's readout sample (the shipped seeded sample of
-    ``readout_sample`` training pixels) at each sigma of ``select_sigmas``.
+    ``readout_sample`` training pixels; drawn with ``sample_seed`` instead of the run's seed
+    when given, so two runs' networks read the same pixels) at each sigma of ``select_sigmas``.
 
     Returns:
         ``(mask, [(sigma, vectors), ...])``: (H, W) bool pixels of the sample, and per sigma
         their (M, V) ``[features; PCA scores]`` vectors in row-major order.
     """
     scene, post = trained.scene, trained.cfg.postprocess
-    masks = sample_masks([trained.train_mask], post.readout_sample, trained.cfg.train.seed)
+    seed = trained.cfg.train.seed if sample_seed is None else sample_seed
+    masks = sample_masks([trained.train_mask], post.readout_sample, seed)
     lines = [LineArrays(scene.cube, scene.valid, trained.train_mask)]
     return masks[0], [(float(sigma), lines_vectors(Labeller(trained.model, trained.pre, readout=Readout(
         "kmeans", sigma, post.readout_spectra)), lines, masks)) for sigma in sorted(post.select_sigmas)]
