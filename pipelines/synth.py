@@ -99,8 +99,8 @@ def spec_from_args(
 
     Raises:
         ValueError: Neither a size nor both sides, an invalid size/parameter, or a --layout origin
-            outside the class map. (A crop leaving the map or labelling no pixel, and a
-            background fill from a scene without unlabelled pixels, are refused by
+            outside the class map. (A crop leaving the map or labelling fewer than two classes,
+            and a background fill from a scene without unlabelled pixels, are refused by
             :func:`sscc_core.io.synthetic.synthetic_template` before any window is written.)
     """
     itemsize = 4 if args.dtype == "float32" else 2
