@@ -395,6 +395,12 @@ def layout_map(path: str, var: str | None = None) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
+def _crop_where(spec: SynthSpec) -> str:
+    """``"rows R0:R1, columns C0:C1"`` of a layout's crop, for messages."""
+    r0, c0 = spec.layout_origin
+    return f"rows {r0}:{r0 + spec.height}, columns {c0}:{c0 + spec.width}"
+
+
 def layout_fields(spec: SynthSpec, n_classes: int
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, int]]:
     """The whole mosaic's field map from ``spec.layout`` (module docstring), computed once per
@@ -414,7 +420,7 @@ def layout_fields(spec: SynthSpec, n_classes: int
         raise ValueError("layout_fields: the spec has no layout")
     labels = layout_map(spec.layout, spec.layout_var)
     (r0, c0), (rows, cols) = spec.layout_origin, labels.shape
-    where = f"rows {r0}:{r0 + spec.height}, columns {c0}:{c0 + spec.width}"
+    where = _crop_where(spec)
     if r0 + spec.height > rows or c0 + spec.width > cols:
         raise ValueError(f"synthetic layout: {where} leave the {rows} x {cols} class map "
                          f"{spec.layout}")
@@ -447,8 +453,7 @@ def layout_summary(spec: SynthSpec, n_classes: int) -> str:
     anything is written). Raises as :func:`layout_fields`."""
     near, _, _, classes = layout_fields(spec, n_classes)
     labelled = int((near > 0).sum())
-    r0, c0 = spec.layout_origin
-    return (f"layout rows {r0}:{r0 + spec.height}, columns {c0}:{c0 + spec.width} of {spec.layout}: "
+    return (f"layout {_crop_where(spec)} of {spec.layout}: "
             f"{labelled} labelled pixels ({100 * labelled / near.size:.0f}%) in {len(classes)} classes; "
             f"unlabelled pixels are {spec.layout_unlabelled}")
 
