@@ -394,13 +394,13 @@ def layout_map(path: str, var: str | None = None) -> np.ndarray:
     return ground_truth.read_class_map(path, var).labels
 
 
-@functools.lru_cache(maxsize=4)
 def _crop_where(spec: SynthSpec) -> str:
     """``"rows R0:R1, columns C0:C1"`` of a layout's crop, for messages."""
     r0, c0 = spec.layout_origin
     return f"rows {r0}:{r0 + spec.height}, columns {c0}:{c0 + spec.width}"
 
 
+@functools.lru_cache(maxsize=4)
 def layout_fields(spec: SynthSpec, n_classes: int
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, int]]:
     """The whole mosaic's field map from ``spec.layout`` (module docstring), computed once per
