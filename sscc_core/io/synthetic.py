@@ -449,14 +449,15 @@ def layout_fields(spec: SynthSpec, n_classes: int
 
 def layout_summary(spec: SynthSpec, n_classes: int) -> str:
     """One line on a layout crop: where it is, how many of its pixels are labelled, in how many
-    classes, the largest class's share, and what the unlabelled ones hold (a crop that labels
+    of the library's classes (the scene's classes: layout classes beyond the library's count share
+    them), the largest class's share, and what the unlabelled ones hold (a crop that labels
     little, or almost only one class, is visible before anything is written). Raises as
     :func:`layout_fields`."""
-    near, _, _, classes = layout_fields(spec, n_classes)
+    near = layout_fields(spec, n_classes)[0]
     counts = np.bincount(near[near > 0])
     labelled = int(counts.sum())
     return (f"layout {_crop_where(spec)} of {spec.layout}: "
-            f"{labelled} labelled pixels ({100 * labelled / near.size:.0f}%) in {len(classes)} classes, "
+            f"{labelled} labelled pixels ({100 * labelled / near.size:.0f}%) in {int((counts > 0).sum())} classes, "
             f"the largest {100 * counts.max() / labelled:.1f}% of them; "
             f"unlabelled pixels are {spec.layout_unlabelled}")
 

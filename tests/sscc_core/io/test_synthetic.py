@@ -169,6 +169,7 @@ def test_layout_summary_counts_the_crops_labelled_pixels_and_classes(tmp_path: P
         f"layout rows 10:30, columns 5:35 of {path}: 580 labelled pixels (97%) in 4 classes, "
         "the largest 38.8% of them; unlabelled pixels are nodata")  # id 9: 15 rows x 15 columns
     assert S.layout_fields(spec, 6) is S.layout_fields(spec, 6)  # once per process, not per window
+    assert f"{path}: 580 labelled pixels (97%) in 2 classes, " in S.layout_summary(spec, 2)  # 4 ids, 2 classes
 
 
 def test_layout_cli_errors(tmp_path: Path, capsys) -> None:
