@@ -37,10 +37,10 @@ import numpy as np
 import torch
 
 from pipelines.options import parse_overrides
+from sscc_core.config import PostprocessConfig
 from sscc_core.labelling.inference import Labeller, label_scene
 from sscc_core.metrics import evaluate
 from sscc_core.model.postprocess import mode_filter
-from sscc_core.model.readout import Readout
 from sscc_core.training.readout_fit import extension, readout_of
 from sscc_core.training.selection import TIE, Candidate, Selection, fit_candidate, stability
 from trained_run import TrainedRun, add_run_arguments, load_any_scene, sample_vectors, train_run
@@ -53,6 +53,14 @@ def most_stable(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if row["stability"] > chosen["stability"] + TIE:
             chosen = row
     return chosen
+
+
+def candidate_stability(z: np.ndarray, labels: np.ndarray, kind: str, k: int, post: PostprocessConfig,
+                        seed: int) -> float:
+    """A candidate's resample stability as the shipped rule computes it (halves extended to the
+    sample by the readout's linear extension)."""
+    return stability(z, labels, kind, k, post.spectral_neighbors, post.select_resamples, seed,
+                     lambda zf, lf: extension(zf, lf, k, seed)(z))
 
 
 def scene_acc(run: TrainedRun, cand: Candidate, labels: np.ndarray, z: np.ndarray,
@@ -79,8 +87,7 @@ def main(spec: str, protocol: str, seed: int, out: str, overrides: dict[str, Any
         for kind, scale in itertools.product(post.select_kinds, post.select_scales):
             cand = Candidate(kind, sigma, scale)
             labels, _, z, state = fit_candidate(vectors, cand, model.feature_dim, pre.comp_std, k, post, seed)
-            stable = stability(z, labels, kind, k, post.spectral_neighbors, post.select_resamples, seed,
-                               lambda zf, lf: extension(zf, lf, k, seed)(z))
+            stable = candidate_stability(z, labels, kind, k, post, seed)
             acc = scene_acc(run, cand, labels, z, state)
             rows.append({"sigma": float(sigma), "kind": kind, "scale": scale, "acc": acc,
                          "stability": stable, "clusters": int(len(np.unique(labels)))})

@@ -35,10 +35,9 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
 import neighbourhood_anchor
-from candidates import most_stable, scene_acc
+from candidates import candidate_stability, most_stable, scene_acc
 from sscc_core.metrics import evaluate
-from sscc_core.training.readout_fit import extension
-from sscc_core.training.selection import Candidate, fit_candidate, stability
+from sscc_core.training.selection import Candidate, fit_candidate
 from trained_run import load_any_scene, run_or_summarise, sample_vectors, train_run
 
 SECOND = 1000  # the second network's seed offset
@@ -61,8 +60,7 @@ def run(spec: str, protocol: str, seed: int, out: str) -> None:
             cand = Candidate(kind, sigma, scale)
             labels, _, z, state = fit_candidate(va, cand, first.model.feature_dim, first.pre.comp_std, k, post, seed)
             other = fit_candidate(vb, cand, second.model.feature_dim, second.pre.comp_std, k, post, seed)[0]
-            stable = stability(z, labels, kind, k, post.spectral_neighbors, post.select_resamples, seed,
-                               lambda zf, lf: extension(zf, lf, k, seed)(z))
+            stable = candidate_stability(z, labels, kind, k, post, seed)
             row = {"sigma": float(sigma), "kind": kind, "scale": scale,
                    "acc": float(evaluate(classes[scored], labels[scored])["acc"]),
                    "stability": stable, "agreement": float(adjusted_rand_score(labels, other))}
