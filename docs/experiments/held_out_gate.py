@@ -8,8 +8,7 @@ mean gain must also be significant: its one-sided p-value under a permutation te
 each scene relabelled shipped or changed at random, scenes independently, ``PERMUTATIONS`` times)
 must be below ``ALPHA``, so that a change with no effect passes this part one time in eighty
 whatever the runs' distribution (they are bimodal: a seed whose rule keeps a wrong candidate loses
-0.1-0.3). Two
-tolerances of a scene's drop are computed:
+0.1-0.3). Two tolerances of a scene's drop are computed:
 
 - ``spread`` (tests one to twelve): the shipped runs' seed spread (population std);
 - ``se`` (from the thirteenth test): ``max(FLOOR, Z * sqrt((s_a**2 + s_b**2) / n))``, twice
@@ -71,7 +70,11 @@ def tolerances(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 def gate(shipped: dict[str, dict[int, float]], changed: dict[str, dict[int, float]]) -> dict:
     """Per scene the two means and each rule's verdict; over scenes the means and the failures."""
     rows, fails = [], collections.Counter()
-    for scene in sorted(set(shipped) & set(changed)):
+    scenes = sorted(set(shipped) & set(changed))
+    if not scenes:
+        raise SystemExit(f"held_out_gate: no scene has runs of both configurations "
+                         f"(shipped: {sorted(shipped) or 'none'}; changed: {sorted(changed) or 'none'})")
+    for scene in scenes:
         a, b = np.array(list(shipped[scene].values())), np.array(list(changed[scene].values()))
         tol = tolerances(a, b)
         drop = float(a.mean() - b.mean())
