@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sscc_core.io.synthetic import layout_classes, layout_map
+from sscc_core.io.synthetic import SynthSpec, layout_fields, layout_map
 
 MAPS = {"pu": "../shared/data/gt_only/mhaut_paviaU_gt.mat",
         "pc": "../shared/data/gt_only/mhaut_paviaC_gt.mat",
@@ -30,28 +30,27 @@ SOURCES = ["indian_pines", "salinasA", "jasper_ridge", "samson", "jasper_ridge",
 SEED, SIZE, GRID, APART = 171, 128, 16, 64
 
 
-def crop_stats(labels: np.ndarray, row: int, col: int, n_source: int) -> tuple[int, float, float]:
+def crop_stats(path: str, row: int, col: int, n_source: int) -> tuple[int, float, float]:
     """(classes, labelled share, largest class's share of the labelled) of one crop, in the
-    source's classes."""
-    crop = labels[row:row + SIZE, col:col + SIZE]
-    ids = np.unique(crop[crop > 0])
-    if ids.size < 2:
-        return int(ids.size), float((crop > 0).mean()), 1.0
-    lut = np.zeros(int(ids.max()) + 1, dtype=np.int16)
-    lut[ids] = layout_classes(len(ids), n_source, SEED)
-    counts = np.bincount(lut[crop][crop > 0])
-    return int((counts > 0).sum()), float(counts.sum() / crop.size), float(counts.max() / counts.sum())
+    source's classes as ``sscc synth`` maps them (``layout_fields`` without mixed edges)."""
+    spec = SynthSpec(height=SIZE, width=SIZE, seed=SEED, layout=path, layout_origin=(row, col), mix_width=0)
+    try:
+        near = layout_fields(spec, n_source)[0]
+    except ValueError:  # fewer than two classes
+        return 0, 0.0, 1.0
+    counts = np.bincount(near[near > 0])
+    return int((counts > 0).sum()), float(counts.sum() / near.size), float(counts.max() / counts.sum())
 
 
-def eligible(labels: np.ndarray, earlier: list[tuple[int, int]], n_source: int) -> list[tuple[int, int]]:
+def eligible(path: str, earlier: list[tuple[int, int]], n_source: int) -> list[tuple[int, int]]:
     """Origins of the crops of one map that pass the filters of the module docstring."""
-    rows, cols = labels.shape
+    rows, cols = layout_map(path).shape
     out = []
     for row in range(0, rows - SIZE + 1, GRID):
         for col in range(0, cols - SIZE + 1, GRID):
             if any(abs(row - r) < APART and abs(col - c) < APART for r, c in earlier):
                 continue
-            classes, labelled, largest = crop_stats(labels, row, col, n_source)
+            classes, labelled, largest = crop_stats(path, row, col, n_source)
             if classes >= 3 and labelled >= 0.30 and largest <= 0.60:
                 out.append((row, col))
     return out
@@ -60,7 +59,7 @@ def eligible(labels: np.ndarray, earlier: list[tuple[int, int]], n_source: int) 
 def main() -> None:
     rng = np.random.default_rng(SEED)
     for source in SOURCES:
-        options = {m: eligible(layout_map(path), EARLIER[m], N_CLASSES[source]) for m, path in MAPS.items()}
+        options = {m: eligible(path, EARLIER[m], N_CLASSES[source]) for m, path in MAPS.items()}
         maps = sorted(m for m, crops in options.items() if crops)
         name = maps[rng.integers(len(maps))]
         row, col = options[name][rng.integers(len(options[name]))]
