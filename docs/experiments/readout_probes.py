@@ -39,14 +39,13 @@ import numpy as np
 import torch
 from scipy.stats import gaussian_kde
 from sklearn.cluster import SpectralClustering
-from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import kneighbors_graph
 
 from candidates import candidate_stability, most_stable
 from sscc_core.config import load_config
 from sscc_core.metrics import evaluate
 from sscc_core.training.readout_fit import extension
-from sscc_core.training.selection import Candidate, cluster, fit_candidate
+from sscc_core.training.selection import Candidate, cluster, fit_candidate, resampled_agreement
 from trained_run import load_any_scene, sample_vectors, train_run
 
 NETWORKS = 3  # networks trained per run by ``cache``
@@ -106,13 +105,8 @@ def valley_depth(z: np.ndarray, labels: np.ndarray, rng: np.random.Generator) ->
 def small_resample_stability(z: np.ndarray, labels: np.ndarray, kind: str, k: int, neighbors: int,
                              resamples: int, seed: int) -> float:
     """The shipped stability with resamples of ``FRACTION`` of the sample instead of halves."""
-    rng = np.random.default_rng(seed + 7919)
-    runs = [labels]
-    for r in range(resamples):
-        part = np.sort(rng.choice(len(z), int(len(z) * FRACTION), replace=False))
-        sub = cluster(z[part], kind, k, neighbors, seed + 1 + r)[0]
-        runs.append(extension(z[part], sub, k, seed)(z) if len(np.unique(sub)) > 1 else np.zeros(len(z), np.int64))
-    return float(np.mean([adjusted_rand_score(runs[i], runs[j]) for i in range(len(runs)) for j in range(i + 1, len(runs))]))
+    return resampled_agreement(z, labels, lambda part, s: cluster(part, kind, k, neighbors, s)[0], resamples,
+                               seed, lambda zf, lf: extension(zf, lf, k, seed)(z), fraction=FRACTION)
 
 
 def probe_run(path: str) -> dict[str, float]:
@@ -140,23 +134,27 @@ def probe_run(path: str) -> dict[str, float]:
             for n in nets:
                 side = torch.cat([r[:, :fdim] for r in raw[:n]] + [raw[0][:, fdim:]], dim=1)
                 labels, _, z, _ = fit_candidate(side, cand, fdim * n, data["comp_std"], k, post, seed)
-                nets[n].append({"acc": acc(labels), "stability": candidate_stability(z, labels, kind, k, post, seed)})
+                nets[n].append({"kind": kind, "acc": acc(labels),
+                                "stability": candidate_stability(z, labels, kind, k, post, seed)})
     out["shipped rule"] = most_stable(rows)["acc"]
     out["valley rule"] = min(rows, key=lambda r: r["valley"])["acc"]
     out["fraction rule"] = most_stable([{**r, "stability": r["fraction"]} for r in rows])["acc"]
     for n, net_rows in nets.items():
         out[f"{n} networks, shipped rule"] = most_stable(net_rows)["acc"]
         out[f"{n} networks, best candidate"] = max(r["acc"] for r in net_rows)
+        out[f"{n} networks, best spectral candidate"] = max(r["acc"] for r in net_rows if r["kind"] == "spectral")
     out["best candidate"] = max(r["acc"] for r in rows)
+    out["best spectral candidate"] = max(r["acc"] for r in rows if r["kind"] == "spectral")
     return out
 
 
 def probe(pattern: str) -> None:
     """Per run and on average, every probe's sample ACC (see the module docstring)."""
-    table = {Path(path).stem: probe_run(path) for path in sorted(glob.glob(pattern))}
-    names = list(next(iter(table.values())))
-    for run, scores in table.items():
-        print(run, " ".join(f"{scores[n]:.3f}" for n in names), flush=True)
+    table = {}
+    for path in sorted(glob.glob(pattern)):
+        table[Path(path).stem] = scores = probe_run(path)
+        print(Path(path).stem, " ".join(f"{name} {value:.3f};" for name, value in scores.items()), flush=True)
+    names = list(scores)
     print("| probe | mean sample ACC |\n| --- | --- |")
     for name in names:
         print(f"| {name} | {np.mean([scores[name] for scores in table.values()]):.3f} |")

@@ -276,14 +276,15 @@ def stability(z: np.ndarray, labels: np.ndarray, kind: Kind, n_clusters: int, ne
 
 def resampled_agreement(z: np.ndarray, labels: np.ndarray, fit: Callable[[np.ndarray, int], np.ndarray],
                         resamples: int, seed: int,
-                        extend: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> float:
+                        extend: Callable[[np.ndarray, np.ndarray], np.ndarray], fraction: float = 0.5) -> float:
     """Mean pairwise adjusted Rand index of ``labels`` (the clustering of all M vectors) and of
-    the clusterings ``fit(z_half, seed) -> labels`` of ``resamples`` seeded random halves, each
-    extended to the M vectors by ``extend(z_half, labels_half) -> (M,) labels``."""
+    the clusterings ``fit(z_half, seed) -> labels`` of ``resamples`` seeded random halves (or
+    another ``fraction`` of the M vectors), each extended to the M vectors by
+    ``extend(z_half, labels_half) -> (M,) labels``."""
     rng = np.random.default_rng(seed + 7919)
     runs = [labels]
     for r in range(resamples):
-        half = np.sort(rng.choice(len(z), len(z) // 2, replace=False))
+        half = np.sort(rng.choice(len(z), int(len(z) * fraction), replace=False))
         sub = fit(z[half], seed + 1 + r)
         runs.append(extend(z[half], sub) if len(np.unique(sub)) > 1 else np.zeros(len(z), np.int64))
     pairs = [adjusted_rand_score(runs[i], runs[j]) for i in range(len(runs)) for j in range(i + 1, len(runs))]

@@ -28,7 +28,7 @@ from sscc_core.training.final_readout import fit_final_readout
 from sscc_core.training.readout_fit import extension, fit_readout
 from sscc_core.training.selection import (
     Candidate, candidates, cluster, graph_gain, knn_affinity, normalised_cut, select, spectra_weights,
-    spectral_clusters, stability, standardiser,
+    resampled_agreement, spectral_clusters, stability, standardiser,
 )
 from sscc_core.training.tiles import training_tiles
 from sscc_core.training.trainer import build_training, training_mask
@@ -114,6 +114,25 @@ def test_stability_is_high_on_clusters_and_low_on_a_structureless_cloud() -> Non
         runs.append(_extend(noise[half], cluster(noise[half], "kmeans", 3, 8, 1 + r)[0], 3)(noise))
     expect = np.mean([adjusted_rand_score(runs[i], runs[j]) for i, j in ((0, 1), (0, 2), (1, 2))])
     assert stability(noise, labels, "kmeans", 3, 8, 2, 0, lambda zf, lf: _extend(zf, lf, 3)(noise)) == pytest.approx(expect)
+
+
+def test_resampled_agreement_fits_the_given_fraction_of_the_vectors() -> None:
+    """Halves by default (the shipped stability); ``fraction`` sets the resample size, drawn by
+    the same seeded generator."""
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=(601, 3))
+    labels, _ = cluster(data, "kmeans", 3, 8, 0)
+    sizes: list[int] = []
+
+    def fit(part: np.ndarray, seed: int) -> np.ndarray:
+        sizes.append(len(part))
+        return cluster(part, "kmeans", 3, 8, seed)[0]
+
+    extend = lambda zf, lf: _extend(zf, lf, 3)(data)  # noqa: E731
+    halves = resampled_agreement(data, labels, fit, 2, 0, extend)
+    assert halves == stability(data, labels, "kmeans", 3, 8, 2, 0, extend)
+    resampled_agreement(data, labels, fit, 2, 0, extend, fraction=0.2)
+    assert sizes == [300, 300, 120, 120]
 
 
 def test_select_keeps_the_most_stable_candidate_and_records_every_value() -> None:
