@@ -8,12 +8,17 @@ largest class at most 60 % of the labelled ones, and that lies at least 64 pixel
 columns from every earlier crop of the same map (this round's included); then draws a map among
 those with an eligible crop, and a crop of it. It prints the ``--layout-origin`` of each.
 
+``--remaining`` instead counts, per source and map, the crops still eligible for a next held-out
+set: away from every earlier crop and from the thirteenth test's (``THIRTEENTH``).
+
 Usage (from the repository root)::
 
-    .venv/bin/python docs/experiments/draw_crops.py
+    .venv/bin/python docs/experiments/draw_crops.py [--remaining]
 """
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 
@@ -25,6 +30,7 @@ MAPS = {"pu": "../shared/data/gt_only/mhaut_paviaU_gt.mat",
 EARLIER = {"pc": [(128, 544), (160, 384), (256, 512), (32, 256), (576, 64), (64, 400), (800, 448)],
            "pu": [(224, 96), (352, 16), (448, 96), (480, 0), (64, 0), (64, 16), (96, 192)],
            "sal": [(0, 0), (128, 0), (256, 0), (128, 64), (384, 64), (384, 89), (64, 64)]}
+THIRTEENTH = {"pc": [(224, 432), (96, 224)], "pu": [], "sal": [(0, 80), (208, 80), (192, 16), (64, 0)]}
 N_CLASSES = {"indian_pines": 16, "salinasA": 6, "jasper_ridge": 4, "samson": 3}
 SOURCES = ["indian_pines", "salinasA", "jasper_ridge", "samson", "jasper_ridge", "samson"]
 SEED, SIZE, GRID, APART = 171, 128, 16, 64
@@ -67,5 +73,15 @@ def main() -> None:
         print(f"{source} on {name}: --layout-origin {row} {col}")
 
 
+def remaining() -> None:
+    """Print how many crops each source could still draw from each map."""
+    for source, n_source in N_CLASSES.items():
+        counts = {m: len(eligible(path, EARLIER[m] + THIRTEENTH[m], n_source)) for m, path in MAPS.items()}
+        print(f"{source}: " + ", ".join(f"{m} {n}" for m, n in counts.items()), flush=True)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--remaining"]:
+        remaining()
+    else:
+        main()
