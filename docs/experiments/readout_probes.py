@@ -20,7 +20,11 @@ pixels (sample ACC):
 * ``fraction``: the shipped stability rule with resamples of a fifth of the sample instead of
   halves;
 * ``networks``: the shipped rule on vectors whose feature block holds the features of two or
-  three networks side by side (one block, weighted as the shipped block is).
+  three networks side by side (one block, weighted as the shipped block is);
+* ``instance``: the shipped rule on vectors whose feature block is the first network's instance
+  projections (its instance head applied to the features, at sigma > 0 to the smoothed ones, then
+  L2-normalised as NT-Xent sees them) instead of the features: the projection is trained only by
+  the instance loss, so it may keep less of the cluster head's partition.
 
 Usage (from the repository root)::
 
@@ -61,8 +65,13 @@ def cache(spec: str, protocol: str, seed: int, out: str) -> None:
     per_net = [sample_vectors(run, sample_seed=seed) for run in runs]
     arrays = {f"v{i}_{int(sigma)}": vectors.numpy() for i, (_, per_sigma) in enumerate(per_net)
               for sigma, vectors in per_sigma}
+    fdim = runs[0].model.feature_dim
+    with torch.no_grad():
+        for sigma, vectors in per_net[0][1]:
+            projections = torch.nn.functional.normalize(runs[0].model.instance(vectors[:, :fdim]), dim=1)
+            arrays[f"p_{int(sigma)}"] = torch.cat([projections, vectors[:, fdim:]], dim=1).numpy()
     np.savez(out, classes=scene.labels[per_net[0][0]], k=scene.n_classes, seed=seed,
-             feature_dim=runs[0].model.feature_dim, comp_std=runs[0].pre.comp_std, **arrays)
+             feature_dim=fdim, comp_std=runs[0].pre.comp_std, **arrays)
     print(out, flush=True)
 
 
@@ -116,7 +125,7 @@ def probe_run(path: str) -> dict[str, float]:
     classes, k, seed, fdim = data["classes"], int(data["k"]), int(data["seed"]), int(data["feature_dim"])
     scored, rng = classes > 0, np.random.default_rng(0)
     acc = lambda labels: float(evaluate(classes[scored], labels[scored])["acc"])  # noqa: E731
-    rows, nets = [], {n: [] for n in range(2, NETWORKS + 1)}
+    rows, nets, instance = [], {n: [] for n in range(2, NETWORKS + 1)}, []
     out: dict[str, float] = {}
     for sigma in sorted(post.select_sigmas):
         raw = [torch.from_numpy(data[f"v{i}_{int(sigma)}"]) for i in range(NETWORKS)]
@@ -131,6 +140,11 @@ def probe_run(path: str) -> dict[str, float]:
             if kind == "spectral":
                 for name, graph in graphs(z, post.spectral_neighbors).items():
                     out[f"graph {name} sigma {sigma:g}"] = acc(spectral_on(graph, k, seed))
+            projected = torch.from_numpy(data[f"p_{int(sigma)}"])
+            labels, _, z, _ = fit_candidate(projected, cand, projected.shape[1] - (raw[0].shape[1] - fdim),
+                                            data["comp_std"], k, post, seed)
+            instance.append({"kind": kind, "acc": acc(labels),
+                             "stability": candidate_stability(z, labels, kind, k, post, seed)})
             for n in nets:
                 side = torch.cat([r[:, :fdim] for r in raw[:n]] + [raw[0][:, fdim:]], dim=1)
                 labels, _, z, _ = fit_candidate(side, cand, fdim * n, data["comp_std"], k, post, seed)
@@ -143,6 +157,8 @@ def probe_run(path: str) -> dict[str, float]:
         out[f"{n} networks, shipped rule"] = most_stable(net_rows)["acc"]
         out[f"{n} networks, best candidate"] = max(r["acc"] for r in net_rows)
         out[f"{n} networks, best spectral candidate"] = max(r["acc"] for r in net_rows if r["kind"] == "spectral")
+    out["instance projections, shipped rule"] = most_stable(instance)["acc"]
+    out["instance projections, best candidate"] = max(r["acc"] for r in instance)
     out["best candidate"] = max(r["acc"] for r in rows)
     out["best spectral candidate"] = max(r["acc"] for r in rows if r["kind"] == "spectral")
     return out
