@@ -1,5 +1,6 @@
-"""Four label-scored probes of the readout on one run's sample: graph weights, a density-valley
-kind signal, stability on small subsamples, and several networks' features side by side.
+"""Five label-scored probes of the readout on one run's sample: graph weights, a density-valley
+kind signal, stability on small subsamples, several networks' features side by side, and the
+instance projections instead of the features.
 
 Development script (docs/RESULTS.md, *Four readout probes on the bundled development runs*); not
 in the package. ``cache`` trains ``NETWORKS`` networks of ``configs/default.yaml`` for one run
